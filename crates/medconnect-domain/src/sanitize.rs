@@ -1,0 +1,779 @@
+//! The PHI-safe sanitizer that every audit-log entry and every log line passes through.
+//!
+//! [`sanitize`] replaces PHI-shaped substrings of free text with bracketed placeholders:
+//! `[email]`, `[card]`, `[ssn]`, `[phone]`, `[date]`, `[id-number]`, `[address]` and
+//! `[name]`. Opaque ids survive unchanged: UUIDs, prefixed ids such as `hold-42`, lowercase
+//! product words, `key=value` pairs with lowercase keys and values, counts of up to 8 digits,
+//! versions such as `2026.1` and RFC 3339 instants that have a time part.
+//!
+//! The rules run in this order, and each rule runs on the output of the rules before it:
+//!
+//! 1. Emails become `[email]`. They run first because their local part may hold digits and
+//!    capitals that the later rules would split into several placeholders.
+//! 2. UUIDs and RFC 3339 instants are swapped for private-use tokens that no rule matches, and
+//!    are restored at the end, so no digit rule eats part of an id. An instant is a timestamp of
+//!    an event, not a birth date, so only date-only forms count as dates.
+//! 3. US SSNs (`ddd-dd-dddd`, `ddd dd dddd`) become `[ssn]`. They run before phone numbers,
+//!    so the phone rule cannot take part of one.
+//! 4. US phone numbers with separators (`(402) 555-0123`, `402-555-0123`, `402.555.0123`,
+//!    `+1 402 555 0123`, `+14025550123`) become `[phone]`. They run before cards, so two phone
+//!    numbers written side by side are not read as one card-shaped run of groups. The usual card
+//!    groupings (4-4-4-4, 4-6-5, 4-6-4) never contain a standalone 3-3-4 sequence, so this order
+//!    does not split a card.
+//! 5. Payment card numbers (13 to 19 digits, either plain or in groups of 3 to 6 digits split
+//!    by single spaces or hyphens, passing the Luhn check) become `[card]`. Grouped numbers of
+//!    that shape that fail the Luhn check become `[id-number]`, because a mistyped card or a
+//!    grouped account number is still sensitive.
+//! 6. Date-only forms (`1962-03-01`, `1962/03/01`, `03/01/1962`, `3/1/62`, `March 3, 1990`,
+//!    `3 March 1990`, `Mar 3 1990`, `March 1990`) become `[date]`, because that is how birth
+//!    dates appear.
+//! 7. Runs of 9 or more digits that are not cards become `[id-number]`, because medical record,
+//!    account and licence numbers look like that. Shorter numbers survive as counts.
+//! 8. A house number followed by one to four capitalized street words, a street suffix, an
+//!    optional unit (`Suite 33`, `Apt 4B`, `#4`) and an optional `, City, ST 12345` tail
+//!    becomes `[address]`.
+//! 9. Name-shaped words (first letter uppercase) become `[name]`, because every product message
+//!    is written in lower case, and adjacent name words collapse into one `[name]`.
+//!
+//! The SSN, phone, card, date and address rules only match standalone text: the characters on
+//! either side of a match must not be letters, digits or `_`, so `x4111111111111111` is left
+//! alone. The long-number rule also accepts a letter prefix (`mrn123456789`). The output of
+//! [`sanitize`] is a fixed point: sanitizing it again changes nothing.
+
+use std::ops::Range;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+const EMAIL: &str = "[email]";
+const CARD: &str = "[card]";
+const SSN: &str = "[ssn]";
+const PHONE: &str = "[phone]";
+const DATE: &str = "[date]";
+const ID_NUMBER: &str = "[id-number]";
+const ADDRESS: &str = "[address]";
+const NAME: &str = "[name]";
+
+/// Opens a protected-id token. Tokens are built from private-use characters only, which are
+/// neither letters nor digits, so no rule can match inside one or treat one as part of a word.
+const TOKEN_OPEN: char = '\u{E000}';
+/// Closes a protected-id token.
+const TOKEN_CLOSE: char = '\u{E001}';
+/// The private-use characters that stand for the decimal digits 0 to 9 of a token's index.
+const TOKEN_DIGITS: [char; 10] = [
+    '\u{E010}', '\u{E011}', '\u{E012}', '\u{E013}', '\u{E014}', '\u{E015}', '\u{E016}', '\u{E017}',
+    '\u{E018}', '\u{E019}',
+];
+/// The private-use range reserved for tokens. Input characters in it are replaced with U+FFFD
+/// before any rule runs, so input text can never forge a token.
+const TOKEN_RANGE: std::ops::RangeInclusive<char> = '\u{E000}'..='\u{E01F}';
+
+/// Title-case words that are honorifics. Their trailing period belongs to the name, so
+/// `Dr. Alice Smith` collapses into one `[name]`.
+const HONORIFICS: [&str; 7] = ["Mr", "Mrs", "Ms", "Mx", "Miss", "Dr", "Prof"];
+
+/// Month names and abbreviations for the month-name date forms. Full names come before their
+/// abbreviations, and `sept` before `sep`, so the longest name is preferred.
+const MONTHS: &str = "january|february|march|april|may|june|july|august|september|october|\
+                      november|december|jan|feb|mar|apr|jun|jul|aug|sept|sep|oct|nov|dec";
+
+/// Street suffixes, matched case-insensitively: common US suffixes, their usual abbreviations,
+/// and the suffixes of Synthea-style addresses (`406 Kohler Camp`, `565 Wuckert Light`).
+const STREET_SUFFIXES: &str = "street|st|streets|avenue|ave|av|road|rd|roads|lane|ln|drive|dr|\
+    drives|court|ct|courts|boulevard|blvd|way|ways|place|pl|camp|terrace|ter|circle|cir|circles|\
+    parkway|pkwy|parkways|trail|trl|highway|hwy|square|sq|squares|loop|run|path|crossing|xing|\
+    crossroad|gateway|ridge|ridges|fort|ft|bridge|brg|junction|jct|junctions|station|sta|mission|\
+    light|lights|overpass|underpass|village|villages|ville|view|views|manor|manors|vista|alley|\
+    aly|branch|brook|brooks|burg|burgs|bypass|canyon|cape|causeway|center|centers|centre|cliff|\
+    cliffs|club|common|commons|corner|corners|course|cove|coves|creek|crescent|crest|curve|dale|\
+    dam|divide|estate|estates|expressway|expy|extension|extensions|fall|falls|ferry|field|fields|\
+    flat|flats|ford|fords|forest|forge|forges|fork|forks|freeway|fwy|garden|gardens|glen|glens|\
+    green|greens|grove|groves|harbor|harbors|haven|heights|hill|hills|hollow|inlet|island|\
+    islands|isle|key|keys|knoll|knolls|lake|lakes|land|landing|loaf|lock|locks|lodge|mall|\
+    meadow|meadows|mews|mill|mills|motorway|mount|mountain|mountains|neck|orchard|oval|park|\
+    parks|pass|passage|pike|pine|pines|plain|plains|plaza|point|points|port|ports|prairie|radial|\
+    ramp|ranch|rapid|rapids|rest|river|route|row|rue|shoal|shoals|shore|shores|skyway|spring|\
+    springs|spur|spurs|stravenue|stream|summit|throughway|trace|track|trafficway|tunnel|\
+    turnpike|tpke|union|unions|valley|valleys|via|viaduct|walk|walks|wall|well|wells";
+
+/// Emails: a local part, `@`, and a domain with at least one dot.
+static EMAIL_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[\w.%+'-]+@[\w-]+(?:\.[\w-]+)+").expect("email pattern is a valid regex")
+});
+
+/// UUIDs in any case, and RFC 3339 instants with a time part (`2031-10-16T00:00:00Z`).
+static PROTECTED_ID_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b",
+        r"|\b[0-9]{4}-[0-9]{2}-[0-9]{2}t[0-9]{2}:[0-9]{2}",
+        r"(?::[0-9]{2}(?:[.,][0-9]+)?)?(?:z|[+-][0-9]{2}(?::?[0-9]{2})?)?",
+    ))
+    .expect("protected id pattern is a valid regex")
+});
+
+/// A protected-id token as built by [`token_for`].
+static TOKEN_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new("\u{E000}([\u{E010}-\u{E019}]+)\u{E001}").expect("token pattern is a valid regex")
+});
+
+/// Digit groups split by single spaces or hyphens, the candidates for card numbers.
+static DIGIT_RUN_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[0-9]+(?:[ -][0-9]+)*").expect("digit run pattern is a valid regex")
+});
+
+static SSN_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}")
+        .expect("SSN pattern is a valid regex")
+});
+
+/// US phone numbers with an optional `+1`/`1` country code and an optional extension (`x12`,
+/// `ext. 12`). The 10 digits need separators unless `+1` comes first, because a bare 10-digit
+/// run is more often an account number and is left to the `[id-number]` rule.
+///
+/// NOTE: the 7-digit local form (`555-0123`) is not matched, because it looks the same as a
+/// range such as `100-2000`.
+static PHONE_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"(?:(?:\+?1[ .-]?)?(?:\([0-9]{3}\)[ .-]?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}",
+        r"|\+1[0-9]{10})",
+        r"(?:[ \t]*(?i:x|ext\.?|extension)[ \t]*[0-9]{1,6})?",
+    ))
+    .expect("phone pattern is a valid regex")
+});
+
+/// Date-only forms. Alternatives that share a start are ordered longest first, because a
+/// match that is cut short fails the standalone check and is not retried at the same start.
+static DATE_RE: LazyLock<Regex> = LazyLock::new(|| {
+    let day = "(?:0?[1-9]|[12][0-9]|3[01])(?:st|nd|rd|th)?";
+    let pattern = format!(
+        "(?i)[0-9]{{4}}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])\
+         |[0-9]{{4}}/(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12][0-9]|3[01])\
+         |[0-9]{{1,2}}/[0-9]{{1,2}}/(?:[0-9]{{4}}|[0-9]{{2}})\
+         |(?:{MONTHS})\\.?[ \\t]+{day},?[ \\t]+[0-9]{{4}}\
+         |{day}[ \\t]+(?:of[ \\t]+)?(?:{MONTHS})\\.?,?[ \\t]+[0-9]{{4}}\
+         |(?:{MONTHS})\\.?,?[ \\t]+(?:1[89]|20)[0-9]{{2}}"
+    );
+    Regex::new(&pattern).expect("date pattern is a valid regex")
+});
+
+static LONG_NUMBER_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new("[0-9]{9,}").expect("long number pattern is a valid regex"));
+
+/// Street addresses with an optional unit and an optional `, City, ST 12345` tail. The tail is
+/// only taken whole, because a city alone is caught by the name rule.
+///
+/// Street words must start with an uppercase letter (ASCII or Latin-1) or be an ordinal such
+/// as `5th`, because product messages are lower case and a lowercase phrase such as
+/// `12 records on the fast path` must survive. Only the suffix and the unit word are
+/// case-insensitive.
+///
+/// NOTE: an address typed in lower case (`406 kohler camp`) therefore survives.
+static ADDRESS_RE: LazyLock<Regex> = LazyLock::new(|| {
+    let number = "[0-9]{1,6}[A-Za-z]?";
+    let word = r"(?:[A-ZÀ-ÖØ-Þ][\w'’-]*\.?|[0-9]{1,4}(?i:st|nd|rd|th))";
+    let unit_word = "(?i:suite|ste|unit|apt|apartment|room|rm|floor|fl|bldg|building|lot)";
+    let unit_id = "[0-9A-Za-z][0-9A-Za-z-]*";
+    let street = format!(r"{number}(?:[ \t]+{word}){{1,4}}[ \t]+(?i:{STREET_SUFFIXES})\b\.?");
+    let unit =
+        format!(r"(?:,?[ \t]+{unit_word}\.?[ \t]*\#?[ \t]*{unit_id}|,?[ \t]*\#[ \t]*{unit_id})");
+    let city = format!(r"{word}(?:[ \t]+{word}){{0,2}}");
+    let state_zip = r"[A-Z]{2}[ \t]+[0-9]{5}(?:-[0-9]{4})?";
+    let city_state_zip = format!(r"(?:,?[ \t]+{city},?[ \t]+{state_zip})");
+    let pattern = format!("{street}{unit}?{city_state_zip}?");
+    Regex::new(&pattern).expect("address pattern is a valid regex")
+});
+
+/// Words for the name rule: letters, digits and `_`, with inner apostrophes (`O'Brien`).
+static WORD_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\w+(?:['’]\w+)*").expect("word pattern is a valid regex"));
+
+/// Replaces PHI-shaped substrings of `text` with bracketed placeholders.
+///
+/// The placeholders are `[email]`, `[phone]`, `[ssn]`, `[date]`, `[card]`, `[address]`,
+/// `[name]`, and `[id-number]` for runs of 9 or more digits that are not card numbers. The
+/// module documentation lists the rules and their order. The result is a fixed point:
+/// `sanitize(&sanitize(x)) == sanitize(x)`. Characters in the private-use range U+E000 to
+/// U+E01F, which the sanitizer reserves for its own tokens, are replaced with U+FFFD.
+pub fn sanitize(text: &str) -> String {
+    let text = text.replace(|c: char| TOKEN_RANGE.contains(&c), "\u{FFFD}");
+    let text = EMAIL_RE.replace_all(&text, EMAIL);
+
+    let mut protected = Vec::new();
+    let text = protect_ids(&text, &mut protected);
+
+    let text = replace_ssns_and_phones(&text);
+    let text = replace_spans(&text, &card_spans(&text));
+    let text = replace_standalone(&text, &DATE_RE, DATE);
+    let text = replace_spans(&text, &labeled(long_number_spans(&text), ID_NUMBER));
+    let text = replace_standalone(&text, &ADDRESS_RE, ADDRESS);
+    let text = replace_spans(&text, &labeled(name_spans(&text), NAME));
+
+    restore_ids(&text, &protected)
+}
+
+/// Returns true when `text` contains a payment card number (13 to 19 digits, optionally grouped
+/// by single spaces or hyphens, passing the Luhn check).
+///
+/// Groups must be 3 to 6 digits long, as in `4111 1111 1111 1111` or `3782 822463 10005`, and
+/// the number must be standalone. The check runs the card rule of [`sanitize`] after the same
+/// UUID, instant, SSN and phone rules, so digits inside those never count.
+pub fn contains_card_number(text: &str) -> bool {
+    let mut protected = Vec::new();
+    let text = replace_ssns_and_phones(&protect_ids(text, &mut protected));
+    card_spans(&text)
+        .iter()
+        .any(|(_, placeholder)| *placeholder == CARD)
+}
+
+/// Replaces SSNs, then phone numbers, the two rules that must run before the card rule.
+fn replace_ssns_and_phones(text: &str) -> String {
+    let text = replace_standalone(text, &SSN_RE, SSN);
+    replace_standalone(&text, &PHONE_RE, PHONE)
+}
+
+/// Swaps every UUID and RFC 3339 instant for a token and stores the original in `protected`.
+fn protect_ids(text: &str, protected: &mut Vec<String>) -> String {
+    PROTECTED_ID_RE
+        .replace_all(text, |caps: &regex::Captures<'_>| {
+            protected.push(caps[0].to_owned());
+            token_for(protected.len() - 1)
+        })
+        .into_owned()
+}
+
+/// Builds the token for entry `index` of the protected list.
+fn token_for(index: usize) -> String {
+    let mut token = String::new();
+    token.push(TOKEN_OPEN);
+    for digit in index.to_string().bytes() {
+        token.push(TOKEN_DIGITS[usize::from(digit - b'0')]);
+    }
+    token.push(TOKEN_CLOSE);
+    token
+}
+
+/// Puts the protected ids back in place of their tokens.
+fn restore_ids(text: &str, protected: &[String]) -> String {
+    TOKEN_RE
+        .replace_all(text, |caps: &regex::Captures<'_>| {
+            let index = caps[1].chars().try_fold(0usize, |index, c| {
+                let digit = TOKEN_DIGITS.iter().position(|&d| d == c)?;
+                index.checked_mul(10)?.checked_add(digit)
+            });
+            // Every token was built by `token_for` from this list, because the input's own
+            // private-use characters were replaced first. The fallback keeps the token as is.
+            match index.and_then(|i| protected.get(i)) {
+                Some(original) => original.clone(),
+                None => caps[0].to_owned(),
+            }
+        })
+        .into_owned()
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+fn char_before(text: &str, at: usize) -> Option<char> {
+    text[..at].chars().next_back()
+}
+
+fn char_after(text: &str, at: usize) -> Option<char> {
+    text[at..].chars().next()
+}
+
+/// Returns true when neither neighbour of `text[start..end]` is a letter, digit or `_`.
+fn is_standalone(text: &str, start: usize, end: usize) -> bool {
+    !char_before(text, start).is_some_and(is_word_char)
+        && !char_after(text, end).is_some_and(is_word_char)
+}
+
+/// Replaces every standalone match of `pattern` with `placeholder`.
+///
+/// A match that is not standalone is retried one character later, so that `1-402-555-0123`
+/// after a letter still yields the phone number that starts at `402`.
+fn replace_standalone(text: &str, pattern: &Regex, placeholder: &str) -> String {
+    let mut spans = Vec::new();
+    let mut at = 0;
+    while at <= text.len() {
+        let Some(found) = pattern.find_at(text, at) else {
+            break;
+        };
+        if !found.is_empty() && is_standalone(text, found.start(), found.end()) {
+            spans.push(found.range());
+            at = found.end();
+        } else {
+            at = found.start() + char_after(text, found.start()).map_or(1, char::len_utf8);
+        }
+    }
+    replace_spans(text, &labeled(spans, placeholder))
+}
+
+/// Pairs each span with the same placeholder.
+fn labeled(spans: Vec<Range<usize>>, placeholder: &str) -> Vec<(Range<usize>, &str)> {
+    spans.into_iter().map(|span| (span, placeholder)).collect()
+}
+
+/// Replaces each of the sorted, disjoint byte ranges of `text` with its placeholder.
+fn replace_spans(text: &str, spans: &[(Range<usize>, &str)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (span, placeholder) in spans {
+        out.push_str(&text[copied..span.start]);
+        out.push_str(placeholder);
+        copied = span.end;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// Finds the card numbers of `text`, and the card-shaped numbers that fail the Luhn check.
+///
+/// Each run of digit groups is searched for windows of consecutive groups that hold 13 to 19
+/// digits. A window is either one plain group or several groups of 3 to 6 digits, so dates
+/// (`1962-03-01`) and SSNs never join a window. When a window passes the Luhn check the run is
+/// labeled `[card]`. When a window of several groups exists but none passes, the run is labeled
+/// `[id-number]`, and a plain group that fails is left to the long-number rule. A labeled span
+/// covers every group of the run that is not glued to a letter, so a card glued to other groups
+/// leaks none of its digits.
+fn card_spans(text: &str) -> Vec<(Range<usize>, &'static str)> {
+    let mut spans = Vec::new();
+    for run in DIGIT_RUN_RE.find_iter(text) {
+        let mut groups = Vec::new();
+        let mut start = run.start();
+        for group in run.as_str().split([' ', '-']) {
+            groups.push(start..start + group.len());
+            start += group.len() + 1;
+        }
+        // A group glued to a letter (`x4111...`, `...16T00`) is part of a word, not a number.
+        let first_usable = !char_before(text, run.start()).is_some_and(is_word_char);
+        let last_usable = !char_after(text, run.end()).is_some_and(is_word_char);
+        let last = groups.len() - 1;
+        let usable = |i: usize| (i != 0 || first_usable) && (i != last || last_usable);
+        let short = |i: usize| (3..=6).contains(&groups[i].len());
+
+        let mut has_card = false;
+        let mut has_grouped_number = false;
+        for i in 0..groups.len() {
+            let mut digits = 0;
+            for j in i..groups.len() {
+                if !usable(j) || (j > i && !(short(i) && short(j))) {
+                    break;
+                }
+                digits += groups[j].len();
+                if digits > 19 {
+                    break;
+                }
+                if digits < 13 {
+                    continue;
+                }
+                if passes_luhn(&text[groups[i].start..groups[j].end]) {
+                    has_card = true;
+                } else if j > i {
+                    has_grouped_number = true;
+                }
+            }
+        }
+
+        let placeholder = if has_card {
+            CARD
+        } else if has_grouped_number {
+            ID_NUMBER
+        } else {
+            continue;
+        };
+        // A labeled run has a usable group, so `first <= end` and `last - 1` cannot underflow.
+        let first = if first_usable { 0 } else { 1 };
+        let end = if last_usable { last } else { last - 1 };
+        spans.push((groups[first].start..groups[end].end, placeholder));
+    }
+    spans
+}
+
+/// Returns true when the ASCII digits of `number` pass the Luhn check. Other characters, such
+/// as group separators, are skipped.
+fn passes_luhn(number: &str) -> bool {
+    let mut sum = 0;
+    let digits = number
+        .bytes()
+        .rev()
+        .filter(u8::is_ascii_digit)
+        .map(|b| u32::from(b - b'0'));
+    for (position, digit) in digits.enumerate() {
+        sum += if position % 2 == 1 {
+            let doubled = digit * 2;
+            if doubled > 9 {
+                doubled - 9
+            } else {
+                doubled
+            }
+        } else {
+            digit
+        };
+    }
+    sum % 10 == 0
+}
+
+/// Finds runs of 9 or more digits that are standalone, or that end a word made only of letters
+/// and `_` (`mrn123456789`). The fraction of a decimal number (`0.1234567891`) is left alone.
+fn long_number_spans(text: &str) -> Vec<Range<usize>> {
+    let mut spans = Vec::new();
+    for run in LONG_NUMBER_RE.find_iter(text) {
+        if char_after(text, run.end()).is_some_and(is_word_char) {
+            continue;
+        }
+        let before = &text[..run.start()];
+        let is_fraction = before
+            .strip_suffix('.')
+            .is_some_and(|rest| rest.ends_with(|c: char| c.is_ascii_digit()));
+        let prefix_is_letters = before
+            .chars()
+            .rev()
+            .take_while(|&c| is_word_char(c))
+            .all(|c| c.is_alphabetic() || c == '_');
+        if !is_fraction && prefix_is_letters {
+            spans.push(run.range());
+        }
+    }
+    spans
+}
+
+/// Returns true for words that the name rule treats as a possible name.
+///
+/// A word is name-shaped when its first character is uppercase (`Alice`, `Alice368`, `J`),
+/// unless it is an acronym: 2 or more uppercase letters, optionally followed by a plural `s`
+/// and then by one digit (`PHI`, `HIPAA`, `IDs`, `HL7`). Lowercase words with digits (`v2`,
+/// `sha256`, `hold-42`) never count, and neither do words that start with a digit.
+///
+/// NOTE: the rule relies on product text being lower case, so a name typed in lower case
+/// (`alice smith`) or in capitals (`ALICE`) survives.
+fn is_name_word(word: &str) -> bool {
+    if !word.chars().next().is_some_and(char::is_uppercase) {
+        return false;
+    }
+    let capitals = word.chars().take_while(|c| c.is_uppercase()).count();
+    let rest: String = word.chars().skip(capitals).collect();
+    let is_acronym = capitals >= 2 && {
+        let rest = rest.strip_prefix('s').unwrap_or(&rest);
+        rest.is_empty() || (rest.len() == 1 && rest.chars().all(|c| c.is_ascii_digit()))
+    };
+    !is_acronym
+}
+
+/// Finds the name-shaped words of `text`, merging adjacent ones.
+///
+/// Two name words are adjacent when only spaces or tabs, or one hyphen (`Mary-Jane`), lie
+/// between them. An honorific or a single-letter initial takes its trailing period along, so
+/// `Dr. Alice J. Smith` is one span. Line breaks never merge, so each line keeps its own names.
+fn name_spans(text: &str) -> Vec<Range<usize>> {
+    let mut spans: Vec<Range<usize>> = Vec::new();
+    for word in WORD_RE.find_iter(text) {
+        if !is_name_word(word.as_str()) {
+            continue;
+        }
+        let mut end = word.end();
+        let takes_period =
+            HONORIFICS.contains(&word.as_str()) || word.as_str().chars().count() == 1;
+        if takes_period && text[end..].starts_with('.') {
+            end += 1;
+        }
+        if let Some(previous) = spans.last_mut() {
+            let gap = &text[previous.end..word.start()];
+            let adjacent =
+                gap == "-" || (!gap.is_empty() && gap.chars().all(|c| c == ' ' || c == '\t'));
+            if adjacent {
+                previous.end = end;
+                continue;
+            }
+        }
+        spans.push(word.start()..end);
+    }
+    spans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Asserts that `input` sanitizes to `expected`, and that both outputs are fixed points.
+    fn check(input: &str, expected: &str) {
+        let output = sanitize(input);
+        assert_eq!(output, expected, "sanitize({input:?})");
+        assert_eq!(
+            sanitize(&output),
+            output,
+            "sanitize is not idempotent on {input:?}"
+        );
+    }
+
+    fn check_all(cases: &[(&str, &str)]) {
+        for (input, expected) in cases {
+            check(input, expected);
+        }
+    }
+
+    const EMAILS: &[(&str, &str)] = &[
+        ("alice@example.com", "[email]"),
+        (
+            "contact alice.smith+tag@mail.example.org now",
+            "contact [email] now",
+        ),
+        (
+            "sent to Alice368.Gleason633@example.com.",
+            "sent to [email].",
+        ),
+    ];
+
+    const CARDS: &[(&str, &str)] = &[
+        ("4111 1111 1111 1111", "[card]"),
+        ("4111-1111-1111-1111", "[card]"),
+        ("4111111111111111", "[card]"),
+        ("paid with 5500005555555559 today", "paid with [card] today"),
+        ("amex 3782 822463 10005 on file", "amex [card] on file"),
+        ("card=4111-1111-1111-1111,", "card=[card],"),
+        ("ref 1234567812345678", "ref [id-number]"),
+        ("ref 1234 5678 1234 5678", "ref [id-number]"),
+        ("card 4111 1111 1111 1111 1111", "card [card]"),
+        ("ssn 999-12-3456 4111 1111 1111 1111", "ssn [ssn] [card]"),
+    ];
+
+    const SSNS: &[(&str, &str)] = &[
+        ("999-12-3456", "[ssn]"),
+        ("999 12 3456", "[ssn]"),
+        (
+            "patient ssn 999-12-3456 on file",
+            "patient ssn [ssn] on file",
+        ),
+    ];
+
+    const PHONES: &[(&str, &str)] = &[
+        ("(402) 555-0123", "[phone]"),
+        ("402-555-0123", "[phone]"),
+        ("402.555.0123", "[phone]"),
+        ("+1 402 555 0123", "[phone]"),
+        ("+1-402-555-0123", "[phone]"),
+        ("+14025550123", "[phone]"),
+        ("call 402-555-0123 after noon", "call [phone] after noon"),
+        ("phone=(402)555-0123;", "phone=[phone];"),
+        ("phones 402-555-0123 402-555-0199", "phones [phone] [phone]"),
+        ("x1-402-555-0123", "x1-[phone]"),
+        (
+            "tel (402) 555-0123 x12, or ext. 7",
+            "tel [phone], or ext. 7",
+        ),
+        ("tel 402-555-0123 ext. 12.", "tel [phone]."),
+    ];
+
+    const DATES: &[(&str, &str)] = &[
+        ("1962-03-01", "[date]"),
+        ("born 1962-03-01 in town", "born [date] in town"),
+        ("dob 03/01/1962", "dob [date]"),
+        ("dob 3/1/62", "dob [date]"),
+        ("dob 1962/03/01", "dob [date]"),
+        ("born March 3, 1990", "born [date]"),
+        ("born 3 March 1990", "born [date]"),
+        ("born Mar 3 1990", "born [date]"),
+        ("born mar. 3rd, 1990", "born [date]"),
+        ("born March 1990", "born [date]"),
+    ];
+
+    const ADDRESSES: &[(&str, &str)] = &[
+        ("406 Kohler Camp", "[address]"),
+        ("lives at 406 Kohler Camp, apt", "lives at [address], apt"),
+        ("1068 Kunde Overpass Suite 33", "[address]"),
+        ("565 Wuckert Light Unit 63", "[address]"),
+        ("moved to 12 Main st #4 last", "moved to [address] last"),
+        ("100 5th Avenue, Apt 4B", "[address]"),
+        ("12 North Elm Tree Road", "[address]"),
+        ("406 Kohler Camp, Boston, MA 02108", "[address]"),
+        (
+            "1068 Kunde Overpass Suite 33, South Boston, MA 02127-1234",
+            "[address]",
+        ),
+        ("12 Main Street, Springfield", "[address], [name]"),
+    ];
+
+    const NAMES: &[(&str, &str)] = &[
+        ("Alice368 Gleason633", "[name]"),
+        ("patient Bob965 consented", "patient [name] consented"),
+        ("Dr. Alice Smith signed", "[name] signed"),
+        ("seen by Mrs. O'Brien", "seen by [name]"),
+        ("Mary-Jane Watson", "[name]"),
+        ("Alice J. Smith", "[name]"),
+        (
+            "patient=Alice368 tenant=northwind",
+            "patient=[name] tenant=northwind",
+        ),
+        ("Alice368, Bob965", "[name], [name]"),
+    ];
+
+    const NUMBERS: &[(&str, &str)] = &[
+        ("mrn 123456789", "mrn [id-number]"),
+        ("mrn123456789 opened", "mrn[id-number] opened"),
+        ("account 4025550123", "account [id-number]"),
+        ("batch 12345678", "batch 12345678"),
+    ];
+
+    const COMBINED: &[(&str, &str)] = &[
+        (
+            "Alice368 Gleason633 born 1962-03-01 at 406 Kohler Camp, ssn 999-12-3456, call (402) 555-0123",
+            "[name] born [date] at [address], ssn [ssn], call [phone]",
+        ),
+        (
+            "Mr. Bob965 Smith (bob965@example.com, +1 402 555 0123) paid with 4111-1111-1111-1111 on 03/01/2024",
+            "[name] ([email], [phone]) paid with [card] on [date]",
+        ),
+        (
+            "record 3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab of Alice368 deleted at 2031-10-16T00:00:00Z",
+            "record 3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab of [name] deleted at 2031-10-16T00:00:00Z",
+        ),
+    ];
+
+    const SURVIVORS: &[(&str, &str)] = &[
+        (
+            "3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab",
+            "3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab",
+        ),
+        (
+            "3F6FD0BB-1C2D-4E5F-8A9B-0123456789AB",
+            "3F6FD0BB-1C2D-4E5F-8A9B-0123456789AB",
+        ),
+        (
+            "id 12345678-1234-1234-1234-123456789012",
+            "id 12345678-1234-1234-1234-123456789012",
+        ),
+        ("legal hold hold-7 placed", "legal hold hold-7 placed"),
+        ("hold-42", "hold-42"),
+        ("tenant northwind", "tenant northwind"),
+        ("tenant=northwind", "tenant=northwind"),
+        ("purged 12 records", "purged 12 records"),
+        ("policy 2026.1", "policy 2026.1"),
+        (
+            "retain until 2031-10-16T00:00:00Z",
+            "retain until 2031-10-16T00:00:00Z",
+        ),
+        (
+            "at 2031-10-16T08:30:00.250+02:00",
+            "at 2031-10-16T08:30:00.250+02:00",
+        ),
+        (
+            "exported CSV for HIPAA (PHI, SSN, UTC, ID)",
+            "exported CSV for HIPAA (PHI, SSN, UTC, ID)",
+        ),
+        ("3 IDs sent over HL7", "3 IDs sent over HL7"),
+        ("sha256 v2 digest ok", "sha256 v2 digest ok"),
+        (
+            "purged 12 records on the fast path",
+            "purged 12 records on the fast path",
+        ),
+        ("elapsed 0.1234567891 s", "elapsed 0.1234567891 s"),
+        (
+            "digest 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "digest 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        ),
+        (
+            "[name] born [date] at [address]",
+            "[name] born [date] at [address]",
+        ),
+        ("", ""),
+    ];
+
+    const TABLES: &[&[(&str, &str)]] = &[
+        EMAILS, CARDS, SSNS, PHONES, DATES, ADDRESSES, NAMES, NUMBERS, COMBINED, SURVIVORS,
+    ];
+
+    #[test]
+    fn sanitize_emails() {
+        check_all(EMAILS);
+    }
+
+    #[test]
+    fn sanitize_cards() {
+        check_all(CARDS);
+    }
+
+    #[test]
+    fn sanitize_ssns() {
+        check_all(SSNS);
+    }
+
+    #[test]
+    fn sanitize_phones() {
+        check_all(PHONES);
+    }
+
+    #[test]
+    fn sanitize_dates() {
+        check_all(DATES);
+    }
+
+    #[test]
+    fn sanitize_addresses() {
+        check_all(ADDRESSES);
+    }
+
+    #[test]
+    fn sanitize_names() {
+        check_all(NAMES);
+    }
+
+    #[test]
+    fn sanitize_long_numbers() {
+        check_all(NUMBERS);
+    }
+
+    #[test]
+    fn sanitize_several_kinds() {
+        check_all(COMBINED);
+    }
+
+    #[test]
+    fn sanitize_keeps_ids() {
+        check_all(SURVIVORS);
+    }
+
+    #[test]
+    fn sanitize_is_idempotent() {
+        for (input, _) in TABLES.iter().copied().flatten() {
+            let once = sanitize(input);
+            assert_eq!(sanitize(&once), once, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn sanitize_rejects_forged_tokens() {
+        let forged = format!("{TOKEN_OPEN}{}{TOKEN_CLOSE}", TOKEN_DIGITS[0]);
+        let output = sanitize(&format!("{forged} 3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab"));
+        assert_eq!(
+            output,
+            "\u{FFFD}\u{FFFD}\u{FFFD} 3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab"
+        );
+    }
+
+    #[test]
+    fn card_detection() {
+        let cases: &[(&str, bool)] = &[
+            ("4111 1111 1111 1111", true),
+            ("4111-1111-1111-1111", true),
+            ("5500005555555559", true),
+            ("paid with 4111 1111 1111 1111 yesterday", true),
+            ("3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab", false),
+            ("12345678-1234-1234-1234-123456789012", false),
+            ("999-12-3456", false),
+            ("(402) 555-0123", false),
+            ("+1 402 555 0123", false),
+            ("1234567812345678", false),
+            ("x4111111111111111", false),
+            ("purged 12 records", false),
+            ("phones 402-555-0123 402-555-0199", false),
+            ("ref 1234 5678 1234 5678", false),
+        ];
+        for &(text, expected) in cases {
+            assert_eq!(
+                contains_card_number(text),
+                expected,
+                "contains_card_number({text:?})"
+            );
+        }
+    }
+}

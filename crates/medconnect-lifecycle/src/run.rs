@@ -1,0 +1,107 @@
+//! Running the lifecycle: plan, then dispose in batches.
+
+use chrono::{DateTime, Utc};
+use medconnect_domain::audit::AuditEvent;
+use medconnect_domain::model::Category;
+use medconnect_domain::policy::Policy;
+use medconnect_store::{DisposalContext, DisposalOutcome, SkipReason, Store};
+use serde::Serialize;
+
+use crate::plan::{plan, Decision};
+use crate::{Result, SkipKind, Tally};
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Disposals per transaction. Smaller batches commit more often.
+    pub batch_size: usize,
+    /// The actor recorded in audit entries.
+    pub actor: String,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { batch_size: 500, actor: "lifecycle".to_owned() }
+    }
+}
+
+/// What a run did. Serializes to the JSON that `lifecycle run --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub as_of: DateTime<Utc>,
+    pub policy_version: String,
+    #[serde(flatten)]
+    pub tally: Tally,
+    /// Files of earlier runs that were unlinked before this run started.
+    pub resumed_file_deletions: u64,
+}
+
+/// Disposes of everything expired as of `as_of` that no hold protects. `progress` is called
+/// after each batch with the number of disposals done and the total.
+pub fn run(
+    store: &mut dyn Store,
+    policy: &Policy,
+    as_of: DateTime<Utc>,
+    options: &RunOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<RunReport> {
+    let resumed_file_deletions = store.finish_file_deletions()?;
+    store.apply_policy(policy, &options.actor)?;
+    let plan = plan(store, policy, as_of)?;
+    let run_id = store.start_run(as_of)?;
+    let span = tracing::info_span!("lifecycle_run", run_id = %run_id);
+    let _guard = span.enter();
+    tracing::info!(as_of = %as_of, policy = %plan.policy_version, planned = plan.actions.len(), "lifecycle run started");
+
+    let mut tally = Tally::default();
+    for action in plan.actions.iter().filter(|a| a.decision == Decision::Skip) {
+        if let Some(kind) = action.skip_reason {
+            tally.add_skipped(kind, action.category);
+        }
+    }
+    let disposals: Vec<_> = plan.actions.iter().filter_map(|a| a.disposal()).collect();
+    let context = DisposalContext { policy, as_of, actor: &options.actor, run_id: &run_id };
+    let batch_size = options.batch_size.max(1);
+    let mut done = 0;
+    for batch in disposals.chunks(batch_size) {
+        let outcomes = store.dispose(batch, &context)?;
+        for (disposal, outcome) in batch.iter().zip(outcomes) {
+            count_outcome(&mut tally, disposal.category, outcome);
+        }
+        done += batch.len();
+        progress(done, disposals.len());
+    }
+
+    let summary = serde_json::to_string(&tally).unwrap_or_default();
+    let detail = format!(
+        "run {run_id} as of {as_of}: {} disposed, {} receipts, {} held, {} kept for another tenant",
+        tally.purged_total(),
+        tally.receipts,
+        tally.skipped_total(SkipKind::LegalHold),
+        tally.skipped_total(SkipKind::OtherTenantActive),
+    );
+    store.append_audit(AuditEvent::new(&options.actor, "lifecycle.run").subject(&run_id).detail(detail))?;
+    store.finish_run(&run_id, "completed", &summary)?;
+    tracing::info!(purged = tally.purged_total(), receipts = tally.receipts, "lifecycle run finished");
+    Ok(RunReport { run_id, as_of, policy_version: plan.policy_version, tally, resumed_file_deletions })
+}
+
+fn count_outcome(tally: &mut Tally, category: Category, outcome: DisposalOutcome) {
+    match outcome {
+        DisposalOutcome::Disposed { receipts } => {
+            for receipt in receipts {
+                tally.add_purged(receipt.category);
+            }
+        }
+        DisposalOutcome::Skipped(reason) => {
+            let kind = match reason {
+                SkipReason::LegalHold { .. } => SkipKind::LegalHold,
+                SkipReason::NotExpired { .. } => SkipKind::NotExpired,
+                SkipReason::AlreadyGone => SkipKind::AlreadyGone,
+            };
+            tracing::debug!(category = %category, reason = ?kind, "disposal skipped in transaction");
+            tally.add_skipped(kind, category);
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Errors of the storage layer.
+
+use std::path::PathBuf;
+
+/// Error returned by a [`crate::Store`].
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory holds no store yet.
+    #[error("no MedConnect store in {0}: create one with `medconnect init --data-dir {0}`")]
+    NotInitialized(PathBuf),
+    /// `init` was asked to create a store where one exists.
+    #[error("a MedConnect store already exists in {0}: use it, or choose another --data-dir")]
+    AlreadyInitialized(PathBuf),
+    /// The store was written by a newer MedConnect.
+    #[error(
+        "store schema version {found} is newer than this medconnect supports ({supported}): \
+         upgrade medconnect"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    /// No tenant has this slug or id.
+    #[error(
+        "tenant {0:?} not found: list tenants with `medconnect tenant list` or create it with \
+         `medconnect tenant create`"
+    )]
+    TenantNotFound(String),
+    /// The slug is taken.
+    #[error("tenant {0:?} already exists: choose another slug")]
+    TenantExists(String),
+    /// The patient is not linked to the tenant.
+    #[error(
+        "patient {patient} not found in tenant {tenant:?}: list its patients with \
+         `medconnect patient list --tenant {tenant}`"
+    )]
+    PatientNotFound { tenant: String, patient: String },
+    /// No hold has this id.
+    #[error("legal hold {0} not found: list holds with `medconnect hold list --all`")]
+    HoldNotFound(String),
+    /// The hold was released before.
+    #[error("legal hold {0} is already released")]
+    HoldAlreadyReleased(String),
+    /// The import would link patients that the tenant already has.
+    #[error(
+        "{count} patients of this data set are already linked to tenant {tenant:?}: the data \
+         set was imported before, so nothing was written"
+    )]
+    AlreadyImported { tenant: String, count: usize },
+    /// A row references something the batch does not contain.
+    #[error("import batch is inconsistent: {0}")]
+    InconsistentBatch(String),
+    /// The database contains a value this version cannot read.
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// A file of the store could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StoreError::Io { path: path.into(), source }
+    }
+}

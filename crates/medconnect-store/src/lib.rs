@@ -1,0 +1,125 @@
+//! Storage for MedConnect: the [`Store`] trait every backend implements, and the embedded
+//! SQLite backend.
+//!
+//! Invariants every backend keeps:
+//! - every query on tenant-owned data takes a tenant id;
+//! - every destructive operation runs in one transaction together with the audit entries
+//!   that record it, so a crash leaves either both or neither;
+//! - the audit log is only ever appended to, through the hash chain in
+//!   [`medconnect_domain::audit`].
+
+mod error;
+pub mod sqlite;
+mod types;
+
+pub use error::StoreError;
+pub use sqlite::SqliteStore;
+pub use types::*;
+
+use chrono::{DateTime, Utc};
+use medconnect_domain::audit::{AuditEvent, VerifyReport};
+use medconnect_domain::model::{HoldScope, ImportBatch, ImportCounts, LegalHold, Tenant};
+use medconnect_domain::policy::Policy;
+use medconnect_domain::{HoldId, PatientId, PhotoId, SessionId, TenantId};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The operations MedConnect needs from a storage backend.
+///
+/// Methods that write take `&mut self` and commit before they return. Methods named for a
+/// tenant only ever read or change that tenant's rows.
+pub trait Store {
+    /// Returns facts about the store: schema version, clock mode, creation time.
+    fn info(&self) -> Result<StoreInfo>;
+
+    /// Creates a tenant. Fails if the slug is taken.
+    fn create_tenant(&mut self, slug: &str, name: &str, actor: &str) -> Result<Tenant>;
+
+    /// Returns the tenant with this slug, or [`StoreError::TenantNotFound`].
+    fn tenant_by_slug(&self, slug: &str) -> Result<Tenant>;
+
+    /// Returns the tenant with this id, or [`StoreError::TenantNotFound`].
+    fn tenant(&self, id: TenantId) -> Result<Tenant>;
+
+    /// Lists all tenants ordered by slug.
+    fn tenants(&self) -> Result<Vec<Tenant>>;
+
+    /// Writes an import batch into one tenant in a single transaction: all of it or nothing.
+    /// Profiles that already exist (same source system and id) are linked, not duplicated.
+    fn import(&mut self, tenant: &Tenant, batch: &ImportBatch, policy: &Policy, actor: &str)
+        -> Result<ImportCounts>;
+
+    /// Records a new medical encounter for a linked patient and recomputes the link's
+    /// `phi_retention_until`. Returns the new retention instant.
+    fn record_encounter(&mut self, tenant: &Tenant, patient: PatientId, at: DateTime<Utc>,
+        policy: &Policy, actor: &str) -> Result<DateTime<Utc>>;
+
+    /// Stores an ID verification photo for a linked patient.
+    fn add_id_photo(&mut self, tenant: &Tenant, patient: PatientId, bytes: &[u8],
+        uploaded_at: DateTime<Utc>, actor: &str) -> Result<PhotoId>;
+
+    /// Stores a login session of a linked patient, or of a staff user when `patient` is None.
+    fn add_session(&mut self, tenant: &Tenant, patient: Option<PatientId>, times: SessionTimes)
+        -> Result<SessionId>;
+
+    /// Lists the patients linked to a tenant with their retention, ordered by patient id.
+    fn patient_links(&self, tenant: &Tenant) -> Result<Vec<LinkSummary>>;
+
+    /// Returns one patient's link to a tenant with counts of what it holds, or
+    /// [`StoreError::PatientNotFound`].
+    fn patient_link(&self, tenant: &Tenant, patient: PatientId) -> Result<LinkDetail>;
+
+    /// Lists every tenant link of a patient, across tenants. Only lifecycle jobs, which
+    /// decide cross-tenant protection, may call this.
+    fn links_of_patient(&self, patient: PatientId) -> Result<Vec<LinkSummary>>;
+
+    /// Places a legal hold. A patient-scoped hold requires the patient to be linked.
+    fn place_hold(&mut self, tenant: &Tenant, scope: HoldScope, matter: &str, reason: &str,
+        actor: &str) -> Result<LegalHold>;
+
+    /// Releases an active hold.
+    fn release_hold(&mut self, id: HoldId, actor: &str) -> Result<LegalHold>;
+
+    /// Lists holds, optionally of one tenant, optionally including released ones.
+    fn holds(&self, tenant: Option<TenantId>, include_released: bool) -> Result<Vec<LegalHold>>;
+
+    /// Lists patient links whose `phi_retention_until` is at or before `as_of`.
+    fn phi_candidates(&self, as_of: DateTime<Utc>) -> Result<Vec<PhiCandidate>>;
+
+    /// Lists ID photos uploaded at or before `uploaded_before`.
+    fn id_photo_candidates(&self, uploaded_before: DateTime<Utc>) -> Result<Vec<RecordCandidate>>;
+
+    /// Lists sessions that ended or expired at or before `ended_before`.
+    fn session_candidates(&self, ended_before: DateTime<Utc>) -> Result<Vec<RecordCandidate>>;
+
+    /// Executes disposals. Each disposal is checked again inside the transaction (record
+    /// still present, still expired under `policy` at `as_of`, no active hold), and its
+    /// deletion commits together with its receipt. One transaction covers the whole slice.
+    fn dispose(&mut self, disposals: &[Disposal], context: &DisposalContext<'_>)
+        -> Result<Vec<DisposalOutcome>>;
+
+    /// Unlinks files whose rows were purged by a committed transaction. Returns how many.
+    fn finish_file_deletions(&mut self) -> Result<u64>;
+
+    /// Recomputes every link's `phi_retention_until` under `policy` when the policy changed
+    /// since it was last applied. Returns how many links changed.
+    fn apply_policy(&mut self, policy: &Policy, actor: &str) -> Result<u64>;
+
+    /// Appends one entry to the audit log. Returns its sequence number.
+    fn append_audit(&mut self, event: AuditEvent) -> Result<i64>;
+
+    /// Verifies the whole audit chain.
+    fn verify_audit(&self) -> Result<VerifyReport>;
+
+    /// Returns audit entries after `after_seq`, oldest first, at most `limit`.
+    fn audit_entries(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRecord>>;
+
+    /// Records the start of a lifecycle run.
+    fn start_run(&mut self, as_of: DateTime<Utc>) -> Result<String>;
+
+    /// Records the end of a lifecycle run with its JSON summary.
+    fn finish_run(&mut self, run_id: &str, status: &str, summary: &str) -> Result<()>;
+
+    /// Lists recent lifecycle runs, newest first.
+    fn runs(&self, limit: u32) -> Result<Vec<RunRecord>>;
+}

@@ -1,0 +1,307 @@
+//! The embedded backend: one SQLite database in WAL mode plus a folder of blobs, both under
+//! the data directory.
+
+mod audit;
+mod lifecycle;
+mod records;
+mod values;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use medconnect_domain::clock::{Clock, SystemClock};
+use medconnect_domain::time::format_instant;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+use crate::{ClockMode, Result, StoreError, StoreInfo};
+use values::parse_stored_instant;
+
+/// File name of the database inside the data directory.
+pub const DATABASE_FILE: &str = "medconnect.db";
+
+/// Folder of blob files inside the data directory.
+pub const BLOB_DIR: &str = "blobs";
+
+/// Schema migrations in order. The version of each is its position plus one.
+const MIGRATIONS: &[(&str, &str)] =
+    &[("initial", include_str!("../../migrations/sqlite/0001_initial.sql"))];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// A store in one data directory.
+pub struct SqliteStore {
+    conn: Connection,
+    data_dir: PathBuf,
+    clock: Box<dyn Clock>,
+    clock_mode: ClockMode,
+}
+
+impl SqliteStore {
+    /// Creates a new store in `data_dir`, which may exist but must not hold a store.
+    pub fn create(data_dir: &Path, clock_mode: ClockMode, clock: Box<dyn Clock>) -> Result<Self> {
+        let db_path = data_dir.join(DATABASE_FILE);
+        if db_path.exists() {
+            return Err(StoreError::AlreadyInitialized(data_dir.to_owned()));
+        }
+        fs::create_dir_all(data_dir.join(BLOB_DIR)).map_err(|e| StoreError::io(data_dir, e))?;
+        let mut conn = open_connection(&db_path)?;
+        migrate(&mut conn)?;
+        let created_at = format_instant(clock.now());
+        conn.execute(
+            "INSERT INTO store_meta (key, value) VALUES ('clock_mode', ?1), ('created_at', ?2)",
+            (clock_mode.as_str(), &created_at),
+        )?;
+        Ok(SqliteStore { conn, data_dir: data_dir.to_owned(), clock, clock_mode })
+    }
+
+    /// Opens the store in `data_dir`, applying pending migrations.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let db_path = data_dir.join(DATABASE_FILE);
+        if !db_path.is_file() {
+            return Err(StoreError::NotInitialized(data_dir.to_owned()));
+        }
+        let mut conn = open_connection(&db_path)?;
+        migrate(&mut conn)?;
+        let clock_mode = match meta_value(&conn, "clock_mode")?.as_deref() {
+            Some("simulated") => ClockMode::Simulated,
+            Some("production") => ClockMode::Production,
+            other => return Err(StoreError::Corrupt(format!("unknown clock mode {other:?}"))),
+        };
+        Ok(SqliteStore { conn, data_dir: data_dir.to_owned(), clock: Box::new(SystemClock), clock_mode })
+    }
+
+    /// Replaces the clock that stamps audit entries and new records.
+    pub fn set_clock(&mut self, clock: Box<dyn Clock>) {
+        self.clock = clock;
+    }
+
+    pub fn clock_mode(&self) -> ClockMode {
+        self.clock_mode
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn simulated(&self) -> bool {
+        self.clock_mode == ClockMode::Simulated
+    }
+
+    fn blob_path(&self, relative: &str) -> PathBuf {
+        self.data_dir.join(BLOB_DIR).join(relative)
+    }
+
+    fn write_tx(&mut self) -> Result<rusqlite::Transaction<'_>> {
+        Ok(self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+
+    fn read_info(&self) -> Result<StoreInfo> {
+        let created = meta_value(&self.conn, "created_at")?
+            .ok_or_else(|| StoreError::Corrupt("store_meta has no created_at".into()))?;
+        Ok(StoreInfo {
+            schema_version: schema_version(&self.conn)?,
+            clock: self.clock_mode,
+            created_at: parse_stored_instant(&created)?,
+            backend: "sqlite",
+            location: self.data_dir.display().to_string(),
+        })
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    // FULL sync makes each commit durable before files named in it are unlinked.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 10000;",
+    )?;
+    Ok(conn)
+}
+
+fn meta_value(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT value FROM store_meta WHERE key = ?1", [key], |row| row.get(0))
+        .optional()?)
+}
+
+fn schema_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let found = schema_version(conn)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (index, (name, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = index as i64 + 1;
+        tracing::info!(version, migration = name, "applying schema migration");
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl crate::Store for SqliteStore {
+    fn info(&self) -> Result<StoreInfo> {
+        self.read_info()
+    }
+
+    fn create_tenant(&mut self, slug: &str, name: &str, actor: &str) -> Result<medconnect_domain::model::Tenant> {
+        self.create_tenant_impl(slug, name, actor)
+    }
+
+    fn tenant_by_slug(&self, slug: &str) -> Result<medconnect_domain::model::Tenant> {
+        self.tenant_by_slug_impl(slug)
+    }
+
+    fn tenant(&self, id: medconnect_domain::TenantId) -> Result<medconnect_domain::model::Tenant> {
+        self.tenant_impl(id)
+    }
+
+    fn tenants(&self) -> Result<Vec<medconnect_domain::model::Tenant>> {
+        self.tenants_impl()
+    }
+
+    fn import(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        batch: &medconnect_domain::model::ImportBatch,
+        policy: &medconnect_domain::policy::Policy,
+        actor: &str,
+    ) -> Result<medconnect_domain::model::ImportCounts> {
+        self.import_impl(tenant, batch, policy, actor)
+    }
+
+    fn record_encounter(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        at: DateTime<Utc>,
+        policy: &medconnect_domain::policy::Policy,
+        actor: &str,
+    ) -> Result<DateTime<Utc>> {
+        self.record_encounter_impl(tenant, patient, at, policy, actor)
+    }
+
+    fn add_id_photo(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        bytes: &[u8],
+        uploaded_at: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<medconnect_domain::PhotoId> {
+        self.add_id_photo_impl(tenant, patient, bytes, uploaded_at, actor)
+    }
+
+    fn add_session(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: Option<medconnect_domain::PatientId>,
+        times: crate::SessionTimes,
+    ) -> Result<medconnect_domain::SessionId> {
+        self.add_session_impl(tenant, patient, times)
+    }
+
+    fn patient_links(&self, tenant: &medconnect_domain::model::Tenant) -> Result<Vec<crate::LinkSummary>> {
+        self.patient_links_impl(tenant)
+    }
+
+    fn patient_link(
+        &self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+    ) -> Result<crate::LinkDetail> {
+        self.patient_link_impl(tenant, patient)
+    }
+
+    fn links_of_patient(&self, patient: medconnect_domain::PatientId) -> Result<Vec<crate::LinkSummary>> {
+        self.links_of_patient_impl(patient)
+    }
+
+    fn place_hold(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        scope: medconnect_domain::model::HoldScope,
+        matter: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<medconnect_domain::model::LegalHold> {
+        self.place_hold_impl(tenant, scope, matter, reason, actor)
+    }
+
+    fn release_hold(&mut self, id: medconnect_domain::HoldId, actor: &str) -> Result<medconnect_domain::model::LegalHold> {
+        self.release_hold_impl(id, actor)
+    }
+
+    fn holds(
+        &self,
+        tenant: Option<medconnect_domain::TenantId>,
+        include_released: bool,
+    ) -> Result<Vec<medconnect_domain::model::LegalHold>> {
+        self.holds_impl(tenant, include_released)
+    }
+
+    fn phi_candidates(&self, as_of: DateTime<Utc>) -> Result<Vec<crate::PhiCandidate>> {
+        self.phi_candidates_impl(as_of)
+    }
+
+    fn id_photo_candidates(&self, uploaded_before: DateTime<Utc>) -> Result<Vec<crate::RecordCandidate>> {
+        self.id_photo_candidates_impl(uploaded_before)
+    }
+
+    fn session_candidates(&self, ended_before: DateTime<Utc>) -> Result<Vec<crate::RecordCandidate>> {
+        self.session_candidates_impl(ended_before)
+    }
+
+    fn dispose(
+        &mut self,
+        disposals: &[crate::Disposal],
+        context: &crate::DisposalContext<'_>,
+    ) -> Result<Vec<crate::DisposalOutcome>> {
+        self.dispose_impl(disposals, context)
+    }
+
+    fn finish_file_deletions(&mut self) -> Result<u64> {
+        self.finish_file_deletions_impl()
+    }
+
+    fn apply_policy(&mut self, policy: &medconnect_domain::policy::Policy, actor: &str) -> Result<u64> {
+        self.apply_policy_impl(policy, actor)
+    }
+
+    fn append_audit(&mut self, event: medconnect_domain::audit::AuditEvent) -> Result<i64> {
+        self.append_audit_impl(event)
+    }
+
+    fn verify_audit(&self) -> Result<medconnect_domain::audit::VerifyReport> {
+        self.verify_audit_impl()
+    }
+
+    fn audit_entries(&self, after_seq: i64, limit: u32) -> Result<Vec<crate::AuditRecord>> {
+        self.audit_entries_impl(after_seq, limit)
+    }
+
+    fn start_run(&mut self, as_of: DateTime<Utc>) -> Result<String> {
+        self.start_run_impl(as_of)
+    }
+
+    fn finish_run(&mut self, run_id: &str, status: &str, summary: &str) -> Result<()> {
+        self.finish_run_impl(run_id, status, summary)
+    }
+
+    fn runs(&self, limit: u32) -> Result<Vec<crate::RunRecord>> {
+        self.runs_impl(limit)
+    }
+}

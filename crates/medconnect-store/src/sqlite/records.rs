@@ -1,0 +1,500 @@
+//! Tenants, imports, encounters, ID photos, sessions, links and legal holds.
+
+use std::collections::HashMap;
+use std::fs;
+
+use chrono::{DateTime, Utc};
+use medconnect_domain::audit::AuditEvent;
+use medconnect_domain::model::{validate_slug, HoldScope, ImportBatch, ImportCounts, LegalHold, Tenant};
+use medconnect_domain::policy::Policy;
+use medconnect_domain::time::format_instant;
+use medconnect_domain::{ConsultationId, HoldId, PatientId, PhotoId, ProviderId, SessionId, TenantId};
+use rusqlite::{Connection, OptionalExtension, Row};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::audit::AuditAppender;
+use super::values::{parse_optional_instant, parse_stored_id, parse_stored_instant};
+use super::SqliteStore;
+use crate::{LinkCounts, LinkDetail, LinkSummary, RecordCandidate, Result, SessionTimes, StoreError};
+
+const LINK_COLUMNS: &str = "t.id, t.slug, l.patient_id, l.last_medical_encounter_at, l.phi_retention_until";
+
+pub(crate) fn link_from_row(row: &Row<'_>) -> Result<LinkSummary> {
+    Ok(LinkSummary {
+        tenant_id: parse_stored_id(&row.get::<_, String>(0)?)?,
+        tenant_slug: row.get(1)?,
+        patient_id: parse_stored_id(&row.get::<_, String>(2)?)?,
+        last_medical_encounter_at: parse_optional_instant(row.get(3)?)?,
+        phi_retention_until: parse_stored_instant(&row.get::<_, String>(4)?)?,
+    })
+}
+
+fn tenant_from_row(row: &Row<'_>) -> Result<Tenant> {
+    Ok(Tenant {
+        id: parse_stored_id(&row.get::<_, String>(0)?)?,
+        slug: row.get(1)?,
+        name: row.get(2)?,
+        created_at: parse_stored_instant(&row.get::<_, String>(3)?)?,
+    })
+}
+
+fn hold_from_row(row: &Row<'_>) -> Result<LegalHold> {
+    let patient: Option<String> = row.get(2)?;
+    let scope = match patient {
+        Some(id) => HoldScope::Patient(parse_stored_id(&id)?),
+        None => HoldScope::WholeTenant,
+    };
+    Ok(LegalHold {
+        id: parse_stored_id(&row.get::<_, String>(0)?)?,
+        tenant_id: parse_stored_id(&row.get::<_, String>(1)?)?,
+        scope,
+        matter: row.get(3)?,
+        reason: row.get(4)?,
+        placed_at: parse_stored_instant(&row.get::<_, String>(5)?)?,
+        placed_by: row.get(6)?,
+        released_at: parse_optional_instant(row.get(7)?)?,
+        released_by: row.get(8)?,
+    })
+}
+
+const HOLD_COLUMNS: &str =
+    "id, tenant_id, patient_id, matter, reason, placed_at, placed_by, released_at, released_by";
+
+/// Returns the integer key of a patient's link to a tenant.
+pub(crate) fn link_key(conn: &Connection, tenant: TenantId, patient: PatientId) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM patient_links WHERE tenant_id = ?1 AND patient_id = ?2")?
+        .query_row((tenant.to_string(), patient.to_string()), |row| row.get(0))
+        .optional()?)
+}
+
+impl SqliteStore {
+    fn require_link(&self, tenant: &Tenant, patient: PatientId) -> Result<i64> {
+        link_key(&self.conn, tenant.id, patient)?.ok_or_else(|| StoreError::PatientNotFound {
+            tenant: tenant.slug.clone(),
+            patient: patient.to_string(),
+        })
+    }
+
+    pub(crate) fn create_tenant_impl(&mut self, slug: &str, name: &str, actor: &str) -> Result<Tenant> {
+        validate_slug(slug).map_err(|e| StoreError::InconsistentBatch(e.to_string()))?;
+        if self.tenant_by_slug_impl(slug).is_ok() {
+            return Err(StoreError::TenantExists(slug.to_owned()));
+        }
+        let tenant = Tenant { id: TenantId::new(), slug: slug.to_owned(), name: name.to_owned(), created_at: self.now() };
+        let (at, simulated) = (self.now(), self.simulated());
+        let tx = self.write_tx()?;
+        tx.execute(
+            "INSERT INTO tenants (id, slug, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+            (tenant.id.to_string(), slug, name, format_instant(tenant.created_at)),
+        )?;
+        let mut audit = AuditAppender::begin(&tx, at, simulated)?;
+        audit.append(&tx, AuditEvent::new(actor, "tenant.create").tenant(tenant.id).subject(tenant.id))?;
+        audit.finish(&tx)?;
+        tx.commit()?;
+        Ok(tenant)
+    }
+
+    pub(crate) fn tenant_by_slug_impl(&self, slug: &str) -> Result<Tenant> {
+        let row = self
+            .conn
+            .query_row("SELECT id, slug, name, created_at FROM tenants WHERE slug = ?1", [slug], |row| {
+                Ok(tenant_from_row(row))
+            })
+            .optional()?;
+        row.ok_or_else(|| StoreError::TenantNotFound(slug.to_owned()))?
+    }
+
+    pub(crate) fn tenant_impl(&self, id: TenantId) -> Result<Tenant> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, slug, name, created_at FROM tenants WHERE id = ?1",
+                [id.to_string()],
+                |row| Ok(tenant_from_row(row)),
+            )
+            .optional()?;
+        row.ok_or_else(|| StoreError::TenantNotFound(id.to_string()))?
+    }
+
+    pub(crate) fn tenants_impl(&self) -> Result<Vec<Tenant>> {
+        let mut statement = self.conn.prepare("SELECT id, slug, name, created_at FROM tenants ORDER BY slug")?;
+        let mut rows = statement.query([])?;
+        let mut tenants = Vec::new();
+        while let Some(row) = rows.next()? {
+            tenants.push(tenant_from_row(row)?);
+        }
+        Ok(tenants)
+    }
+
+    pub(crate) fn import_impl(&mut self, tenant: &Tenant, batch: &ImportBatch, policy: &Policy, actor: &str) -> Result<ImportCounts> {
+        let (now, simulated) = (self.now(), self.simulated());
+        let tx = self.write_tx()?;
+        let counts = write_import(&tx, tenant, batch, policy, now)?;
+        let mut audit = AuditAppender::begin(&tx, now, simulated)?;
+        let detail = format!(
+            "source {}: {} profiles created, {} linked, {} consultations, {} prescriptions, {} history entries",
+            batch.source_system, counts.profiles_created, counts.profiles_linked, counts.consultations,
+            counts.prescriptions, counts.history_entries
+        );
+        audit.append(&tx, AuditEvent::new(actor, "import").tenant(tenant.id).detail(detail))?;
+        audit.finish(&tx)?;
+        tx.commit()?;
+        Ok(counts)
+    }
+
+    pub(crate) fn record_encounter_impl(&mut self, tenant: &Tenant, patient: PatientId, at: DateTime<Utc>, policy: &Policy, actor: &str) -> Result<DateTime<Utc>> {
+        let link = self.require_link(tenant, patient)?;
+        let (now, simulated) = (self.now(), self.simulated());
+        let tx = self.write_tx()?;
+        let previous: Option<String> = tx.query_row(
+            "SELECT last_medical_encounter_at FROM patient_links WHERE id = ?1",
+            [link],
+            |row| row.get(0),
+        )?;
+        let previous = parse_optional_instant(previous)?;
+        let last = previous.map_or(at, |p| p.max(at));
+        let until = policy.phi_retention_until(&tenant.slug, last);
+        tx.execute(
+            "INSERT INTO consultations (id, tenant_id, link_id, status, encounter_class, reason, notes, started_at, ended_at)
+             VALUES (?1, ?2, ?3, 'completed', 'virtual', '', '', ?4, ?4)",
+            (ConsultationId::new().to_string(), tenant.id.to_string(), link, format_instant(at)),
+        )?;
+        tx.execute(
+            "UPDATE patient_links SET last_medical_encounter_at = ?1, phi_retention_until = ?2 WHERE id = ?3",
+            (format_instant(last), format_instant(until), link),
+        )?;
+        let mut audit = AuditAppender::begin(&tx, now, simulated)?;
+        audit.append(&tx, AuditEvent::new(actor, "encounter.record").tenant(tenant.id).subject(patient)
+            .detail(format!("policy {}", policy.version())))?;
+        audit.finish(&tx)?;
+        tx.commit()?;
+        Ok(until)
+    }
+
+    pub(crate) fn add_id_photo_impl(&mut self, tenant: &Tenant, patient: PatientId, bytes: &[u8], uploaded_at: DateTime<Utc>, actor: &str) -> Result<PhotoId> {
+        let link = self.require_link(tenant, patient)?;
+        let id = PhotoId::new();
+        let relative = format!("id-photos/{}/{id}.bin", tenant.id);
+        let path = self.blob_path(&relative);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
+        }
+        fs::write(&path, bytes).map_err(|e| StoreError::io(&path, e))?;
+        let digest = hex::encode(Sha256::digest(bytes));
+        let (now, simulated) = (self.now(), self.simulated());
+        let result = (|| -> Result<()> {
+            let tx = self.write_tx()?;
+            tx.execute(
+                "INSERT INTO id_photos (id, tenant_id, link_id, file_name, bytes, sha256, uploaded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                (id.to_string(), tenant.id.to_string(), link, &relative, bytes.len() as i64, digest, format_instant(uploaded_at)),
+            )?;
+            let mut audit = AuditAppender::begin(&tx, now, simulated)?;
+            audit.append(&tx, AuditEvent::new(actor, "id_photo.upload").tenant(tenant.id).subject(patient).subject(id))?;
+            audit.finish(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(err) = result {
+            // The row was not written, so the file must not stay behind.
+            let _ = fs::remove_file(&path);
+            return Err(err);
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn add_session_impl(&mut self, tenant: &Tenant, patient: Option<PatientId>, times: SessionTimes) -> Result<SessionId> {
+        let link = patient.map(|p| self.require_link(tenant, p)).transpose()?;
+        let id = SessionId::new();
+        self.conn.execute(
+            "INSERT INTO sessions (id, tenant_id, link_id, started_at, expires_at, ended_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            (
+                id.to_string(),
+                tenant.id.to_string(),
+                link,
+                format_instant(times.started_at),
+                format_instant(times.expires_at),
+                times.ended_at.map(format_instant),
+            ),
+        )?;
+        Ok(id)
+    }
+
+    pub(crate) fn patient_links_impl(&self, tenant: &Tenant) -> Result<Vec<LinkSummary>> {
+        let sql = format!(
+            "SELECT {LINK_COLUMNS} FROM patient_links l JOIN tenants t ON t.id = l.tenant_id
+             WHERE l.tenant_id = ?1 ORDER BY l.patient_id"
+        );
+        let mut statement = self.conn.prepare(&sql)?;
+        let mut rows = statement.query([tenant.id.to_string()])?;
+        let mut links = Vec::new();
+        while let Some(row) = rows.next()? {
+            links.push(link_from_row(row)?);
+        }
+        Ok(links)
+    }
+
+    pub(crate) fn links_of_patient_impl(&self, patient: PatientId) -> Result<Vec<LinkSummary>> {
+        let sql = format!(
+            "SELECT {LINK_COLUMNS} FROM patient_links l JOIN tenants t ON t.id = l.tenant_id
+             WHERE l.patient_id = ?1 ORDER BY t.slug"
+        );
+        let mut statement = self.conn.prepare_cached(&sql)?;
+        let mut rows = statement.query([patient.to_string()])?;
+        let mut links = Vec::new();
+        while let Some(row) = rows.next()? {
+            links.push(link_from_row(row)?);
+        }
+        Ok(links)
+    }
+
+    pub(crate) fn patient_link_impl(&self, tenant: &Tenant, patient: PatientId) -> Result<LinkDetail> {
+        let key = self.require_link(tenant, patient)?;
+        let sql = format!("SELECT {LINK_COLUMNS} FROM patient_links l JOIN tenants t ON t.id = l.tenant_id WHERE l.id = ?1");
+        let link = self.conn.query_row(&sql, [key], |row| Ok(link_from_row(row)))??;
+        let count = |table: &str| -> Result<u64> {
+            let sql = format!("SELECT count(*) FROM {table} WHERE link_id = ?1");
+            Ok(self.conn.query_row(&sql, [key], |row| row.get::<_, i64>(0))? as u64)
+        };
+        let counts = LinkCounts {
+            consultations: count("consultations")?,
+            prescriptions: count("prescriptions")?,
+            history_entries: count("medical_history")?,
+            intake_forms: count("intake_forms")?,
+            id_photos: count("id_photos")?,
+            sessions: count("sessions")?,
+        };
+        let id_photos = self.link_records("SELECT id, uploaded_at FROM id_photos WHERE link_id = ?1 ORDER BY uploaded_at", key, &link)?;
+        let sessions = self.link_records("SELECT id, ends_at FROM sessions WHERE link_id = ?1 ORDER BY ends_at", key, &link)?;
+        Ok(LinkDetail { link, counts, id_photos, sessions })
+    }
+
+    fn link_records(&self, sql: &str, key: i64, link: &LinkSummary) -> Result<Vec<RecordCandidate>> {
+        let mut statement = self.conn.prepare(sql)?;
+        let mut rows = statement.query([key])?;
+        let mut records = Vec::new();
+        while let Some(row) = rows.next()? {
+            records.push(RecordCandidate {
+                id: row.get(0)?,
+                tenant_id: link.tenant_id,
+                tenant_slug: link.tenant_slug.clone(),
+                patient_id: Some(link.patient_id),
+                since: parse_stored_instant(&row.get::<_, String>(1)?)?,
+            });
+        }
+        Ok(records)
+    }
+
+    pub(crate) fn place_hold_impl(&mut self, tenant: &Tenant, scope: HoldScope, matter: &str, reason: &str, actor: &str) -> Result<LegalHold> {
+        if let HoldScope::Patient(patient) = scope {
+            self.require_link(tenant, patient)?;
+        }
+        let hold = LegalHold {
+            id: HoldId::new(),
+            tenant_id: tenant.id,
+            scope,
+            matter: matter.to_owned(),
+            reason: reason.to_owned(),
+            placed_at: self.now(),
+            placed_by: actor.to_owned(),
+            released_at: None,
+            released_by: None,
+        };
+        let patient = match scope {
+            HoldScope::Patient(patient) => Some(patient.to_string()),
+            HoldScope::WholeTenant => None,
+        };
+        let simulated = self.simulated();
+        let tx = self.write_tx()?;
+        tx.execute(
+            "INSERT INTO legal_holds (id, tenant_id, patient_id, matter, reason, placed_at, placed_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            (hold.id.to_string(), tenant.id.to_string(), &patient, matter, reason, format_instant(hold.placed_at), actor),
+        )?;
+        let mut audit = AuditAppender::begin(&tx, hold.placed_at, simulated)?;
+        let mut event = AuditEvent::new(actor, "hold.place").tenant(tenant.id).subject(hold.id)
+            .detail(format!("matter {matter}"));
+        if let Some(patient) = &patient {
+            event = event.subject(patient);
+        }
+        audit.append(&tx, event)?;
+        audit.finish(&tx)?;
+        tx.commit()?;
+        Ok(hold)
+    }
+
+    pub(crate) fn release_hold_impl(&mut self, id: HoldId, actor: &str) -> Result<LegalHold> {
+        let (now, simulated) = (self.now(), self.simulated());
+        let tx = self.write_tx()?;
+        let sql = format!("SELECT {HOLD_COLUMNS} FROM legal_holds WHERE id = ?1");
+        let hold = tx
+            .query_row(&sql, [id.to_string()], |row| Ok(hold_from_row(row)))
+            .optional()?
+            .ok_or_else(|| StoreError::HoldNotFound(id.to_string()))??;
+        if !hold.is_active() {
+            return Err(StoreError::HoldAlreadyReleased(id.to_string()));
+        }
+        tx.execute(
+            "UPDATE legal_holds SET released_at = ?1, released_by = ?2 WHERE id = ?3",
+            (format_instant(now), actor, id.to_string()),
+        )?;
+        let mut audit = AuditAppender::begin(&tx, now, simulated)?;
+        audit.append(&tx, AuditEvent::new(actor, "hold.release").tenant(hold.tenant_id).subject(id))?;
+        audit.finish(&tx)?;
+        tx.commit()?;
+        Ok(LegalHold { released_at: Some(now), released_by: Some(actor.to_owned()), ..hold })
+    }
+
+    pub(crate) fn holds_impl(&self, tenant: Option<TenantId>, include_released: bool) -> Result<Vec<LegalHold>> {
+        let sql = format!(
+            "SELECT {HOLD_COLUMNS} FROM legal_holds
+             WHERE (?1 IS NULL OR tenant_id = ?1) AND (?2 OR released_at IS NULL)
+             ORDER BY placed_at, id"
+        );
+        let mut statement = self.conn.prepare_cached(&sql)?;
+        let mut rows = statement.query((tenant.map(|t| t.to_string()), include_released))?;
+        let mut holds = Vec::new();
+        while let Some(row) = rows.next()? {
+            holds.push(hold_from_row(row)?);
+        }
+        Ok(holds)
+    }
+}
+
+/// Writes an import batch inside an open transaction.
+fn write_import(tx: &Connection, tenant: &Tenant, batch: &ImportBatch, policy: &Policy, now: DateTime<Utc>) -> Result<ImportCounts> {
+    let mut counts = ImportCounts::default();
+    let now_text = format_instant(now);
+    let tenant_id = tenant.id.to_string();
+
+    let mut links: HashMap<&str, (i64, PatientId)> = HashMap::new();
+    let mut already_linked = 0usize;
+    for profile in &batch.patients {
+        let existing: Option<String> = tx
+            .prepare_cached("SELECT id FROM patient_profiles WHERE source_system = ?1 AND source_id = ?2")?
+            .query_row((&profile.source_system, &profile.source_id), |row| row.get(0))
+            .optional()?;
+        let patient = match existing {
+            Some(id) => {
+                counts.profiles_linked += 1;
+                parse_stored_id::<PatientId>(&id)?
+            }
+            None => {
+                let id = PatientId::new();
+                tx.prepare_cached(
+                    "INSERT INTO patient_profiles (id, source_system, source_id, given_name, family_name, birth_date,
+                     death_date, sex, ssn, phone, email, address_line, city, state, postal_code, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                )?
+                .execute(rusqlite::params![
+                    id.to_string(), profile.source_system, profile.source_id, profile.given_name,
+                    profile.family_name, profile.birth_date, profile.death_date, profile.sex, profile.ssn,
+                    profile.phone, profile.email, profile.address_line, profile.city, profile.state,
+                    profile.postal_code, now_text,
+                ])?;
+                counts.profiles_created += 1;
+                id
+            }
+        };
+        if link_key(tx, tenant.id, patient)?.is_some() {
+            already_linked += 1;
+            continue;
+        }
+        // Retention is set once every consultation is known, below.
+        tx.prepare_cached(
+            "INSERT INTO patient_links (tenant_id, patient_id, created_at, phi_retention_until) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute((&tenant_id, patient.to_string(), &now_text, format_instant(policy.phi_retention_until(&tenant.slug, now))))?;
+        links.insert(profile.source_id.as_str(), (tx.last_insert_rowid(), patient));
+        counts.links_created += 1;
+    }
+    if already_linked > 0 {
+        return Err(StoreError::AlreadyImported { tenant: tenant.slug.clone(), count: already_linked });
+    }
+
+    let mut providers: HashMap<&str, String> = HashMap::new();
+    for provider in &batch.providers {
+        let id = ProviderId::new().to_string();
+        tx.prepare_cached(
+            "INSERT INTO providers (id, tenant_id, source_id, name, specialty, organization, license_number, license_state, dea_number)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (tenant_id, source_id) DO NOTHING",
+        )?
+        .execute(rusqlite::params![
+            id, tenant_id, provider.source_id, provider.name, provider.specialty, provider.organization,
+            provider.license_number, provider.license_state, provider.dea_number,
+        ])?;
+        let stored: String = tx
+            .prepare_cached("SELECT id FROM providers WHERE tenant_id = ?1 AND source_id = ?2")?
+            .query_row((&tenant_id, &provider.source_id), |row| row.get(0))?;
+        if stored == id {
+            counts.providers += 1;
+        }
+        providers.insert(provider.source_id.as_str(), stored);
+    }
+
+    let link_of = |source: &str| -> Result<(i64, PatientId)> {
+        links.get(source).copied().ok_or_else(|| {
+            StoreError::InconsistentBatch("a row references a patient that is not in the batch".into())
+        })
+    };
+    let mut last_encounter: HashMap<i64, DateTime<Utc>> = HashMap::new();
+    let mut consultations: HashMap<&str, String> = HashMap::new();
+    for consultation in &batch.consultations {
+        let (link, _) = link_of(&consultation.patient_source_id)?;
+        let provider = consultation.provider_source_id.as_deref().and_then(|p| providers.get(p));
+        let id = ConsultationId::new().to_string();
+        tx.prepare_cached(
+            "INSERT INTO consultations (id, tenant_id, link_id, provider_id, source_id, status, encounter_class, reason, notes, started_at, ended_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?
+        .execute(rusqlite::params![
+            id, tenant_id, link, provider, consultation.source_id, consultation.status,
+            consultation.encounter_class, consultation.reason, consultation.notes,
+            format_instant(consultation.started_at), consultation.ended_at.map(format_instant),
+        ])?;
+        let encounter_end = consultation.ended_at.unwrap_or(consultation.started_at);
+        let latest = last_encounter.entry(link).or_insert(encounter_end);
+        *latest = (*latest).max(encounter_end);
+        consultations.insert(consultation.source_id.as_str(), id);
+        counts.consultations += 1;
+    }
+
+    for prescription in &batch.prescriptions {
+        let (link, _) = link_of(&prescription.patient_source_id)?;
+        let consultation = prescription.consultation_source_id.as_deref().and_then(|c| consultations.get(c));
+        tx.prepare_cached(
+            "INSERT INTO prescriptions (id, tenant_id, link_id, consultation_id, code, description, dispenses, controlled, started_at, stopped_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(rusqlite::params![
+            Uuid::new_v4().to_string(), tenant_id, link, consultation, prescription.code,
+            prescription.description, prescription.dispenses, prescription.controlled,
+            format_instant(prescription.started_at), prescription.stopped_at.map(format_instant),
+        ])?;
+        counts.prescriptions += 1;
+    }
+
+    for entry in &batch.history {
+        let (link, _) = link_of(&entry.patient_source_id)?;
+        let consultation = entry.consultation_source_id.as_deref().and_then(|c| consultations.get(c));
+        tx.prepare_cached(
+            "INSERT INTO medical_history (id, tenant_id, link_id, consultation_id, kind, code, description, started_at, stopped_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(rusqlite::params![
+            Uuid::new_v4().to_string(), tenant_id, link, consultation, entry.kind, entry.code,
+            entry.description, format_instant(entry.started_at), entry.stopped_at.map(format_instant),
+        ])?;
+        counts.history_entries += 1;
+    }
+
+    for (link, last) in last_encounter {
+        tx.prepare_cached(
+            "UPDATE patient_links SET last_medical_encounter_at = ?1, phi_retention_until = ?2 WHERE id = ?3",
+        )?
+        .execute((format_instant(last), format_instant(policy.phi_retention_until(&tenant.slug, last)), link))?;
+    }
+    Ok(counts)
+}

@@ -1,0 +1,163 @@
+//! Values the store returns and accepts, shared by every backend.
+
+use chrono::{DateTime, Utc};
+use medconnect_domain::audit::DisposalReceipt;
+use medconnect_domain::model::Category;
+use medconnect_domain::policy::{Policy, Rule};
+use medconnect_domain::{HoldId, PatientId, TenantId};
+use serde::Serialize;
+
+/// How the store's clock works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockMode {
+    /// Real time only. `lifecycle run --as-of` is rejected, because a future instant would
+    /// purge records before their retention ends.
+    Production,
+    /// Demo and test stores: runs accept `--as-of`, and every audit entry is marked
+    /// `simulated_clock`.
+    Simulated,
+}
+
+impl ClockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClockMode::Production => "production",
+            ClockMode::Simulated => "simulated",
+        }
+    }
+}
+
+/// Facts about a store.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreInfo {
+    pub schema_version: i64,
+    pub clock: ClockMode,
+    pub created_at: DateTime<Utc>,
+    pub backend: &'static str,
+    pub location: String,
+}
+
+/// Start, expiry and optional end of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionTimes {
+    pub started_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// A patient's link to one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkSummary {
+    pub tenant_id: TenantId,
+    pub tenant_slug: String,
+    pub patient_id: PatientId,
+    pub last_medical_encounter_at: Option<DateTime<Utc>>,
+    pub phi_retention_until: DateTime<Utc>,
+}
+
+/// Counts of what a tenant holds for one patient.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LinkCounts {
+    pub consultations: u64,
+    pub prescriptions: u64,
+    pub history_entries: u64,
+    pub intake_forms: u64,
+    pub id_photos: u64,
+    pub sessions: u64,
+}
+
+/// A link with counts, plus its ID photos and sessions with their own retention inputs.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkDetail {
+    pub link: LinkSummary,
+    pub counts: LinkCounts,
+    pub id_photos: Vec<RecordCandidate>,
+    pub sessions: Vec<RecordCandidate>,
+}
+
+/// A patient link that may be due for PHI purge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhiCandidate {
+    pub link: LinkSummary,
+    /// How many other tenants the patient is linked to.
+    pub other_links: u32,
+}
+
+/// An ID photo or session that may be due for deletion. `since` is its upload or end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordCandidate {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub tenant_slug: String,
+    pub patient_id: Option<PatientId>,
+    pub since: DateTime<Utc>,
+}
+
+/// One disposal to execute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Disposal {
+    pub category: Category,
+    pub tenant_id: TenantId,
+    pub patient_id: Option<PatientId>,
+    /// The patient id for patient records, else the photo or session id.
+    pub record_id: String,
+}
+
+/// Shared inputs of one [`crate::Store::dispose`] call.
+pub struct DisposalContext<'a> {
+    pub policy: &'a Policy,
+    pub as_of: DateTime<Utc>,
+    pub actor: &'a str,
+    pub run_id: &'a str,
+}
+
+/// Why a disposal did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum SkipReason {
+    /// An active legal hold covers the record.
+    LegalHold { hold_id: HoldId },
+    /// The record is not yet past retention (for example a new encounter arrived mid-run).
+    NotExpired { retention_until: DateTime<Utc> },
+    /// The record no longer exists: another run purged it first.
+    AlreadyGone,
+}
+
+/// What happened to one disposal. `receipts` holds one receipt per disposed unit: a patient
+/// records purge that removes the last link also disposes of the core profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisposalOutcome {
+    Disposed { receipts: Vec<DisposalReceipt> },
+    Skipped(SkipReason),
+}
+
+/// An audit entry as listed to an operator.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub hash: String,
+    pub body: serde_json::Value,
+}
+
+/// A lifecycle run as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub as_of: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub summary: Option<serde_json::Value>,
+}
+
+/// Returns the rule that governs a category.
+pub fn rule_for(category: Category) -> Rule {
+    match category {
+        Category::PatientRecords => Rule::PhiAfterLastEncounter,
+        Category::PatientProfile => Rule::ProfileAfterLastLink,
+        Category::IdPhoto => Rule::IdPhotoAfterUpload,
+        Category::Session => Rule::SessionAfterEnd,
+    }
+}
+

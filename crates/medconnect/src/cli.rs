@@ -1,0 +1,235 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// MedConnect: retention, legal holds, provable disposal and a tamper-evident audit log for
+/// telehealth data.
+#[derive(Parser)]
+#[command(name = "medconnect", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Data directory holding the store, its policy file and its blobs.
+    #[arg(long, global = true, env = "MEDCONNECT_DATA_DIR", default_value = "./medconnect-data")]
+    pub data_dir: PathBuf,
+
+    /// Retention policy file [default: DATA_DIR/policy.toml].
+    #[arg(long, global = true, env = "MEDCONNECT_POLICY")]
+    pub policy: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a new store in the data directory.
+    Init {
+        /// Let `lifecycle run` accept --as-of, for demos and tests. Every audit entry of such
+        /// a store is marked as written on a simulated clock.
+        #[arg(long)]
+        simulated_clock: bool,
+    },
+    /// Show or check the retention policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Create and list tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// List the patients of a tenant.
+    #[command(subcommand)]
+    Patient(PatientCommand),
+    /// Import external data sets.
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Record medical encounters, which extend PHI retention.
+    #[command(subcommand)]
+    Encounter(EncounterCommand),
+    /// Plan, explain and run the retention jobs.
+    #[command(subcommand)]
+    Lifecycle(LifecycleCommand),
+    /// Place, release and list legal holds.
+    #[command(subcommand)]
+    Hold(HoldCommand),
+    /// Verify and read the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Build a simulated store from the Synthea sample data and run the whole lifecycle on it.
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Print the policy in force.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a policy file without using it.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        /// Lowercase letters, digits and hyphens, such as `northwind`.
+        slug: String,
+        /// Display name [default: the slug].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tenants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PatientCommand {
+    /// List a tenant's patients with their retention.
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImportCommand {
+    /// Import a Synthea CSV export (patients.csv, encounters.csv, ...) into a tenant.
+    Synthea {
+        /// Folder holding the CSV files.
+        dir: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EncounterCommand {
+    /// Record an encounter for a patient and recompute their retention.
+    Record {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        patient: String,
+        /// When the encounter happened [default: now]. Only simulated-clock stores accept
+        /// an instant in the future.
+        #[arg(long)]
+        at: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct AsOf {
+    /// Evaluate retention as of this instant (RFC 3339, or a date meaning midnight UTC)
+    /// [default: now].
+    #[arg(long)]
+    pub as_of: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum LifecycleCommand {
+    /// List what a run would dispose of and keep, and why. Changes nothing.
+    Plan {
+        #[command(flatten)]
+        as_of: AsOf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain why one patient's records are kept, and until when.
+    Explain {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        patient: String,
+        #[command(flatten)]
+        as_of: AsOf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dispose of everything expired that no hold protects, with a receipt per disposal.
+    Run {
+        /// Only on stores created with `init --simulated-clock`.
+        #[command(flatten)]
+        as_of: AsOf,
+        /// Disposals per transaction.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        batch_size: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show recent runs.
+    Status {
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum HoldCommand {
+    /// Place a legal hold on one patient of a tenant or on the whole tenant.
+    Place {
+        #[arg(long)]
+        tenant: String,
+        /// Patient id, as printed by `patient list`.
+        #[arg(long, conflicts_with = "whole_tenant", required_unless_present = "whole_tenant")]
+        patient: Option<String>,
+        /// Hold every record of the tenant.
+        #[arg(long)]
+        whole_tenant: bool,
+        /// Matter reference, such as a case number.
+        #[arg(long)]
+        matter: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release a hold. Records it protected are purged by the next run if expired.
+    Release { id: String },
+    /// List holds.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Include released holds.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole hash chain and name the first entry altered, removed or reordered.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print audit entries as JSON lines.
+    Log {
+        /// Print entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Folder of the Synthea CSV export [default: the first of ../shared/data/synthea and
+    /// shared/data/synthea that exists].
+    #[arg(long, env = "MEDCONNECT_SYNTHEA_DIR")]
+    pub synthea: Option<PathBuf>,
+    /// Replace a previous demo store in the data directory. Production stores are never
+    /// replaced.
+    #[arg(long)]
+    pub fresh: bool,
+}

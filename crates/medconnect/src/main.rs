@@ -1,0 +1,125 @@
+//! The `medconnect` command: a thin layer over the library crates that parses arguments,
+//! opens the store, and prints results for people (tables) or scripts (`--json`).
+
+#![allow(clippy::print_stdout, reason = "the CLI writes its results to standard output")]
+
+mod cli;
+mod commands;
+mod demo;
+mod logging;
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use medconnect_domain::clock::FixedClock;
+use medconnect_domain::policy::{Policy, DEFAULT_POLICY_TOML};
+use medconnect_domain::time::parse_instant;
+use medconnect_store::{ClockMode, SqliteStore};
+
+use cli::{Cli, Command};
+
+/// The actor recorded in audit entries written through the CLI.
+pub const CLI_ACTOR: &str = "operator:cli";
+
+/// File name of the policy inside the data directory.
+pub const POLICY_FILE: &str = "policy.toml";
+
+fn main() -> ExitCode {
+    logging::init();
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let context = Context { data_dir: cli.data_dir, policy: cli.policy };
+    match cli.command {
+        Command::Init { simulated_clock } => commands::init(&context, simulated_clock),
+        Command::Policy(command) => commands::policy(&context, command),
+        Command::Tenant(command) => commands::tenant(&context, command),
+        Command::Patient(command) => commands::patient(&context, command),
+        Command::Import(command) => commands::import(&context, command),
+        Command::Encounter(command) => commands::encounter(&context, command),
+        Command::Lifecycle(command) => commands::lifecycle(&context, command),
+        Command::Hold(command) => commands::hold(&context, command),
+        Command::Audit(command) => commands::audit(&context, command),
+        Command::Demo(args) => demo::run(&context, args),
+    }
+}
+
+/// Where the store and its policy live.
+pub struct Context {
+    pub data_dir: PathBuf,
+    pub policy: Option<PathBuf>,
+}
+
+impl Context {
+    pub fn open_store(&self) -> Result<SqliteStore> {
+        Ok(SqliteStore::open(&self.data_dir)?)
+    }
+
+    pub fn policy_path(&self) -> PathBuf {
+        self.policy.clone().unwrap_or_else(|| self.data_dir.join(POLICY_FILE))
+    }
+
+    /// Loads and validates the policy in force.
+    pub fn load_policy(&self) -> Result<Policy> {
+        load_policy_file(&self.policy_path())
+    }
+
+    /// Writes the default policy file unless one exists.
+    pub fn write_default_policy(&self) -> Result<()> {
+        let path = self.policy_path();
+        if !path.exists() {
+            std::fs::write(&path, DEFAULT_POLICY_TOML).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn load_policy_file(path: &Path) -> Result<Policy> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
+            "policy file {} not found: `medconnect init` writes the default one, or pass --policy FILE",
+            path.display()
+        ),
+        Err(err) => return Err(err).with_context(|| format!("reading policy file {}", path.display())),
+    };
+    Policy::from_toml(&text).with_context(|| format!("{}", path.display()))
+}
+
+/// Parses `--as-of`, defaulting to now.
+pub fn as_of_or_now(value: Option<&str>) -> Result<DateTime<Utc>> {
+    match value {
+        Some(value) => Ok(parse_instant(value)?),
+        None => Ok(medconnect_domain::time::truncate_to_second(Utc::now())),
+    }
+}
+
+/// Parses `--as-of` for a command that destroys data, which only a simulated store allows.
+/// The store's clock is set to that instant so audit entries carry it.
+pub fn destructive_as_of(store: &mut SqliteStore, value: Option<&str>) -> Result<DateTime<Utc>> {
+    let Some(value) = value else {
+        return as_of_or_now(None);
+    };
+    if store.clock_mode() == ClockMode::Production {
+        bail!(
+            "--as-of {value:?} rejected: this store runs on the production clock, where a future \
+             instant would purge records before their retention ends; run without --as-of, or use \
+             a store created with `medconnect init --simulated-clock`"
+        );
+    }
+    let as_of = parse_instant(value)?;
+    store.set_clock(Box::new(FixedClock(as_of)));
+    Ok(as_of)
+}
