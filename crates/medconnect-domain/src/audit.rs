@@ -21,7 +21,7 @@ pub const BODY_FORMAT_VERSION: u32 = 1;
 /// The previous-hash value of the first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// How an audited action ended.
+/// Result of an audited action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -30,7 +30,7 @@ pub enum Outcome {
     Skipped,
 }
 
-/// What one disposal destroyed.
+/// Amounts one disposal destroyed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Destroyed {
     pub rows: u64,
@@ -105,7 +105,13 @@ impl AuditEvent {
     }
 
     /// Builds the body to store, sanitizing every text field.
-    pub fn into_body(self, seq: i64, at: DateTime<Utc>, simulated_clock: bool, prev_hash: &str) -> AuditBody {
+    pub fn into_body(
+        self,
+        seq: i64,
+        at: DateTime<Utc>,
+        simulated_clock: bool,
+        prev_hash: &str,
+    ) -> AuditBody {
         AuditBody {
             format: BODY_FORMAT_VERSION,
             seq,
@@ -243,24 +249,49 @@ impl ChainVerifier {
     fn check(&self, entry: &StoredEntry) -> Option<(Breach, String)> {
         let seq = entry.seq;
         if chain_hash(&entry.prev_hash, &entry.body) != entry.hash {
-            return Some((Breach::Altered, format!("entry {seq} was altered: its content does not match its hash")));
+            return Some((
+                Breach::Altered,
+                format!("entry {seq} was altered: its content does not match its hash"),
+            ));
         }
         let body: AuditBody = match serde_json::from_str(&entry.body) {
             Ok(body) => body,
-            Err(_) => return Some((Breach::Altered, format!("entry {seq} was altered: its body is not valid JSON"))),
+            Err(_) => {
+                return Some((
+                    Breach::Altered,
+                    format!("entry {seq} was altered: its body is not valid JSON"),
+                ))
+            }
         };
         if body.seq != seq || body.action != entry.action || body.prev_hash != entry.prev_hash {
-            return Some((Breach::Reordered, format!("entry {seq} was moved: its stored position does not match its signed content")));
+            return Some((
+                Breach::Reordered,
+                format!(
+                    "entry {seq} was moved: its stored position does not match its signed content"
+                ),
+            ));
         }
         if seq > self.expected_seq {
             let missing = self.expected_seq;
-            return Some((Breach::Removed, format!("entry {missing} was removed (the chain jumps from {} to {seq})", missing - 1)));
+            return Some((
+                Breach::Removed,
+                format!(
+                    "entry {missing} was removed (the chain jumps from {} to {seq})",
+                    missing - 1
+                ),
+            ));
         }
         if entry.prev_hash != self.prev_hash {
-            if self.recent_hashes.iter().any(|h| *h == entry.prev_hash) {
+            if self.recent_hashes.contains(&entry.prev_hash) {
                 return Some((Breach::Reordered, format!("entry {seq} is out of order: it follows an earlier entry than the one before it")));
             }
-            return Some((Breach::Removed, format!("entry {seq} does not follow entry {}: an entry was removed or replaced", seq - 1)));
+            return Some((
+                Breach::Removed,
+                format!(
+                    "entry {seq} does not follow entry {}: an entry was removed or replaced",
+                    seq - 1
+                ),
+            ));
         }
         None
     }
@@ -271,21 +302,57 @@ impl ChainVerifier {
         let head_seq = if self.entries == 0 { None } else { Some(self.expected_seq - 1) };
         let head_hash = head_seq.map(|_| self.prev_hash.clone());
         if let Some((seq, breach, message)) = self.failure {
-            return VerifyReport { ok: false, entries: self.entries, head_seq, head_hash, first_bad_seq: Some(seq), breach: Some(breach), message };
+            return VerifyReport {
+                ok: false,
+                entries: self.entries,
+                head_seq,
+                head_hash,
+                first_bad_seq: Some(seq),
+                breach: Some(breach),
+                message,
+            };
         }
         if let Some((recorded_seq, recorded_hash)) = recorded_head {
             let last = head_seq.unwrap_or(0);
             if recorded_seq > last {
-                let message = format!("entries {} to {recorded_seq} were removed from the end of the log", last + 1);
-                return VerifyReport { ok: false, entries: self.entries, head_seq, head_hash, first_bad_seq: Some(last + 1), breach: Some(Breach::Truncated), message };
+                let message = format!(
+                    "entries {} to {recorded_seq} were removed from the end of the log",
+                    last + 1
+                );
+                return VerifyReport {
+                    ok: false,
+                    entries: self.entries,
+                    head_seq,
+                    head_hash,
+                    first_bad_seq: Some(last + 1),
+                    breach: Some(Breach::Truncated),
+                    message,
+                };
             }
             if recorded_seq == last && Some(&recorded_hash) != head_hash.as_ref() {
-                let message = format!("entry {last} was altered: it does not match the recorded head");
-                return VerifyReport { ok: false, entries: self.entries, head_seq, head_hash, first_bad_seq: Some(last), breach: Some(Breach::Altered), message };
+                let message =
+                    format!("entry {last} was altered: it does not match the recorded head");
+                return VerifyReport {
+                    ok: false,
+                    entries: self.entries,
+                    head_seq,
+                    head_hash,
+                    first_bad_seq: Some(last),
+                    breach: Some(Breach::Altered),
+                    message,
+                };
             }
         }
         let message = format!("audit chain intact: {} entries", self.entries);
-        VerifyReport { ok: true, entries: self.entries, head_seq, head_hash, first_bad_seq: None, breach: None, message }
+        VerifyReport {
+            ok: true,
+            entries: self.entries,
+            head_seq,
+            head_hash,
+            first_bad_seq: None,
+            breach: None,
+            message,
+        }
     }
 }
 
@@ -304,7 +371,13 @@ mod tests {
                 .into_body(seq, at, false, &prev)
                 .to_canonical_json();
             let hash = chain_hash(&prev, &body);
-            entries.push(StoredEntry { seq, action: "test.event".into(), body, prev_hash: prev.clone(), hash: hash.clone() });
+            entries.push(StoredEntry {
+                seq,
+                action: "test.event".into(),
+                body,
+                prev_hash: prev.clone(),
+                hash: hash.clone(),
+            });
             prev = hash;
         }
         entries

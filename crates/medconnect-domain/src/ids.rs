@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 /// Error returned when a string is not a valid id.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid {kind} id {value:?}: expected a UUID such as 3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab")]
+#[error(
+    "invalid {kind} id {value:?}: expected a UUID such as 3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab"
+)]
 pub struct InvalidId {
     pub kind: &'static str,
     pub value: String,

@@ -29,7 +29,8 @@ pub struct InvalidSlug(pub String);
 
 /// Checks a tenant slug: lowercase letters, digits and hyphens, starting with a letter.
 pub fn validate_slug(slug: &str) -> Result<(), InvalidSlug> {
-    let valid_chars = slug.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let valid_chars =
+        slug.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     let starts_with_letter = slug.chars().next().is_some_and(|c| c.is_ascii_lowercase());
     if valid_chars && starts_with_letter && (2..=40).contains(&slug.len()) {
         Ok(())
@@ -74,7 +75,7 @@ impl fmt::Display for Category {
     }
 }
 
-/// What a legal hold covers.
+/// Scope of a legal hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "scope", content = "patient_id", rename_all = "snake_case")]
 pub enum HoldScope {

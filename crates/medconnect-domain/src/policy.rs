@@ -62,7 +62,7 @@ pub const MINIMUM_PERIODS: Periods = Periods {
     offboarding_export_window_days: 30,
 };
 
-/// The longest offboarding export window the policy offers.
+/// Maximum offboarding export window, in days.
 pub const MAX_OFFBOARDING_WINDOW_DAYS: u32 = 90;
 
 /// Per-tenant lengthening of some periods; absent fields inherit the defaults.
@@ -193,7 +193,11 @@ impl Policy {
     }
 
     /// Returns the instant at which a tenant's PHI for a patient becomes eligible for purge.
-    pub fn phi_retention_until(&self, tenant_slug: &str, last_encounter: DateTime<Utc>) -> DateTime<Utc> {
+    pub fn phi_retention_until(
+        &self,
+        tenant_slug: &str,
+        last_encounter: DateTime<Utc>,
+    ) -> DateTime<Utc> {
         add_years(last_encounter, self.periods_for(tenant_slug).phi_years)
     }
 
@@ -282,8 +286,14 @@ mod tests {
     fn tenant_may_lengthen_phi() {
         let policy = policy_with("[tenants.northwind]\nphi_years = 10\n").expect("valid");
         let last = parse_instant("2020-02-29T08:00:00Z").expect("instant");
-        assert_eq!(format_instant(policy.phi_retention_until("northwind", last)), "2030-03-01T08:00:00Z");
-        assert_eq!(format_instant(policy.phi_retention_until("other", last)), "2027-03-01T08:00:00Z");
+        assert_eq!(
+            format_instant(policy.phi_retention_until("northwind", last)),
+            "2030-03-01T08:00:00Z"
+        );
+        assert_eq!(
+            format_instant(policy.phi_retention_until("other", last)),
+            "2027-03-01T08:00:00Z"
+        );
     }
 
     #[test]
@@ -318,10 +328,8 @@ mod tests {
 
     #[test]
     fn offboarding_window_over_ninety_days_is_rejected() {
-        let text = DEFAULT_POLICY_TOML.replace(
-            "offboarding_export_window_days = 30",
-            "offboarding_export_window_days = 120",
-        );
+        let text = DEFAULT_POLICY_TOML
+            .replace("offboarding_export_window_days = 30", "offboarding_export_window_days = 120");
         let err = Policy::from_toml(&text).expect_err("too long");
         assert!(err.to_string().contains("maximum 90"), "{err}");
     }

@@ -220,9 +220,7 @@ pub fn sanitize(text: &str) -> String {
 pub fn contains_card_number(text: &str) -> bool {
     let mut protected = Vec::new();
     let text = replace_ssns_and_phones(&protect_ids(text, &mut protected));
-    card_spans(&text)
-        .iter()
-        .any(|(_, placeholder)| *placeholder == CARD)
+    card_spans(&text).iter().any(|(_, placeholder)| *placeholder == CARD)
 }
 
 /// Replaces SSNs, then phone numbers, the two rules that must run before the card rule.
@@ -394,11 +392,7 @@ fn card_spans(text: &str) -> Vec<(Range<usize>, &'static str)> {
 /// as group separators, are skipped.
 fn passes_luhn(number: &str) -> bool {
     let mut sum = 0;
-    let digits = number
-        .bytes()
-        .rev()
-        .filter(u8::is_ascii_digit)
-        .map(|b| u32::from(b - b'0'));
+    let digits = number.bytes().rev().filter(u8::is_ascii_digit).map(|b| u32::from(b - b'0'));
     for (position, digit) in digits.enumerate() {
         sum += if position % 2 == 1 {
             let doubled = digit * 2;
@@ -499,11 +493,7 @@ mod tests {
     fn check(input: &str, expected: &str) {
         let output = sanitize(input);
         assert_eq!(output, expected, "sanitize({input:?})");
-        assert_eq!(
-            sanitize(&output),
-            output,
-            "sanitize is not idempotent on {input:?}"
-        );
+        assert_eq!(sanitize(&output), output, "sanitize is not idempotent on {input:?}");
     }
 
     fn check_all(cases: &[(&str, &str)]) {
@@ -514,14 +504,8 @@ mod tests {
 
     const EMAILS: &[(&str, &str)] = &[
         ("alice@example.com", "[email]"),
-        (
-            "contact alice.smith+tag@mail.example.org now",
-            "contact [email] now",
-        ),
-        (
-            "sent to Alice368.Gleason633@example.com.",
-            "sent to [email].",
-        ),
+        ("contact alice.smith+tag@mail.example.org now", "contact [email] now"),
+        ("sent to Alice368.Gleason633@example.com.", "sent to [email]."),
     ];
 
     const CARDS: &[(&str, &str)] = &[
@@ -540,10 +524,7 @@ mod tests {
     const SSNS: &[(&str, &str)] = &[
         ("999-12-3456", "[ssn]"),
         ("999 12 3456", "[ssn]"),
-        (
-            "patient ssn 999-12-3456 on file",
-            "patient ssn [ssn] on file",
-        ),
+        ("patient ssn 999-12-3456 on file", "patient ssn [ssn] on file"),
     ];
 
     const PHONES: &[(&str, &str)] = &[
@@ -557,10 +538,7 @@ mod tests {
         ("phone=(402)555-0123;", "phone=[phone];"),
         ("phones 402-555-0123 402-555-0199", "phones [phone] [phone]"),
         ("x1-402-555-0123", "x1-[phone]"),
-        (
-            "tel (402) 555-0123 x12, or ext. 7",
-            "tel [phone], or ext. 7",
-        ),
+        ("tel (402) 555-0123 x12, or ext. 7", "tel [phone], or ext. 7"),
         ("tel 402-555-0123 ext. 12.", "tel [phone]."),
     ];
 
@@ -586,10 +564,7 @@ mod tests {
         ("100 5th Avenue, Apt 4B", "[address]"),
         ("12 North Elm Tree Road", "[address]"),
         ("406 Kohler Camp, Boston, MA 02108", "[address]"),
-        (
-            "1068 Kunde Overpass Suite 33, South Boston, MA 02127-1234",
-            "[address]",
-        ),
+        ("1068 Kunde Overpass Suite 33, South Boston, MA 02127-1234", "[address]"),
         ("12 Main Street, Springfield", "[address], [name]"),
     ];
 
@@ -600,10 +575,7 @@ mod tests {
         ("seen by Mrs. O'Brien", "seen by [name]"),
         ("Mary-Jane Watson", "[name]"),
         ("Alice J. Smith", "[name]"),
-        (
-            "patient=Alice368 tenant=northwind",
-            "patient=[name] tenant=northwind",
-        ),
+        ("patient=Alice368 tenant=northwind", "patient=[name] tenant=northwind"),
         ("Alice368, Bob965", "[name], [name]"),
     ];
 
@@ -630,57 +602,35 @@ mod tests {
     ];
 
     const SURVIVORS: &[(&str, &str)] = &[
-        (
-            "3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab",
-            "3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab",
-        ),
-        (
-            "3F6FD0BB-1C2D-4E5F-8A9B-0123456789AB",
-            "3F6FD0BB-1C2D-4E5F-8A9B-0123456789AB",
-        ),
-        (
-            "id 12345678-1234-1234-1234-123456789012",
-            "id 12345678-1234-1234-1234-123456789012",
-        ),
+        ("3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab", "3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab"),
+        ("3F6FD0BB-1C2D-4E5F-8A9B-0123456789AB", "3F6FD0BB-1C2D-4E5F-8A9B-0123456789AB"),
+        ("id 12345678-1234-1234-1234-123456789012", "id 12345678-1234-1234-1234-123456789012"),
         ("legal hold hold-7 placed", "legal hold hold-7 placed"),
         ("hold-42", "hold-42"),
         ("tenant northwind", "tenant northwind"),
         ("tenant=northwind", "tenant=northwind"),
         ("purged 12 records", "purged 12 records"),
         ("policy 2026.1", "policy 2026.1"),
-        (
-            "retain until 2031-10-16T00:00:00Z",
-            "retain until 2031-10-16T00:00:00Z",
-        ),
-        (
-            "at 2031-10-16T08:30:00.250+02:00",
-            "at 2031-10-16T08:30:00.250+02:00",
-        ),
+        ("retain until 2031-10-16T00:00:00Z", "retain until 2031-10-16T00:00:00Z"),
+        ("at 2031-10-16T08:30:00.250+02:00", "at 2031-10-16T08:30:00.250+02:00"),
         (
             "exported CSV for HIPAA (PHI, SSN, UTC, ID)",
             "exported CSV for HIPAA (PHI, SSN, UTC, ID)",
         ),
         ("3 IDs sent over HL7", "3 IDs sent over HL7"),
         ("sha256 v2 digest ok", "sha256 v2 digest ok"),
-        (
-            "purged 12 records on the fast path",
-            "purged 12 records on the fast path",
-        ),
+        ("purged 12 records on the fast path", "purged 12 records on the fast path"),
         ("elapsed 0.1234567891 s", "elapsed 0.1234567891 s"),
         (
             "digest 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
             "digest 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
         ),
-        (
-            "[name] born [date] at [address]",
-            "[name] born [date] at [address]",
-        ),
+        ("[name] born [date] at [address]", "[name] born [date] at [address]"),
         ("", ""),
     ];
 
-    const TABLES: &[&[(&str, &str)]] = &[
-        EMAILS, CARDS, SSNS, PHONES, DATES, ADDRESSES, NAMES, NUMBERS, COMBINED, SURVIVORS,
-    ];
+    const TABLES: &[&[(&str, &str)]] =
+        &[EMAILS, CARDS, SSNS, PHONES, DATES, ADDRESSES, NAMES, NUMBERS, COMBINED, SURVIVORS];
 
     #[test]
     fn sanitize_emails() {
@@ -744,10 +694,7 @@ mod tests {
     fn sanitize_rejects_forged_tokens() {
         let forged = format!("{TOKEN_OPEN}{}{TOKEN_CLOSE}", TOKEN_DIGITS[0]);
         let output = sanitize(&format!("{forged} 3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab"));
-        assert_eq!(
-            output,
-            "\u{FFFD}\u{FFFD}\u{FFFD} 3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab"
-        );
+        assert_eq!(output, "\u{FFFD}\u{FFFD}\u{FFFD} 3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab");
     }
 
     #[test]
@@ -769,11 +716,7 @@ mod tests {
             ("ref 1234 5678 1234 5678", false),
         ];
         for &(text, expected) in cases {
-            assert_eq!(
-                contains_card_number(text),
-                expected,
-                "contains_card_number({text:?})"
-            );
+            assert_eq!(contains_card_number(text), expected, "contains_card_number({text:?})");
         }
     }
 }

@@ -16,7 +16,9 @@ pub enum ImportError {
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
     /// A row is malformed or references something that does not exist.
-    #[error("{file}:{line}: {message}")]
+    #[error(
+        "{file}:{line}: {message}; nothing was imported: fix the row and run the import again"
+    )]
     Row { file: String, line: u64, message: String },
     /// The store rejected the batch.
     #[error(transparent)]

@@ -1,11 +1,12 @@
 //! The Synthea CSV importer.
 //!
-//! Mapping: `patients.csv` rows become core profiles linked to the tenant (matched on the
-//! Synthea patient id, so a second tenant links the same profiles); `providers.csv` rows
-//! become the tenant's providers; `encounters.csv` rows become consultations;
-//! `medications.csv` rows become prescriptions; `conditions.csv`, `allergies.csv`,
-//! `immunizations.csv`, `procedures.csv` and `careplans.csv` rows become medical-history
-//! entries. Each patient's latest encounter end sets `last_medical_encounter_at`.
+//! Rows of `patients.csv` become core profiles linked to the tenant. Profiles are matched on
+//! the Synthea patient id, so a second tenant links the same profiles. Rows of
+//! `providers.csv` become the tenant's providers, `encounters.csv` rows become
+//! consultations and `medications.csv` rows become prescriptions. Rows of `conditions.csv`,
+//! `allergies.csv`, `immunizations.csv`, `procedures.csv` and `careplans.csv` become
+//! medical-history entries. Each patient's latest encounter end sets
+//! `last_medical_encounter_at`.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -13,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use medconnect_domain::model::{
-    ImportBatch, ImportCounts, NewConsultation, NewHistoryEntry, NewPatientProfile, NewPrescription,
-    NewProvider, Tenant,
+    ImportBatch, ImportCounts, NewConsultation, NewHistoryEntry, NewPatientProfile,
+    NewPrescription, NewProvider, Tenant,
 };
 use medconnect_domain::policy::Policy;
 use medconnect_domain::time::parse_instant;
@@ -42,8 +43,18 @@ const FILES: [(&str, bool); 10] = [
 /// Substances of DEA schedules II to IV that Synthea prescribes, matched case-insensitively
 /// against the medication description to flag controlled prescriptions.
 const CONTROLLED_SUBSTANCES: [&str; 12] = [
-    "oxycodone", "hydrocodone", "fentanyl", "morphine", "meperidine", "methadone", "tramadol",
-    "alprazolam", "diazepam", "lorazepam", "methylphenidate", "amphetamine",
+    "oxycodone",
+    "hydrocodone",
+    "fentanyl",
+    "morphine",
+    "meperidine",
+    "methadone",
+    "tramadol",
+    "alprazolam",
+    "diazepam",
+    "lorazepam",
+    "methylphenidate",
+    "amphetamine",
 ];
 
 /// Rows read per file, for reporting.
@@ -57,19 +68,22 @@ pub fn read_dir(dir: &Path) -> Result<(ImportBatch, FileCounts), ImportError> {
     if !dir.is_dir() {
         return Err(ImportError::File {
             path: dir.to_owned(),
-            message: "not a folder: pass the folder that holds patients.csv and encounters.csv".into(),
+            message: "not a folder: pass the folder that contains patients.csv and encounters.csv"
+                .into(),
         });
     }
     for (name, required) in FILES {
         if required && !dir.join(name).is_file() {
             return Err(ImportError::File {
                 path: dir.join(name),
-                message: "missing: a Synthea CSV export needs patients.csv and encounters.csv".into(),
+                message: "missing: a Synthea CSV export needs patients.csv and encounters.csv"
+                    .into(),
             });
         }
     }
     let mut reader = Reader { dir: dir.to_owned(), counts: FileCounts::default() };
-    let mut batch = ImportBatch { source_system: SOURCE_SYSTEM.to_owned(), ..ImportBatch::default() };
+    let mut batch =
+        ImportBatch { source_system: SOURCE_SYSTEM.to_owned(), ..ImportBatch::default() };
 
     let organizations = reader.organizations()?;
     batch.patients = reader.patients()?;
@@ -88,8 +102,13 @@ pub fn read_dir(dir: &Path) -> Result<(ImportBatch, FileCounts), ImportError> {
 }
 
 /// Reads a Synthea CSV folder and imports it into one tenant in a single transaction.
-pub fn import_dir(store: &mut dyn Store, tenant: &Tenant, dir: &Path, policy: &Policy, actor: &str)
-    -> Result<(ImportCounts, FileCounts), ImportError> {
+pub fn import_dir(
+    store: &mut dyn Store,
+    tenant: &Tenant,
+    dir: &Path,
+    policy: &Policy,
+    actor: &str,
+) -> Result<(ImportCounts, FileCounts), ImportError> {
     let (batch, files) = read_dir(dir)?;
     let counts = store.import(tenant, &batch, policy, actor)?;
     tracing::info!(tenant_id = %tenant.id, patients = batch.patients.len(), consultations = counts.consultations, "synthea import committed");
@@ -110,8 +129,14 @@ impl Row<'_> {
     }
 
     fn cell(&self, column: &str) -> Result<&str, ImportError> {
-        let index = self.header.get(column).ok_or_else(|| self.error(format!("missing column {column}")))?;
-        self.record.get(*index).map(str::trim).ok_or_else(|| self.error(format!("row has no cell for column {column}")))
+        let index = self
+            .header
+            .get(column)
+            .ok_or_else(|| self.error(format!("missing column {column}")))?;
+        self.record
+            .get(*index)
+            .map(str::trim)
+            .ok_or_else(|| self.error(format!("row has no cell for column {column}")))
     }
 
     fn required(&self, column: &str) -> Result<&str, ImportError> {
@@ -155,10 +180,17 @@ impl Row<'_> {
         Ok(value.to_owned())
     }
 
-    fn reference(&self, column: &str, known: &HashSet<String>, target: &str) -> Result<String, ImportError> {
+    fn reference(
+        &self,
+        column: &str,
+        known: &HashSet<String>,
+        target: &str,
+    ) -> Result<String, ImportError> {
         let value = self.required(column)?;
         if !known.contains(value) {
-            return Err(self.error(format!("column {column} references a {target} that is not in the data set")));
+            return Err(self.error(format!(
+                "column {column} references a {target} that is not in the data set"
+            )));
         }
         Ok(value.to_owned())
     }
@@ -171,16 +203,25 @@ struct Reader {
 
 impl Reader {
     /// Calls `each` for every data row of a file; a missing optional file yields no rows.
-    fn for_each_row(&mut self, name: &str, mut each: impl FnMut(&Row<'_>) -> Result<(), ImportError>) -> Result<(), ImportError> {
+    fn for_each_row(
+        &mut self,
+        name: &str,
+        mut each: impl FnMut(&Row<'_>) -> Result<(), ImportError>,
+    ) -> Result<(), ImportError> {
         let path = self.dir.join(name);
         if !path.is_file() {
             return Ok(());
         }
-        let file = File::open(&path).map_err(|e| ImportError::File { path: path.clone(), message: e.to_string() })?;
+        let file = File::open(&path)
+            .map_err(|e| ImportError::File { path: path.clone(), message: e.to_string() })?;
         let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(file);
         let header: HashMap<String, usize> = reader
             .headers()
-            .map_err(|e| ImportError::Row { file: name.to_owned(), line: 1, message: format!("invalid header: {e}") })?
+            .map_err(|e| ImportError::Row {
+                file: name.to_owned(),
+                line: 1,
+                message: format!("invalid header: {e}"),
+            })?
             .iter()
             .enumerate()
             .map(|(index, column)| (column.trim().to_owned(), index))
@@ -253,7 +294,10 @@ impl Reader {
         Ok(patients)
     }
 
-    fn providers(&mut self, organizations: &HashMap<String, String>) -> Result<Vec<NewProvider>, ImportError> {
+    fn providers(
+        &mut self,
+        organizations: &HashMap<String, String>,
+    ) -> Result<Vec<NewProvider>, ImportError> {
         let mut providers = Vec::new();
         self.for_each_row("providers.csv", |row| {
             let organization = row.cell("ORGANIZATION")?;
@@ -273,13 +317,19 @@ impl Reader {
         Ok(providers)
     }
 
-    fn encounters(&mut self, patients: &HashSet<String>, providers: &HashSet<String>) -> Result<Vec<NewConsultation>, ImportError> {
+    fn encounters(
+        &mut self,
+        patients: &HashSet<String>,
+        providers: &HashSet<String>,
+    ) -> Result<Vec<NewConsultation>, ImportError> {
         let mut consultations = Vec::new();
         let check_providers = !providers.is_empty();
         self.for_each_row("encounters.csv", |row| {
             let provider = row.optional("PROVIDER")?;
             if check_providers && provider.as_ref().is_some_and(|p| !providers.contains(p)) {
-                return Err(row.error("column PROVIDER references a provider that is not in the data set"));
+                return Err(
+                    row.error("column PROVIDER references a provider that is not in the data set")
+                );
             }
             let started_at = row.instant("START")?;
             let ended_at = row.optional_instant("STOP")?;
@@ -307,14 +357,19 @@ impl Reader {
         Ok(consultations)
     }
 
-    fn medications(&mut self, encounters: &HashMap<String, String>) -> Result<Vec<NewPrescription>, ImportError> {
+    fn medications(
+        &mut self,
+        encounters: &HashMap<String, String>,
+    ) -> Result<Vec<NewPrescription>, ImportError> {
         let mut prescriptions = Vec::new();
         self.for_each_row("medications.csv", |row| {
             let (patient, encounter) = encounter_of(row, encounters)?;
             let description = row.cell("DESCRIPTION")?.to_owned();
             let lower = description.to_lowercase();
             let dispenses = match row.optional("DISPENSES")? {
-                Some(value) => value.parse().map_err(|_| row.error("column DISPENSES is not a whole number"))?,
+                Some(value) => value
+                    .parse()
+                    .map_err(|_| row.error("column DISPENSES is not a whole number"))?,
                 None => 0,
             };
             prescriptions.push(NewPrescription {
@@ -332,7 +387,10 @@ impl Reader {
         Ok(prescriptions)
     }
 
-    fn history(&mut self, encounters: &HashMap<String, String>) -> Result<Vec<NewHistoryEntry>, ImportError> {
+    fn history(
+        &mut self,
+        encounters: &HashMap<String, String>,
+    ) -> Result<Vec<NewHistoryEntry>, ImportError> {
         let sources: [(&str, &'static str, &str); 5] = [
             ("conditions.csv", "condition", "START"),
             ("allergies.csv", "allergy", "START"),
@@ -361,14 +419,23 @@ impl Reader {
 }
 
 /// Resolves a row's PATIENT and ENCOUNTER, checking that the encounter belongs to the patient.
-fn encounter_of(row: &Row<'_>, encounters: &HashMap<String, String>) -> Result<(String, Option<String>), ImportError> {
+fn encounter_of(
+    row: &Row<'_>,
+    encounters: &HashMap<String, String>,
+) -> Result<(String, Option<String>), ImportError> {
     let patient = row.required("PATIENT")?.to_owned();
     let Some(encounter) = row.optional("ENCOUNTER")? else {
-        return Err(row.error("column ENCOUNTER is empty; every record must belong to an encounter"));
+        return Err(
+            row.error("column ENCOUNTER is empty; every record must belong to an encounter")
+        );
     };
     match encounters.get(&encounter) {
-        None => Err(row.error("column ENCOUNTER references an encounter that is not in encounters.csv")),
-        Some(owner) if *owner != patient => Err(row.error("column ENCOUNTER references another patient's encounter")),
+        None => {
+            Err(row.error("column ENCOUNTER references an encounter that is not in encounters.csv"))
+        }
+        Some(owner) if *owner != patient => {
+            Err(row.error("column ENCOUNTER references another patient's encounter"))
+        }
         Some(_) => Ok((patient, Some(encounter))),
     }
 }

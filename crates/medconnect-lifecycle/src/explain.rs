@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use medconnect_domain::model::{LegalHold, Tenant};
 use medconnect_domain::policy::{Policy, Rule};
+use medconnect_domain::time::format_instant;
 use medconnect_domain::PatientId;
 use medconnect_store::{LinkCounts, Store};
 use serde::Serialize;
@@ -30,7 +31,7 @@ pub struct OtherTenant {
     pub held: bool,
 }
 
-/// The answer to "why is this kept, and until when".
+/// Explanation of why one patient's records are kept, and until when.
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
     pub tenant: String,
@@ -38,6 +39,8 @@ pub struct Explanation {
     pub as_of: DateTime<Utc>,
     pub policy_version: String,
     pub rule: Rule,
+    /// PHI retention period in force for the tenant, in years.
+    pub phi_years: u32,
     pub last_medical_encounter_at: Option<DateTime<Utc>>,
     pub phi_retention_until: DateTime<Utc>,
     pub expired: bool,
@@ -48,12 +51,18 @@ pub struct Explanation {
     pub sessions: Vec<TimedRecord>,
     /// One sentence: what the next run does with these records and why.
     pub verdict: String,
-    /// What happens to the shared core profile.
+    /// Fate of the shared core profile.
     pub profile_verdict: String,
 }
 
 /// Explains the retention of one patient's records in one tenant as of `as_of`.
-pub fn explain(store: &dyn Store, policy: &Policy, tenant: &Tenant, patient: PatientId, as_of: DateTime<Utc>) -> Result<Explanation> {
+pub fn explain(
+    store: &dyn Store,
+    policy: &Policy,
+    tenant: &Tenant,
+    patient: PatientId,
+    as_of: DateTime<Utc>,
+) -> Result<Explanation> {
     let detail = store.patient_link(tenant, patient)?;
     let holds_index = HoldIndex::load(store)?;
     let holds: Vec<LegalHold> = store
@@ -62,7 +71,8 @@ pub fn explain(store: &dyn Store, policy: &Policy, tenant: &Tenant, patient: Pat
         .filter(|h| h.covers(tenant.id, Some(patient)))
         .collect();
     let link = &detail.link;
-    let computed = link.last_medical_encounter_at.map(|last| policy.phi_retention_until(&tenant.slug, last));
+    let computed =
+        link.last_medical_encounter_at.map(|last| policy.phi_retention_until(&tenant.slug, last));
     let until = computed.map_or(link.phi_retention_until, |c| c.max(link.phi_retention_until));
     let expired = until <= as_of;
 
@@ -86,25 +96,47 @@ pub fn explain(store: &dyn Store, policy: &Policy, tenant: &Tenant, patient: Pat
                     Rule::IdPhotoAfterUpload => policy.id_photo_until(&tenant.slug, r.since),
                     _ => policy.session_until(&tenant.slug, r.since),
                 };
-                TimedRecord { id: r.id.clone(), rule, since: r.since, retention_until, expired: retention_until <= as_of }
+                TimedRecord {
+                    id: r.id.clone(),
+                    rule,
+                    since: r.since,
+                    retention_until,
+                    expired: retention_until <= as_of,
+                }
             })
             .collect()
     };
 
+    let shown = format_instant(until);
     let verdict = match (expired, holds.first()) {
-        (_, Some(hold)) if expired => format!("kept: past retention since {until}, but legal hold {} applies", hold.id),
-        (_, Some(hold)) => format!("kept until {until} by rule {}, and legal hold {} applies", Rule::PhiAfterLastEncounter, hold.id),
-        (true, None) => format!("due: past retention since {until}; the next run purges these records"),
-        (false, None) => format!("kept until {until} by rule {}", Rule::PhiAfterLastEncounter),
+        (_, Some(hold)) if expired => {
+            format!("kept: past retention since {shown}, but legal hold {} applies", hold.id)
+        }
+        (_, Some(hold)) => format!(
+            "kept until {shown} by rule {}, and legal hold {} applies",
+            Rule::PhiAfterLastEncounter,
+            hold.id
+        ),
+        (true, None) => {
+            format!("due: past retention since {shown}; the next run purges these records")
+        }
+        (false, None) => format!("kept until {shown} by rule {}", Rule::PhiAfterLastEncounter),
     };
-    let blocking: Vec<&OtherTenant> = other_tenants.iter().filter(|o| !o.expired || o.held).collect();
+    let blocking: Vec<&OtherTenant> =
+        other_tenants.iter().filter(|o| !o.expired || o.held).collect();
     let profile_verdict = if other_tenants.is_empty() {
         "the core profile is removed together with these records".to_owned()
     } else if blocking.is_empty() {
         "the core profile is removed when the last tenant's records are purged".to_owned()
     } else {
-        let names: Vec<String> = blocking.iter().map(|o| format!("{} (until {})", o.tenant, o.phi_retention_until)).collect();
-        format!("the core profile is kept while other tenants still hold records: {}", names.join(", "))
+        let names: Vec<String> = blocking
+            .iter()
+            .map(|o| format!("{} (until {})", o.tenant, format_instant(o.phi_retention_until)))
+            .collect();
+        format!(
+            "the core profile is kept while other tenants still hold records: {}",
+            names.join(", ")
+        )
     };
 
     Ok(Explanation {
@@ -113,6 +145,7 @@ pub fn explain(store: &dyn Store, policy: &Policy, tenant: &Tenant, patient: Pat
         as_of,
         policy_version: policy.version(),
         rule: Rule::PhiAfterLastEncounter,
+        phi_years: policy.periods_for(&tenant.slug).phi_years,
         last_medical_encounter_at: link.last_medical_encounter_at,
         phi_retention_until: until,
         expired,

@@ -3,7 +3,7 @@
 //! [`plan`] lists what a run would dispose of and what it would keep, and why; it changes
 //! nothing. [`run`] executes a fresh plan through [`Store::dispose`], which checks each
 //! record again inside its transaction, so a hold placed or an encounter recorded after
-//! planning still wins. [`explain`] answers why one patient's records are kept, and until
+//! planning still wins. [`explain`] reports why one patient's records are kept, and until
 //! when.
 //!
 //! Every job is idempotent: a record's deletion and its receipt commit together, so running

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::{Result, Tally};
 
-/// Why an expired record is kept.
+/// Reason an expired record is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipKind {
@@ -27,11 +27,15 @@ pub enum SkipKind {
 }
 
 impl SkipKind {
-    pub const ALL: [SkipKind; 4] =
-        [SkipKind::LegalHold, SkipKind::OtherTenantActive, SkipKind::NotExpired, SkipKind::AlreadyGone];
+    pub const ALL: [SkipKind; 4] = [
+        SkipKind::LegalHold,
+        SkipKind::OtherTenantActive,
+        SkipKind::NotExpired,
+        SkipKind::AlreadyGone,
+    ];
 }
 
-/// What the plan decided for one record.
+/// Plan decision for one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
@@ -70,8 +74,8 @@ pub struct Action {
 }
 
 impl Action {
-    /// Returns the store disposal this action asks for, if it is a purge of a record that is
-    /// disposed of on its own (core profiles go with their last link).
+    /// Returns the store disposal for this action when it purges a record that is disposed of
+    /// on its own. Core profiles go with their last link, so they return None.
     pub fn disposal(&self) -> Option<Disposal> {
         if self.decision != Decision::Purge || self.category == Category::PatientProfile {
             return None;
@@ -95,7 +99,7 @@ pub struct Plan {
     pub actions: Vec<Action>,
 }
 
-/// Active holds, indexed for the two questions the planner asks.
+/// Active holds, loaded once per plan.
 pub(crate) struct HoldIndex {
     holds: Vec<LegalHold>,
 }
@@ -106,7 +110,11 @@ impl HoldIndex {
     }
 
     /// Returns the first active hold covering a tenant's records of a patient.
-    pub(crate) fn covering(&self, tenant: TenantId, patient: Option<PatientId>) -> Option<&LegalHold> {
+    pub(crate) fn covering(
+        &self,
+        tenant: TenantId,
+        patient: Option<PatientId>,
+    ) -> Option<&LegalHold> {
         self.holds.iter().find(|hold| hold.covers(tenant, patient))
     }
 }
@@ -115,14 +123,27 @@ impl HoldIndex {
 pub fn plan(store: &dyn Store, policy: &Policy, as_of: DateTime<Utc>) -> Result<Plan> {
     let holds = HoldIndex::load(store)?;
     let version = policy.version();
-    let mut planner = Planner { store, policy, holds: &holds, version: &version, as_of, actions: Vec::new(), tally: Tally::default() };
+    let mut planner = Planner {
+        store,
+        policy,
+        holds: &holds,
+        version: &version,
+        as_of,
+        actions: Vec::new(),
+        tally: Tally::default(),
+    };
     let purged_links = planner.plan_patient_records()?;
     let (photo_days, session_days) = policy.shortest_days();
     let photos = store.id_photo_candidates(sub_days(as_of, photo_days))?;
     planner.plan_records(Category::IdPhoto, photos, &purged_links);
     let sessions = store.session_candidates(sub_days(as_of, session_days))?;
     planner.plan_records(Category::Session, sessions, &purged_links);
-    Ok(Plan { as_of, policy_version: version.clone(), tally: planner.tally, actions: planner.actions })
+    Ok(Plan {
+        as_of,
+        policy_version: version.clone(),
+        tally: planner.tally,
+        actions: planner.actions,
+    })
 }
 
 struct Planner<'a> {
@@ -136,7 +157,14 @@ struct Planner<'a> {
 }
 
 impl Planner<'_> {
-    fn action(&self, category: Category, tenant: Option<(TenantId, &str)>, patient_id: Option<PatientId>, record_id: String, retention_until: DateTime<Utc>) -> Action {
+    fn action(
+        &self,
+        category: Category,
+        tenant: Option<(TenantId, &str)>,
+        patient_id: Option<PatientId>,
+        record_id: String,
+        retention_until: DateTime<Utc>,
+    ) -> Action {
         Action {
             decision: Decision::Purge,
             category,
@@ -183,7 +211,13 @@ impl Planner<'_> {
         let mut shared: Vec<&PhiCandidate> = Vec::new();
         for candidate in &candidates {
             let link = &candidate.link;
-            let mut action = self.action(Category::PatientRecords, Some((link.tenant_id, &link.tenant_slug)), Some(link.patient_id), link.patient_id.to_string(), link.phi_retention_until);
+            let mut action = self.action(
+                Category::PatientRecords,
+                Some((link.tenant_id, &link.tenant_slug)),
+                Some(link.patient_id),
+                link.patient_id.to_string(),
+                link.phi_retention_until,
+            );
             if let Some(hold) = self.holds.covering(link.tenant_id, Some(link.patient_id)) {
                 action.decision = Decision::Skip;
                 action.skip_reason = Some(crate::SkipKind::LegalHold);
@@ -194,7 +228,13 @@ impl Planner<'_> {
             purged.insert((link.tenant_id, link.patient_id));
             self.push(action);
             if candidate.other_links == 0 {
-                let profile = self.action(Category::PatientProfile, None, Some(link.patient_id), link.patient_id.to_string(), link.phi_retention_until);
+                let profile = self.action(
+                    Category::PatientProfile,
+                    None,
+                    Some(link.patient_id),
+                    link.patient_id.to_string(),
+                    link.phi_retention_until,
+                );
                 self.push(profile);
             } else {
                 shared.push(candidate);
@@ -206,7 +246,11 @@ impl Planner<'_> {
 
     /// Decides, for each core profile linked to several tenants, whether this run removes
     /// its last link (then the profile goes too) or another tenant keeps it.
-    fn plan_shared_profiles(&mut self, shared: &[&PhiCandidate], purged: &HashSet<(TenantId, PatientId)>) -> Result<()> {
+    fn plan_shared_profiles(
+        &mut self,
+        shared: &[&PhiCandidate],
+        purged: &HashSet<(TenantId, PatientId)>,
+    ) -> Result<()> {
         let mut seen: HashSet<PatientId> = HashSet::new();
         let mut links_by_patient: HashMap<PatientId, Vec<LinkSummary>> = HashMap::new();
         for candidate in shared {
@@ -234,8 +278,18 @@ impl Planner<'_> {
                     hold_id: self.holds.covering(l.tenant_id, Some(patient)).map(|h| h.id),
                 })
                 .collect();
-            let latest = links.iter().map(|l| l.phi_retention_until).max().unwrap_or(candidate.link.phi_retention_until);
-            let mut action = self.action(Category::PatientProfile, None, Some(patient), patient.to_string(), latest);
+            let latest = links
+                .iter()
+                .map(|l| l.phi_retention_until)
+                .max()
+                .unwrap_or(candidate.link.phi_retention_until);
+            let mut action = self.action(
+                Category::PatientProfile,
+                None,
+                Some(patient),
+                patient.to_string(),
+                latest,
+            );
             if !blockers.is_empty() {
                 action.decision = Decision::Skip;
                 action.skip_reason = Some(crate::SkipKind::OtherTenantActive);
@@ -246,7 +300,12 @@ impl Planner<'_> {
         Ok(())
     }
 
-    fn plan_records(&mut self, category: Category, candidates: Vec<RecordCandidate>, purged_links: &HashSet<(TenantId, PatientId)>) {
+    fn plan_records(
+        &mut self,
+        category: Category,
+        candidates: Vec<RecordCandidate>,
+        purged_links: &HashSet<(TenantId, PatientId)>,
+    ) {
         for record in candidates {
             let until = match category {
                 Category::IdPhoto => self.policy.id_photo_until(&record.tenant_slug, record.since),
@@ -259,7 +318,13 @@ impl Planner<'_> {
             if record.patient_id.is_some_and(|p| purged_links.contains(&(record.tenant_id, p))) {
                 continue;
             }
-            let mut action = self.action(category, Some((record.tenant_id, &record.tenant_slug)), record.patient_id, record.id.clone(), until);
+            let mut action = self.action(
+                category,
+                Some((record.tenant_id, &record.tenant_slug)),
+                record.patient_id,
+                record.id.clone(),
+                until,
+            );
             if let Some(hold) = self.holds.covering(record.tenant_id, record.patient_id) {
                 action.decision = Decision::Skip;
                 action.skip_reason = Some(crate::SkipKind::LegalHold);

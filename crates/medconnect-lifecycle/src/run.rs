@@ -25,7 +25,7 @@ impl Default for RunOptions {
     }
 }
 
-/// What a run did. Serializes to the JSON that `lifecycle run --json` prints.
+/// Report of one run, serialized as the JSON that `lifecycle run --json` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub run_id: String,
@@ -81,10 +81,22 @@ pub fn run(
         tally.skipped_total(SkipKind::LegalHold),
         tally.skipped_total(SkipKind::OtherTenantActive),
     );
-    store.append_audit(AuditEvent::new(&options.actor, "lifecycle.run").subject(&run_id).detail(detail))?;
+    store.append_audit(
+        AuditEvent::new(&options.actor, "lifecycle.run").subject(&run_id).detail(detail),
+    )?;
     store.finish_run(&run_id, "completed", &summary)?;
-    tracing::info!(purged = tally.purged_total(), receipts = tally.receipts, "lifecycle run finished");
-    Ok(RunReport { run_id, as_of, policy_version: plan.policy_version, tally, resumed_file_deletions })
+    tracing::info!(
+        purged = tally.purged_total(),
+        receipts = tally.receipts,
+        "lifecycle run finished"
+    );
+    Ok(RunReport {
+        run_id,
+        as_of,
+        policy_version: plan.policy_version,
+        tally,
+        resumed_file_deletions,
+    })
 }
 
 fn count_outcome(tally: &mut Tally, category: Category, outcome: DisposalOutcome) {

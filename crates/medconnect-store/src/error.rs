@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// Error returned by a [`crate::Store`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The data directory holds no store yet.
+    /// The data directory contains no store yet.
     #[error("no MedConnect store in {0}: create one with `medconnect init --data-dir {0}`")]
     NotInitialized(PathBuf),
     /// `init` was asked to create a store where one exists.

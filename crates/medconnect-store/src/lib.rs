@@ -46,21 +46,42 @@ pub trait Store {
 
     /// Writes an import batch into one tenant in a single transaction: all of it or nothing.
     /// Profiles that already exist (same source system and id) are linked, not duplicated.
-    fn import(&mut self, tenant: &Tenant, batch: &ImportBatch, policy: &Policy, actor: &str)
-        -> Result<ImportCounts>;
+    fn import(
+        &mut self,
+        tenant: &Tenant,
+        batch: &ImportBatch,
+        policy: &Policy,
+        actor: &str,
+    ) -> Result<ImportCounts>;
 
     /// Records a new medical encounter for a linked patient and recomputes the link's
     /// `phi_retention_until`. Returns the new retention instant.
-    fn record_encounter(&mut self, tenant: &Tenant, patient: PatientId, at: DateTime<Utc>,
-        policy: &Policy, actor: &str) -> Result<DateTime<Utc>>;
+    fn record_encounter(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        at: DateTime<Utc>,
+        policy: &Policy,
+        actor: &str,
+    ) -> Result<DateTime<Utc>>;
 
     /// Stores an ID verification photo for a linked patient.
-    fn add_id_photo(&mut self, tenant: &Tenant, patient: PatientId, bytes: &[u8],
-        uploaded_at: DateTime<Utc>, actor: &str) -> Result<PhotoId>;
+    fn add_id_photo(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        bytes: &[u8],
+        uploaded_at: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<PhotoId>;
 
     /// Stores a login session of a linked patient, or of a staff user when `patient` is None.
-    fn add_session(&mut self, tenant: &Tenant, patient: Option<PatientId>, times: SessionTimes)
-        -> Result<SessionId>;
+    fn add_session(
+        &mut self,
+        tenant: &Tenant,
+        patient: Option<PatientId>,
+        times: SessionTimes,
+    ) -> Result<SessionId>;
 
     /// Lists the patients linked to a tenant with their retention, ordered by patient id.
     fn patient_links(&self, tenant: &Tenant) -> Result<Vec<LinkSummary>>;
@@ -74,8 +95,14 @@ pub trait Store {
     fn links_of_patient(&self, patient: PatientId) -> Result<Vec<LinkSummary>>;
 
     /// Places a legal hold. A patient-scoped hold requires the patient to be linked.
-    fn place_hold(&mut self, tenant: &Tenant, scope: HoldScope, matter: &str, reason: &str,
-        actor: &str) -> Result<LegalHold>;
+    fn place_hold(
+        &mut self,
+        tenant: &Tenant,
+        scope: HoldScope,
+        matter: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<LegalHold>;
 
     /// Releases an active hold.
     fn release_hold(&mut self, id: HoldId, actor: &str) -> Result<LegalHold>;
@@ -95,8 +122,11 @@ pub trait Store {
     /// Executes disposals. Each disposal is checked again inside the transaction (record
     /// still present, still expired under `policy` at `as_of`, no active hold), and its
     /// deletion commits together with its receipt. One transaction covers the whole slice.
-    fn dispose(&mut self, disposals: &[Disposal], context: &DisposalContext<'_>)
-        -> Result<Vec<DisposalOutcome>>;
+    fn dispose(
+        &mut self,
+        disposals: &[Disposal],
+        context: &DisposalContext<'_>,
+    ) -> Result<Vec<DisposalOutcome>>;
 
     /// Unlinks files whose rows were purged by a committed transaction. Returns how many.
     fn finish_file_deletions(&mut self) -> Result<u64>;

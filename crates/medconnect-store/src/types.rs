@@ -7,7 +7,7 @@ use medconnect_domain::policy::{Policy, Rule};
 use medconnect_domain::{HoldId, PatientId, TenantId};
 use serde::Serialize;
 
-/// How the store's clock works.
+/// Clock mode of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClockMode {
@@ -112,7 +112,7 @@ pub struct DisposalContext<'a> {
     pub run_id: &'a str,
 }
 
-/// Why a disposal did not happen.
+/// Reason a disposal did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum SkipReason {
@@ -124,8 +124,8 @@ pub enum SkipReason {
     AlreadyGone,
 }
 
-/// What happened to one disposal. `receipts` holds one receipt per disposed unit: a patient
-/// records purge that removes the last link also disposes of the core profile.
+/// Outcome of one disposal. `receipts` contains one receipt per disposed unit, because a
+/// patient records purge that removes the last link also disposes of the core profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DisposalOutcome {
     Disposed { receipts: Vec<DisposalReceipt> },
@@ -160,4 +160,3 @@ pub fn rule_for(category: Category) -> Rule {
         Category::Session => Rule::SessionAfterEnd,
     }
 }
-

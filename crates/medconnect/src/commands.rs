@@ -9,18 +9,25 @@ use medconnect_domain::{HoldId, PatientId};
 use medconnect_lifecycle::RunOptions;
 use medconnect_store::{ClockMode, SqliteStore, Store};
 
-use crate::cli::{AuditCommand, EncounterCommand, HoldCommand, ImportCommand, LifecycleCommand, PatientCommand, PolicyCommand, TenantCommand};
+use crate::cli::{
+    AuditCommand, EncounterCommand, HoldCommand, ImportCommand, LifecycleCommand, PatientCommand,
+    PolicyCommand, TenantCommand,
+};
 use crate::output::{self, print_json};
 use crate::{as_of_or_now, destructive_as_of, load_policy_file, Context, CLI_ACTOR};
 
 pub fn init(context: &Context, simulated_clock: bool) -> Result<ExitCode> {
     let mode = if simulated_clock { ClockMode::Simulated } else { ClockMode::Production };
-    let store = SqliteStore::create(&context.data_dir, mode, Box::new(medconnect_domain::clock::SystemClock))?;
+    let store = SqliteStore::create(
+        &context.data_dir,
+        mode,
+        Box::new(medconnect_domain::clock::SystemClock),
+    )?;
     context.write_default_policy()?;
     context.load_policy()?;
     drop(store);
-    println!("created a {} store in {}", mode.as_str(), context.data_dir.display());
-    println!("policy: {}", context.policy_path().display());
+    outln!("created a {} store in {}", mode.as_str(), context.data_dir.display());
+    outln!("policy: {}", context.policy_path().display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -40,7 +47,7 @@ pub fn policy(context: &Context, command: PolicyCommand) -> Result<ExitCode> {
         }
         PolicyCommand::Check { file } => {
             let policy = load_policy_file(&file)?;
-            println!("{}: valid, version {}", file.display(), policy.version());
+            outln!("{}: valid, version {}", file.display(), policy.version());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -52,7 +59,7 @@ pub fn tenant(context: &Context, command: TenantCommand) -> Result<ExitCode> {
         TenantCommand::Create { slug, name } => {
             let name = name.unwrap_or_else(|| slug.clone());
             let tenant = store.create_tenant(&slug, &name, CLI_ACTOR)?;
-            println!("created tenant {} ({})", tenant.slug, tenant.id);
+            outln!("created tenant {} ({})", tenant.slug, tenant.id);
         }
         TenantCommand::List { json } => {
             let tenants = store.tenants()?;
@@ -60,7 +67,7 @@ pub fn tenant(context: &Context, command: TenantCommand) -> Result<ExitCode> {
                 print_json(&tenants)?;
             } else {
                 for tenant in tenants {
-                    println!("{:<20} {}  {}", tenant.slug, tenant.id, tenant.name);
+                    outln!("{:<20} {}  {}", tenant.slug, tenant.id, tenant.name);
                 }
             }
         }
@@ -76,10 +83,18 @@ pub fn patient(context: &Context, command: PatientCommand) -> Result<ExitCode> {
     if json {
         print_json(&links)?;
     } else {
-        println!("{:<36}  {:<20}  {:<20}", "patient", "last encounter", "phi retention until");
+        outln!("{:<36}  {:<20}  {:<20}", "patient", "last encounter", "phi retention until");
         for link in links {
-            let last = link.last_medical_encounter_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
-            println!("{:<36}  {:<20}  {}", link.patient_id, &last[..last.len().min(20)], link.phi_retention_until.format("%Y-%m-%dT%H:%M:%SZ"));
+            let last = link
+                .last_medical_encounter_at
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_else(|| "-".into());
+            outln!(
+                "{:<36}  {:<20}  {}",
+                link.patient_id,
+                &last[..last.len().min(20)],
+                link.phi_retention_until.format("%Y-%m-%dT%H:%M:%SZ")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -91,9 +106,12 @@ pub fn import(context: &Context, command: ImportCommand) -> Result<ExitCode> {
     let policy = context.load_policy()?;
     let tenant = store.tenant_by_slug(&tenant)?;
     let started = std::time::Instant::now();
-    let (counts, files) = medconnect_import::synthea::import_dir(&mut store, &tenant, &dir, &policy, CLI_ACTOR)?;
+    let (counts, files) =
+        medconnect_import::synthea::import_dir(&mut store, &tenant, &dir, &policy, CLI_ACTOR)?;
     if json {
-        print_json(&serde_json::json!({ "tenant": tenant.slug, "counts": counts, "files": files.rows }))?;
+        print_json(
+            &serde_json::json!({ "tenant": tenant.slug, "counts": counts, "files": files.rows }),
+        )?;
     } else {
         output::print_import(&tenant.slug, &counts, started.elapsed());
     }
@@ -112,10 +130,12 @@ pub fn encounter(context: &Context, command: EncounterCommand) -> Result<ExitCod
         None => now,
     };
     if at > now && store.clock_mode() == ClockMode::Production {
-        bail!("--at {at} is in the future: a production store records only encounters that happened");
+        bail!(
+            "--at {at} is in the future: a production store records only encounters that happened"
+        );
     }
     let until = store.record_encounter(&tenant, patient, at, &policy, CLI_ACTOR)?;
-    println!("recorded encounter; phi retention until {}", until.format("%Y-%m-%dT%H:%M:%SZ"));
+    outln!("recorded encounter; phi retention until {}", until.format("%Y-%m-%dT%H:%M:%SZ"));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -138,7 +158,8 @@ pub fn lifecycle(context: &Context, command: LifecycleCommand) -> Result<ExitCod
             let as_of = as_of_or_now(as_of.as_of.as_deref())?;
             let tenant = store.tenant_by_slug(&tenant)?;
             let patient = PatientId::parse(&patient)?;
-            let explanation = medconnect_lifecycle::explain(&store, &policy, &tenant, patient, as_of)?;
+            let explanation =
+                medconnect_lifecycle::explain(&store, &policy, &tenant, patient, as_of)?;
             if json {
                 print_json(&explanation)?;
             } else {
@@ -149,9 +170,16 @@ pub fn lifecycle(context: &Context, command: LifecycleCommand) -> Result<ExitCod
             let mut store = context.open_store()?;
             let policy = context.load_policy()?;
             let as_of = destructive_as_of(&mut store, as_of.as_of.as_deref())?;
-            let options = RunOptions { batch_size: batch_size as usize, actor: CLI_ACTOR.to_owned() };
+            let options =
+                RunOptions { batch_size: batch_size as usize, actor: CLI_ACTOR.to_owned() };
             let mut progress = output::Progress::new("disposing", !json);
-            let report = medconnect_lifecycle::run(&mut store, &policy, as_of, &options, &mut |done, total| progress.update(done, total))?;
+            let report = medconnect_lifecycle::run(
+                &mut store,
+                &policy,
+                as_of,
+                &options,
+                &mut |done, total| progress.update(done, total),
+            )?;
             progress.finish();
             if json {
                 print_json(&report)?;
@@ -186,12 +214,15 @@ pub fn hold(context: &Context, command: HoldCommand) -> Result<ExitCode> {
                 bail!("--matter and --reason must not be empty: an auditor needs both");
             }
             let hold = store.place_hold(&tenant, scope, &matter, &reason, CLI_ACTOR)?;
-            println!("placed legal hold {} on {}", hold.id, output::hold_scope(&hold, &tenant.slug));
+            outln!("placed legal hold {} on {}", hold.id, output::hold_scope(&hold, &tenant.slug));
         }
         HoldCommand::Release { id } => {
             let id = HoldId::parse(&id)?;
             let hold = store.release_hold(id, CLI_ACTOR)?;
-            println!("released legal hold {}; the next run purges what it protected if expired", hold.id);
+            outln!(
+                "released legal hold {}; the next run purges what it protected if expired",
+                hold.id
+            );
         }
         HoldCommand::List { tenant, all, json } => {
             let tenant = tenant.map(|slug| store.tenant_by_slug(&slug)).transpose()?;
@@ -215,14 +246,14 @@ pub fn audit(context: &Context, command: AuditCommand) -> Result<ExitCode> {
             if json {
                 print_json(&report)?;
             } else {
-                println!("{}", report.message);
+                outln!("{}", report.message);
             }
             Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         AuditCommand::Log { after, limit } => {
             for record in store.audit_entries(after, limit)? {
                 let line = serde_json::to_string(&record).context("serializing an audit entry")?;
-                println!("{line}");
+                outln!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }

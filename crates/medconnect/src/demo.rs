@@ -35,7 +35,11 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
     let today = truncate_to_second(Utc::now());
 
     step("creating a simulated-clock store", || {
-        let store = SqliteStore::create(&context.data_dir, ClockMode::Simulated, Box::new(FixedClock(today)))?;
+        let store = SqliteStore::create(
+            &context.data_dir,
+            ClockMode::Simulated,
+            Box::new(FixedClock(today)),
+        )?;
         context.write_default_policy()?;
         drop(store);
         Ok(format!("in {}", context.data_dir.display()))
@@ -48,29 +52,46 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
     let prairie = store.create_tenant("prairie", "Prairie Family Clinic", CLI_ACTOR)?;
 
     step("importing the Synthea data into tenant northwind", || {
-        let (counts, _) = medconnect_import::synthea::import_dir(&mut store, &northwind, &synthea, &policy, CLI_ACTOR)?;
-        Ok(format!("{} patients, {} consultations, {} prescriptions", counts.links_created, counts.consultations, counts.prescriptions))
+        let (counts, _) = medconnect_import::synthea::import_dir(
+            &mut store, &northwind, &synthea, &policy, CLI_ACTOR,
+        )?;
+        Ok(format!(
+            "{} patients, {} consultations, {} prescriptions",
+            counts.links_created, counts.consultations, counts.prescriptions
+        ))
     })?;
     step("importing every third patient into tenant prairie", || {
         let subset = context.data_dir.join("demo-import");
         write_subset(&synthea, &subset)?;
-        let result = medconnect_import::synthea::import_dir(&mut store, &prairie, &subset, &policy, CLI_ACTOR);
-        // The subset holds plaintext PHI; it must not outlive the import.
+        let result = medconnect_import::synthea::import_dir(
+            &mut store, &prairie, &subset, &policy, CLI_ACTOR,
+        );
+        // The subset contains plaintext PHI, so it must not outlive the import.
         fs::remove_dir_all(&subset).with_context(|| format!("removing {}", subset.display()))?;
         let (counts, _) = result?;
-        Ok(format!("{} patients, {} of them linked to existing core profiles", counts.links_created, counts.profiles_linked))
+        Ok(format!(
+            "{} patients, {} of them linked to existing core profiles",
+            counts.links_created, counts.profiles_linked
+        ))
     })?;
 
     let northwind_links = store.patient_links(&northwind)?;
     let prairie_links = store.patient_links(&prairie)?;
-    let latest = northwind_links.iter().filter_map(|l| l.last_medical_encounter_at).max().context("the data set has no encounters")?;
+    let latest = northwind_links
+        .iter()
+        .filter_map(|l| l.last_medical_encounter_at)
+        .max()
+        .context("the data set has no encounters")?;
 
     step("recording recent visits for returning prairie patients", || {
         for (index, link) in prairie_links.iter().take(RETURNING_PATIENTS).enumerate() {
             let at = today - Duration::days(30 + index as i64);
             store.record_encounter(&prairie, link.patient_id, at, &policy, CLI_ACTOR)?;
         }
-        Ok(format!("{RETURNING_PATIENTS} encounters; their prairie retention now runs to {}", instant(add_years(today, policy.defaults.phi_years))))
+        Ok(format!(
+            "{RETURNING_PATIENTS} encounters; their prairie retention now runs to {}",
+            instant(add_years(today, policy.defaults.phi_years))
+        ))
     })?;
 
     let held = northwind_links
@@ -78,32 +99,51 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
         .find(|l| !prairie_links.iter().any(|p| p.patient_id == l.patient_id))
         .context("no northwind-only patient to hold")?
         .clone();
-    step("adding synthetic ID photos and sessions of varied ages", || add_photos_and_sessions(&mut store, &northwind, &prairie, &northwind_links, &held, today))?;
+    step("adding synthetic ID photos and sessions of varied ages", || {
+        add_photos_and_sessions(&mut store, &northwind, &prairie, &northwind_links, &held, today)
+    })?;
 
-    let hold = store.place_hold(&northwind, HoldScope::Patient(held.patient_id), "demo-matter-001", "litigation hold for the demo", CLI_ACTOR)?;
-    println!("- placed legal hold {} on northwind patient {}", hold.id, held.patient_id);
+    let hold = store.place_hold(
+        &northwind,
+        HoldScope::Patient(held.patient_id),
+        "demo-matter-001",
+        "litigation hold for the demo",
+        CLI_ACTOR,
+    )?;
+    outln!("- placed legal hold {} on northwind patient {}", hold.id, held.patient_id);
 
     let later = add_years(latest, 8);
     report_run(&mut store, &policy, today, "today")?;
     report_run(&mut store, &policy, later, "eight years after the latest encounter")?;
 
     let verify = store.verify_audit()?;
-    println!("\naudit verify: {}", verify.message);
+    outln!("\naudit verify: {}", verify.message);
     let returning = prairie_links.first().map(|l| l.patient_id);
     print_next_steps(context, &held, returning, later);
     Ok(if verify.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn report_run(store: &mut SqliteStore, policy: &Policy, as_of: DateTime<Utc>, label: &str) -> Result<()> {
+fn report_run(
+    store: &mut SqliteStore,
+    policy: &Policy,
+    as_of: DateTime<Utc>,
+    label: &str,
+) -> Result<()> {
     store.set_clock(Box::new(FixedClock(as_of)));
     let started = Instant::now();
     let options = RunOptions { batch_size: 500, actor: CLI_ACTOR.to_owned() };
     let mut progress = output::Progress::new("disposing", true);
-    let report = medconnect_lifecycle::run(store, policy, as_of, &options, &mut |done, total| progress.update(done, total))?;
+    let report = medconnect_lifecycle::run(store, policy, as_of, &options, &mut |done, total| {
+        progress.update(done, total)
+    })?;
     progress.finish();
-    println!("\nlifecycle run as of {label} ({}), {} ms:", instant(as_of), started.elapsed().as_millis());
+    outln!(
+        "\nlifecycle run as of {label} ({}), {} ms:",
+        instant(as_of),
+        started.elapsed().as_millis()
+    );
     output::print_tally(&report.tally, "purged");
-    println!(
+    outln!(
         "  purged {}, held {}, kept for another tenant {}, receipts written {}",
         report.tally.purged_total(),
         report.tally.skipped_total(SkipKind::LegalHold),
@@ -113,29 +153,59 @@ fn report_run(store: &mut SqliteStore, policy: &Policy, as_of: DateTime<Utc>, la
     Ok(())
 }
 
-fn print_next_steps(context: &Context, held: &LinkSummary, returning: Option<PatientId>, later: DateTime<Utc>) {
+fn print_next_steps(
+    context: &Context,
+    held: &LinkSummary,
+    returning: Option<PatientId>,
+    later: DateTime<Utc>,
+) {
     let dir = context.data_dir.display();
-    println!("\nnext, try:");
-    println!("  medconnect --data-dir {dir} lifecycle explain --tenant northwind --patient {} --as-of {}", held.patient_id, instant(later));
+    outln!("\nnext, try:");
+    outln!("  medconnect --data-dir {dir} lifecycle explain --tenant northwind --patient {} --as-of {}", held.patient_id, instant(later));
     if let Some(patient) = returning {
-        println!("  medconnect --data-dir {dir} lifecycle explain --tenant prairie --patient {patient}");
+        outln!(
+            "  medconnect --data-dir {dir} lifecycle explain --tenant prairie --patient {patient}"
+        );
     }
-    println!("  medconnect --data-dir {dir} hold list");
-    println!("  medconnect --data-dir {dir} audit log --limit 5");
-    println!("  medconnect --data-dir {dir} audit verify");
+    outln!("  medconnect --data-dir {dir} hold list");
+    outln!("  medconnect --data-dir {dir} audit log --limit 5");
+    outln!("  medconnect --data-dir {dir} audit verify");
 }
 
-fn add_photos_and_sessions(store: &mut SqliteStore, northwind: &Tenant, prairie: &Tenant, links: &[LinkSummary], held: &LinkSummary, today: DateTime<Utc>) -> Result<String> {
+fn add_photos_and_sessions(
+    store: &mut SqliteStore,
+    northwind: &Tenant,
+    prairie: &Tenant,
+    links: &[LinkSummary],
+    held: &LinkSummary,
+    today: DateTime<Utc>,
+) -> Result<String> {
     let (mut photos, mut sessions) = (0, 0);
     for (index, link) in links.iter().take(24).enumerate() {
         let uploaded = today - Duration::days(index as i64 * 10);
-        store.add_id_photo(northwind, link.patient_id, &synthetic_photo(index as u64), uploaded, CLI_ACTOR)?;
+        store.add_id_photo(
+            northwind,
+            link.patient_id,
+            &synthetic_photo(index as u64),
+            uploaded,
+            CLI_ACTOR,
+        )?;
         photos += 1;
     }
-    store.add_id_photo(northwind, held.patient_id, &synthetic_photo(999), today - Duration::days(200), CLI_ACTOR)?;
+    store.add_id_photo(
+        northwind,
+        held.patient_id,
+        &synthetic_photo(999),
+        today - Duration::days(200),
+        CLI_ACTOR,
+    )?;
     photos += 1;
     for (index, link) in links.iter().take(40).enumerate() {
-        store.add_session(northwind, Some(link.patient_id), ended_session(today, index as i64 * 5))?;
+        store.add_session(
+            northwind,
+            Some(link.patient_id),
+            ended_session(today, index as i64 * 5),
+        )?;
         sessions += 1;
     }
     store.add_session(northwind, Some(held.patient_id), ended_session(today, 150))?;
@@ -145,7 +215,11 @@ fn add_photos_and_sessions(store: &mut SqliteStore, northwind: &Tenant, prairie:
             store.add_session(tenant, None, ended_session(today, index * 10))?;
             sessions += 1;
         }
-        let active = SessionTimes { started_at: today - Duration::hours(1), expires_at: today + Duration::hours(11), ended_at: None };
+        let active = SessionTimes {
+            started_at: today - Duration::hours(1),
+            expires_at: today + Duration::hours(11),
+            ended_at: None,
+        };
         store.add_session(tenant, None, active)?;
         sessions += 1;
     }
@@ -154,7 +228,11 @@ fn add_photos_and_sessions(store: &mut SqliteStore, northwind: &Tenant, prairie:
 
 fn ended_session(today: DateTime<Utc>, days_ago: i64) -> SessionTimes {
     let ended = today - Duration::days(days_ago);
-    SessionTimes { started_at: ended - Duration::hours(1), expires_at: ended + Duration::hours(11), ended_at: Some(ended) }
+    SessionTimes {
+        started_at: ended - Duration::hours(1),
+        expires_at: ended + Duration::hours(11),
+        ended_at: Some(ended),
+    }
 }
 
 /// Bytes that stand in for a scanned ID: a plain marker and a deterministic pseudo-random body.
@@ -211,7 +289,8 @@ fn find_synthea(explicit: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(dir) = explicit {
         return Ok(dir);
     }
-    let candidates = [PathBuf::from("../shared/data/synthea"), PathBuf::from("shared/data/synthea")];
+    let candidates =
+        [PathBuf::from("../shared/data/synthea"), PathBuf::from("shared/data/synthea")];
     candidates.iter().find(|c| c.join("patients.csv").is_file()).cloned().with_context(|| {
         "Synthea sample data not found in ../shared/data/synthea or shared/data/synthea: pass --synthea DIR".to_owned()
     })
@@ -225,11 +304,11 @@ fn prepare_data_dir(dir: &Path, fresh: bool) -> Result<()> {
             fs::remove_dir_all(dir).with_context(|| format!("removing the previous demo store in {}", dir.display()))
         }
         Ok(store) if store.clock_mode() == ClockMode::Production => bail!(
-            "{} holds a production store; the demo never touches one: pass another --data-dir",
+            "{} contains a production store, which the demo never modifies: pass another --data-dir",
             dir.display()
         ),
         Ok(_) => bail!(
-            "{} already holds a demo store: pass --fresh to replace it, or another --data-dir",
+            "{} already contains a demo store: pass --fresh to replace it, or another --data-dir",
             dir.display()
         ),
         Err(err) => Err(err.into()),
@@ -242,8 +321,8 @@ fn step(label: &str, work: impl FnOnce() -> Result<String>) -> Result<()> {
 
 fn step_value<T>(label: &str, work: impl FnOnce() -> Result<(T, String)>) -> Result<T> {
     let started = Instant::now();
-    println!("- {label} ...");
+    outln!("- {label} ...");
     let (value, message) = work()?;
-    println!("  done in {} ms: {message}", started.elapsed().as_millis());
+    outln!("  done in {} ms: {message}", started.elapsed().as_millis());
     Ok(value)
 }

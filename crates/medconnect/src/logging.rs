@@ -8,7 +8,8 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. The level comes from `MEDCONNECT_LOG` (default `warn`).
 pub fn init() {
-    let filter = EnvFilter::try_from_env("MEDCONNECT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_from_env("MEDCONNECT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)

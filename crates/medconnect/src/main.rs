@@ -3,6 +3,17 @@
 
 #![allow(clippy::print_stdout, reason = "the CLI writes its results to standard output")]
 
+/// Writes a line to standard output. When the reader has gone away (for example `| head`),
+/// the process exits quietly instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(err);
+        }
+    }};
+}
+
 mod cli;
 mod commands;
 mod demo;
@@ -56,7 +67,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Where the store and its policy live.
+/// Locations of the store and its policy.
 pub struct Context {
     pub data_dir: PathBuf,
     pub policy: Option<PathBuf>,
@@ -80,7 +91,8 @@ impl Context {
     pub fn write_default_policy(&self) -> Result<()> {
         let path = self.policy_path();
         if !path.exists() {
-            std::fs::write(&path, DEFAULT_POLICY_TOML).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, DEFAULT_POLICY_TOML)
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
     }
@@ -122,4 +134,14 @@ pub fn destructive_as_of(store: &mut SqliteStore, value: Option<&str>) -> Result
     let as_of = parse_instant(value)?;
     store.set_clock(Box::new(FixedClock(as_of)));
     Ok(as_of)
+}
+
+/// Ends the process after a failed write to standard output. A closed pipe is the reader's
+/// choice, so it exits with the status a shell reports for SIGPIPE and prints nothing.
+pub fn stdout_failed(err: std::io::Error) -> ! {
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("error: writing to standard output failed: {err}");
+    std::process::exit(1);
 }

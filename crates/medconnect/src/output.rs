@@ -13,7 +13,7 @@ use medconnect_store::RunRecord;
 use serde::Serialize;
 
 pub fn print_json(value: &impl Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -23,16 +23,22 @@ pub fn instant(value: DateTime<Utc>) -> String {
 
 pub fn print_policy(policy: &Policy, path: &Path) {
     let periods = policy.defaults;
-    println!("policy {} ({})", policy.version(), path.display());
-    println!("  phi retention              {} years after the last medical encounter", periods.phi_years);
-    println!("  audit log                  at least {} years", periods.audit_log_years);
-    println!("  id verification photos     {} days after upload", periods.id_photo_days);
-    println!("  sessions                   {} days after they end", periods.session_days);
-    println!("  storefront orders          {} years of tax retention", periods.storefront_order_tax_years);
-    println!("  offboarding export window  {} days", periods.offboarding_export_window_days);
-    for (slug, _) in &policy.tenants {
+    outln!("policy {} ({})", policy.version(), path.display());
+    outln!(
+        "  phi retention              {} years after the last medical encounter",
+        periods.phi_years
+    );
+    outln!("  audit log                  at least {} years", periods.audit_log_years);
+    outln!("  id verification photos     {} days after upload", periods.id_photo_days);
+    outln!("  sessions                   {} days after they end", periods.session_days);
+    outln!(
+        "  storefront orders          {} years of tax retention",
+        periods.storefront_order_tax_years
+    );
+    outln!("  offboarding export window  {} days", periods.offboarding_export_window_days);
+    for slug in policy.tenants.keys() {
         let p = policy.periods_for(slug);
-        println!(
+        outln!(
             "  tenant {slug}: phi {}y, audit {}y, id photos {}d, sessions {}d, orders {}y, export window {}d",
             p.phi_years, p.audit_log_years, p.id_photo_days, p.session_days, p.storefront_order_tax_years,
             p.offboarding_export_window_days
@@ -41,25 +47,35 @@ pub fn print_policy(policy: &Policy, path: &Path) {
 }
 
 pub fn print_import(tenant: &str, counts: &ImportCounts, elapsed: Duration) {
-    println!("imported into tenant {tenant} in {} ms:", elapsed.as_millis());
-    println!("  core profiles created  {}", counts.profiles_created);
-    println!("  core profiles linked   {} (already known from another tenant)", counts.profiles_linked);
-    println!("  patient links          {}", counts.links_created);
-    println!("  providers              {}", counts.providers);
-    println!("  consultations          {}", counts.consultations);
-    println!("  prescriptions          {}", counts.prescriptions);
-    println!("  history entries        {}", counts.history_entries);
+    outln!("imported into tenant {tenant} in {} ms:", elapsed.as_millis());
+    outln!("  core profiles created  {}", counts.profiles_created);
+    outln!(
+        "  core profiles linked   {} (already known from another tenant)",
+        counts.profiles_linked
+    );
+    outln!("  patient links          {}", counts.links_created);
+    outln!("  providers              {}", counts.providers);
+    outln!("  consultations          {}", counts.consultations);
+    outln!("  prescriptions          {}", counts.prescriptions);
+    outln!("  history entries        {}", counts.history_entries);
 }
 
 /// Prints the per-category table shared by plan and run output.
 pub fn print_tally(tally: &Tally, purged_label: &str) {
-    println!(
+    outln!(
         "  {:<16} {:>10} {:>8} {:>14} {:>12} {:>12}",
-        "category", purged_label, "held", "other tenant", "not expired", "already gone"
+        "category",
+        purged_label,
+        "held",
+        "other tenant",
+        "not expired",
+        "already gone"
     );
     for category in Category::ALL {
-        let skipped = |kind: SkipKind| tally.skipped.get(&kind).and_then(|m| m.get(&category)).copied().unwrap_or(0);
-        println!(
+        let skipped = |kind: SkipKind| {
+            tally.skipped.get(&kind).and_then(|m| m.get(&category)).copied().unwrap_or(0)
+        };
+        outln!(
             "  {:<16} {:>10} {:>8} {:>14} {:>12} {:>12}",
             category.as_str(),
             tally.purged.get(&category).copied().unwrap_or(0),
@@ -72,53 +88,88 @@ pub fn print_tally(tally: &Tally, purged_label: &str) {
 }
 
 pub fn print_plan(plan: &Plan) {
-    println!("plan as of {} under policy {} (nothing changed)", instant(plan.as_of), plan.policy_version);
+    outln!(
+        "plan as of {} under policy {} (nothing changed)",
+        instant(plan.as_of),
+        plan.policy_version
+    );
     print_tally(&plan.tally, "would purge");
-    println!("  receipts that a run would write: {}", plan.tally.receipts);
+    outln!("  receipts that a run would write: {}", plan.tally.receipts);
     let skips: Vec<_> = plan.actions.iter().filter(|a| a.decision == Decision::Skip).collect();
     if !skips.is_empty() {
-        println!("kept although expired:");
+        outln!("kept although expired:");
         for action in skips.iter().take(20) {
             let why = match (action.hold_id, action.blocked_by.first()) {
                 (Some(hold), _) => format!("legal hold {hold}"),
                 (None, Some(_)) => {
-                    let tenants: Vec<String> = action.blocked_by.iter().map(|b| format!("{} until {}", b.tenant, instant(b.phi_retention_until))).collect();
+                    let tenants: Vec<String> = action
+                        .blocked_by
+                        .iter()
+                        .map(|b| format!("{} until {}", b.tenant, instant(b.phi_retention_until)))
+                        .collect();
                     format!("still linked to {}", tenants.join(", "))
                 }
                 (None, None) => "skipped".to_owned(),
             };
-            println!("  {} {}: {why}", action.category, action.record_id);
+            outln!("  {} {}: {why}", action.category, action.record_id);
         }
         if skips.len() > 20 {
-            println!("  ... and {} more (use --json for all)", skips.len() - 20);
+            outln!("  ... and {} more (use --json for all)", skips.len() - 20);
         }
     }
 }
 
 pub fn print_run(report: &RunReport) {
-    println!("run {} as of {} under policy {}", report.run_id, instant(report.as_of), report.policy_version);
+    outln!(
+        "run {} as of {} under policy {}",
+        report.run_id,
+        instant(report.as_of),
+        report.policy_version
+    );
     print_tally(&report.tally, "purged");
-    println!("  disposal receipts written: {}", report.tally.receipts);
+    outln!("  disposal receipts written: {}", report.tally.receipts);
 }
 
 pub fn print_runs(runs: &[RunRecord]) {
     for run in runs {
-        let finished = run.finished_at.map(instant).unwrap_or_else(|| "not finished (running or interrupted)".into());
-        println!("{}  as of {}  {}  finished {}", run.id, instant(run.as_of), run.status, finished);
+        let finished = run
+            .finished_at
+            .map(instant)
+            .unwrap_or_else(|| "not finished (running or interrupted)".into());
+        outln!("{}  as of {}  {}  finished {}", run.id, instant(run.as_of), run.status, finished);
     }
 }
 
 pub fn print_explanation(e: &Explanation) {
-    println!("patient {} in tenant {} as of {} (policy {})", e.patient_id, e.tenant, instant(e.as_of), e.policy_version);
+    outln!(
+        "patient {} in tenant {} as of {} (policy {})",
+        e.patient_id,
+        e.tenant,
+        instant(e.as_of),
+        e.policy_version
+    );
     let last = e.last_medical_encounter_at.map(instant).unwrap_or_else(|| "none recorded".into());
-    println!("  rule                 {} ({} years after the last medical encounter)", e.rule, "policy");
-    println!("  last encounter       {last}");
-    println!("  phi retention until  {}{}", instant(e.phi_retention_until), if e.expired { " (passed)" } else { "" });
+    outln!(
+        "  rule                 {} ({} years after the last medical encounter)",
+        e.rule,
+        e.phi_years
+    );
+    outln!("  last encounter       {last}");
+    outln!(
+        "  phi retention until  {}{}",
+        instant(e.phi_retention_until),
+        if e.expired { " (passed)" } else { "" }
+    );
     for hold in &e.holds {
-        println!("  legal hold           {} placed {} by {}", hold.id, instant(hold.placed_at), hold.placed_by);
+        outln!(
+            "  legal hold           {} placed {} by {}",
+            hold.id,
+            instant(hold.placed_at),
+            hold.placed_by
+        );
     }
     let c = e.counts;
-    println!(
+    outln!(
         "  records              {} consultations, {} prescriptions, {} history entries, {} intake forms, {} id photos, {} sessions",
         c.consultations, c.prescriptions, c.history_entries, c.intake_forms, c.id_photos, c.sessions
     );
@@ -128,16 +179,39 @@ pub fn print_explanation(e: &Explanation) {
             (true, false) => "expired",
             (false, false) => "active",
         };
-        println!("  other tenant         {} until {} ({state})", other.tenant, instant(other.phi_retention_until));
+        outln!(
+            "  other tenant         {} until {} ({state})",
+            other.tenant,
+            instant(other.phi_retention_until)
+        );
     }
+    let held = !e.holds.is_empty();
     for photo in &e.id_photos {
-        println!("  id photo             {} kept until {}{}", photo.id, instant(photo.retention_until), if photo.expired { " (passed)" } else { "" });
+        outln!(
+            "  id photo             {} kept until {}{}",
+            photo.id,
+            instant(photo.retention_until),
+            passed_marker(photo.expired, held)
+        );
     }
     for session in &e.sessions {
-        println!("  session              {} kept until {}{}", session.id, instant(session.retention_until), if session.expired { " (passed)" } else { "" });
+        outln!(
+            "  session              {} kept until {}{}",
+            session.id,
+            instant(session.retention_until),
+            passed_marker(session.expired, held)
+        );
     }
-    println!("verdict: {}", e.verdict);
-    println!("core profile: {}", e.profile_verdict);
+    outln!("verdict: {}", e.verdict);
+    outln!("core profile: {}", e.profile_verdict);
+}
+
+fn passed_marker(expired: bool, held: bool) -> &'static str {
+    match (expired, held) {
+        (true, true) => " (passed, held)",
+        (true, false) => " (passed)",
+        (false, _) => "",
+    }
 }
 
 pub fn hold_scope(hold: &LegalHold, tenant_slug: &str) -> String {
@@ -149,7 +223,7 @@ pub fn hold_scope(hold: &LegalHold, tenant_slug: &str) -> String {
 
 pub fn print_holds(holds: &[LegalHold], tenants: &[Tenant]) {
     if holds.is_empty() {
-        println!("no legal holds");
+        outln!("no legal holds");
     }
     for hold in holds {
         let slug = tenants.iter().find(|t| t.id == hold.tenant_id).map_or("?", |t| t.slug.as_str());
@@ -157,7 +231,13 @@ pub fn print_holds(holds: &[LegalHold], tenants: &[Tenant]) {
             Some(at) => format!("released {}", instant(at)),
             None => "active".to_owned(),
         };
-        println!("{}  {}  matter {:?}  placed {}  {state}", hold.id, hold_scope(hold, slug), hold.matter, instant(hold.placed_at));
+        outln!(
+            "{}  {}  matter {:?}  placed {}  {state}",
+            hold.id,
+            hold_scope(hold, slug),
+            hold.matter,
+            instant(hold.placed_at)
+        );
     }
 }
 
@@ -171,11 +251,18 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(label: &'static str, enabled: bool) -> Self {
-        Progress { label, enabled: enabled && std::io::stderr().is_terminal(), last: None, drawn: false }
+        Progress {
+            label,
+            enabled: enabled && std::io::stderr().is_terminal(),
+            last: None,
+            drawn: false,
+        }
     }
 
     pub fn update(&mut self, done: usize, total: usize) {
-        if !self.enabled || self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) && done < total {
+        if !self.enabled
+            || self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) && done < total
+        {
             return;
         }
         self.last = Some(Instant::now());

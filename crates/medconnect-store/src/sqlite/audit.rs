@@ -1,7 +1,9 @@
 //! Appending to and verifying the hash-chained audit log.
 
 use chrono::{DateTime, Utc};
-use medconnect_domain::audit::{chain_hash, AuditEvent, ChainVerifier, StoredEntry, VerifyReport, GENESIS_HASH};
+use medconnect_domain::audit::{
+    chain_hash, AuditEvent, ChainVerifier, StoredEntry, VerifyReport, GENESIS_HASH,
+};
 use medconnect_domain::time::format_instant;
 use rusqlite::{Connection, OptionalExtension};
 
@@ -39,7 +41,15 @@ impl AuditAppender {
             "INSERT INTO audit_log (seq, at, action, tenant_id, body, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
-        insert.execute((seq, format_instant(self.at), &body.action, tenant, &canonical, &self.hash, &hash))?;
+        insert.execute((
+            seq,
+            format_instant(self.at),
+            &body.action,
+            tenant,
+            &canonical,
+            &self.hash,
+            &hash,
+        ))?;
         self.seq = seq;
         self.hash = hash;
         Ok(seq)
@@ -89,18 +99,23 @@ impl SqliteStore {
         Ok(verifier.finish(recorded_head))
     }
 
-    pub(crate) fn audit_entries_impl(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRecord>> {
-        let mut statement = self
-            .conn
-            .prepare("SELECT seq, hash, body FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    pub(crate) fn audit_entries_impl(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>> {
+        let mut statement = self.conn.prepare(
+            "SELECT seq, hash, body FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
         let rows = statement.query_map((after_seq, limit), |row| {
             Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
         })?;
         let mut records = Vec::new();
         for row in rows {
             let (seq, hash, body) = row?;
-            let body = serde_json::from_str(&body)
-                .map_err(|_| StoreError::Corrupt(format!("audit entry {seq} has an invalid body")))?;
+            let body = serde_json::from_str(&body).map_err(|_| {
+                StoreError::Corrupt(format!("audit entry {seq} has an invalid body"))
+            })?;
             records.push(AuditRecord { seq, hash, body });
         }
         Ok(records)

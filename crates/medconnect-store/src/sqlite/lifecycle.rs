@@ -15,10 +15,10 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::audit::AuditAppender;
-use super::{meta_value, BLOB_DIR};
 use super::records::{link_from_row, link_key};
 use super::values::{hash_row, parse_optional_instant, parse_stored_id, parse_stored_instant};
 use super::SqliteStore;
+use super::{meta_value, BLOB_DIR};
 use crate::{
     rule_for, Disposal, DisposalContext, DisposalOutcome, PhiCandidate, RecordCandidate, Result,
     RunRecord, SkipReason, StoreError,
@@ -40,7 +40,12 @@ impl Shredder {
     }
 
     /// Runs a `DELETE … RETURNING *` and folds every returned row into the digest.
-    fn delete_rows(&mut self, tx: &Connection, sql: &str, key: &dyn rusqlite::ToSql) -> Result<Vec<Vec<String>>> {
+    fn delete_rows(
+        &mut self,
+        tx: &Connection,
+        sql: &str,
+        key: &dyn rusqlite::ToSql,
+    ) -> Result<Vec<Vec<String>>> {
         let mut statement = tx.prepare_cached(sql)?;
         let columns = statement.column_count();
         let mut rows = statement.query([key])?;
@@ -59,7 +64,8 @@ impl Shredder {
         let path = blob_root.join(relative);
         match fs::File::open(&path) {
             Ok(mut file) => {
-                let size = io::copy(&mut file, &mut self.hasher).map_err(|e| StoreError::io(&path, e))?;
+                let size =
+                    io::copy(&mut file, &mut self.hasher).map_err(|e| StoreError::io(&path, e))?;
                 self.destroyed.files += 1;
                 self.destroyed.bytes += size;
             }
@@ -72,7 +78,13 @@ impl Shredder {
         Ok(())
     }
 
-    fn receipt(self, category: Category, record_id: String, retention_until: DateTime<Utc>, policy: &Policy) -> DisposalReceipt {
+    fn receipt(
+        self,
+        category: Category,
+        record_id: String,
+        retention_until: DateTime<Utc>,
+        policy: &Policy,
+    ) -> DisposalReceipt {
         DisposalReceipt {
             category,
             record_id,
@@ -93,7 +105,11 @@ fn value_text(value: rusqlite::types::Value) -> String {
     }
 }
 
-fn active_hold(tx: &Connection, tenant: TenantId, patient: Option<PatientId>) -> Result<Option<String>> {
+fn active_hold(
+    tx: &Connection,
+    tenant: TenantId,
+    patient: Option<PatientId>,
+) -> Result<Option<String>> {
     Ok(tx
         .prepare_cached(
             "SELECT id FROM legal_holds
@@ -104,9 +120,15 @@ fn active_hold(tx: &Connection, tenant: TenantId, patient: Option<PatientId>) ->
         .optional()?)
 }
 
-fn skip_for_hold(tx: &Connection, tenant: TenantId, patient: Option<PatientId>) -> Result<Option<DisposalOutcome>> {
+fn skip_for_hold(
+    tx: &Connection,
+    tenant: TenantId,
+    patient: Option<PatientId>,
+) -> Result<Option<DisposalOutcome>> {
     match active_hold(tx, tenant, patient)? {
-        Some(hold) => Ok(Some(DisposalOutcome::Skipped(SkipReason::LegalHold { hold_id: parse_stored_id(&hold)? }))),
+        Some(hold) => Ok(Some(DisposalOutcome::Skipped(SkipReason::LegalHold {
+            hold_id: parse_stored_id(&hold)?,
+        }))),
         None => Ok(None),
     }
 }
@@ -145,7 +167,10 @@ impl SqliteStore {
         Ok(candidates)
     }
 
-    pub(crate) fn id_photo_candidates_impl(&self, uploaded_before: DateTime<Utc>) -> Result<Vec<RecordCandidate>> {
+    pub(crate) fn id_photo_candidates_impl(
+        &self,
+        uploaded_before: DateTime<Utc>,
+    ) -> Result<Vec<RecordCandidate>> {
         self.record_candidates(
             "SELECT p.id, t.id, t.slug, l.patient_id, p.uploaded_at
              FROM id_photos p JOIN tenants t ON t.id = p.tenant_id JOIN patient_links l ON l.id = p.link_id
@@ -154,7 +179,10 @@ impl SqliteStore {
         )
     }
 
-    pub(crate) fn session_candidates_impl(&self, ended_before: DateTime<Utc>) -> Result<Vec<RecordCandidate>> {
+    pub(crate) fn session_candidates_impl(
+        &self,
+        ended_before: DateTime<Utc>,
+    ) -> Result<Vec<RecordCandidate>> {
         self.record_candidates(
             "SELECT s.id, t.id, t.slug, l.patient_id, s.ends_at
              FROM sessions s JOIN tenants t ON t.id = s.tenant_id LEFT JOIN patient_links l ON l.id = s.link_id
@@ -163,7 +191,11 @@ impl SqliteStore {
         )
     }
 
-    pub(crate) fn dispose_impl(&mut self, disposals: &[Disposal], context: &DisposalContext<'_>) -> Result<Vec<DisposalOutcome>> {
+    pub(crate) fn dispose_impl(
+        &mut self,
+        disposals: &[Disposal],
+        context: &DisposalContext<'_>,
+    ) -> Result<Vec<DisposalOutcome>> {
         let (now, simulated) = (self.now(), self.simulated());
         let blob_root = self.data_dir.join(BLOB_DIR);
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -171,7 +203,9 @@ impl SqliteStore {
         let mut outcomes = Vec::with_capacity(disposals.len());
         for disposal in disposals {
             let outcome = match disposal.category {
-                Category::PatientRecords => dispose_patient_records(&tx, &blob_root, disposal, context)?,
+                Category::PatientRecords => {
+                    dispose_patient_records(&tx, &blob_root, disposal, context)?
+                }
                 Category::IdPhoto => dispose_id_photo(&tx, &blob_root, disposal, context)?,
                 Category::Session => dispose_session(&tx, disposal, context)?,
                 Category::PatientProfile => {
@@ -239,7 +273,8 @@ impl SqliteStore {
                 let slug: String = row.get(1)?;
                 let last = parse_optional_instant(row.get(2)?)?;
                 let created = parse_stored_instant(&row.get::<_, String>(3)?)?;
-                let until = format_instant(policy.phi_retention_until(&slug, last.unwrap_or(created)));
+                let until =
+                    format_instant(policy.phi_retention_until(&slug, last.unwrap_or(created)));
                 if until != row.get::<_, String>(4)? {
                     changes.push((row.get(0)?, until));
                 }
@@ -255,7 +290,10 @@ impl SqliteStore {
             [&version],
         )?;
         let mut audit = AuditAppender::begin(&tx, now, simulated)?;
-        let detail = format!("policy {version} applied: {} links got a new retention instant", changes.len());
+        let detail = format!(
+            "policy {version} applied: {} links got a new retention instant",
+            changes.len()
+        );
         audit.append(&tx, AuditEvent::new(actor, "policy.apply").detail(detail))?;
         audit.finish(&tx)?;
         tx.commit()?;
@@ -271,7 +309,12 @@ impl SqliteStore {
         Ok(id)
     }
 
-    pub(crate) fn finish_run_impl(&mut self, run_id: &str, status: &str, summary: &str) -> Result<()> {
+    pub(crate) fn finish_run_impl(
+        &mut self,
+        run_id: &str,
+        status: &str,
+        summary: &str,
+    ) -> Result<()> {
         self.conn.execute(
             "UPDATE lifecycle_runs SET finished_at = ?1, status = ?2, summary = ?3 WHERE id = ?4",
             (format_instant(self.now()), status, summary, run_id),
@@ -301,7 +344,11 @@ impl SqliteStore {
     }
 }
 
-fn dispose_session(tx: &Connection, disposal: &Disposal, context: &DisposalContext<'_>) -> Result<DisposalOutcome> {
+fn dispose_session(
+    tx: &Connection,
+    disposal: &Disposal,
+    context: &DisposalContext<'_>,
+) -> Result<DisposalOutcome> {
     let found: Option<(String, String, Option<String>)> = tx
         .prepare_cached(
             "SELECT s.ends_at, t.slug, l.patient_id
@@ -324,12 +371,22 @@ fn dispose_session(tx: &Connection, disposal: &Disposal, context: &DisposalConte
         return Ok(skip);
     }
     let mut shredder = Shredder::new();
-    shredder.delete_rows(tx, "DELETE FROM sessions WHERE id = ?1 RETURNING *", &disposal.record_id)?;
-    let receipt = shredder.receipt(Category::Session, disposal.record_id.clone(), until, context.policy);
+    shredder.delete_rows(
+        tx,
+        "DELETE FROM sessions WHERE id = ?1 RETURNING *",
+        &disposal.record_id,
+    )?;
+    let receipt =
+        shredder.receipt(Category::Session, disposal.record_id.clone(), until, context.policy);
     Ok(DisposalOutcome::Disposed { receipts: vec![receipt] })
 }
 
-fn dispose_patient_records(tx: &Connection, blob_root: &Path, disposal: &Disposal, context: &DisposalContext<'_>) -> Result<DisposalOutcome> {
+fn dispose_patient_records(
+    tx: &Connection,
+    blob_root: &Path,
+    disposal: &Disposal,
+    context: &DisposalContext<'_>,
+) -> Result<DisposalOutcome> {
     let patient = parse_stored_id::<PatientId>(&disposal.record_id)?;
     let Some(key) = link_key(tx, disposal.tenant_id, patient)? else {
         return Ok(DisposalOutcome::Skipped(SkipReason::AlreadyGone));
@@ -347,27 +404,54 @@ fn dispose_patient_records(tx: &Connection, blob_root: &Path, disposal: &Disposa
 
     let mut shredder = Shredder::new();
     for table in LINK_CHILD_TABLES {
-        shredder.delete_rows(tx, &format!("DELETE FROM {table} WHERE link_id = ?1 RETURNING *"), &key)?;
+        shredder.delete_rows(
+            tx,
+            &format!("DELETE FROM {table} WHERE link_id = ?1 RETURNING *"),
+            &key,
+        )?;
     }
-    let photos = shredder.delete_rows(tx, "DELETE FROM id_photos WHERE link_id = ?1 RETURNING file_name, *", &key)?;
+    let photos = shredder.delete_rows(
+        tx,
+        "DELETE FROM id_photos WHERE link_id = ?1 RETURNING file_name, *",
+        &key,
+    )?;
     for photo in photos {
         shredder.delete_file(tx, blob_root, &photo[0])?;
     }
     shredder.delete_rows(tx, "DELETE FROM patient_links WHERE id = ?1 RETURNING *", &key)?;
-    let mut receipts = vec![shredder.receipt(Category::PatientRecords, patient.to_string(), until, context.policy)];
+    let mut receipts = vec![shredder.receipt(
+        Category::PatientRecords,
+        patient.to_string(),
+        until,
+        context.policy,
+    )];
 
     let remaining: i64 = tx
         .prepare_cached("SELECT count(*) FROM patient_links WHERE patient_id = ?1")?
         .query_row([patient.to_string()], |row| row.get(0))?;
     if remaining == 0 {
         let mut profile = Shredder::new();
-        profile.delete_rows(tx, "DELETE FROM patient_profiles WHERE id = ?1 RETURNING *", &patient.to_string())?;
-        receipts.push(profile.receipt(Category::PatientProfile, patient.to_string(), until, context.policy));
+        profile.delete_rows(
+            tx,
+            "DELETE FROM patient_profiles WHERE id = ?1 RETURNING *",
+            &patient.to_string(),
+        )?;
+        receipts.push(profile.receipt(
+            Category::PatientProfile,
+            patient.to_string(),
+            until,
+            context.policy,
+        ));
     }
     Ok(DisposalOutcome::Disposed { receipts })
 }
 
-fn dispose_id_photo(tx: &Connection, blob_root: &Path, disposal: &Disposal, context: &DisposalContext<'_>) -> Result<DisposalOutcome> {
+fn dispose_id_photo(
+    tx: &Connection,
+    blob_root: &Path,
+    disposal: &Disposal,
+    context: &DisposalContext<'_>,
+) -> Result<DisposalOutcome> {
     let found: Option<(String, String, String)> = tx
         .prepare_cached(
             "SELECT p.uploaded_at, t.slug, l.patient_id
@@ -389,10 +473,15 @@ fn dispose_id_photo(tx: &Connection, blob_root: &Path, disposal: &Disposal, cont
         return Ok(skip);
     }
     let mut shredder = Shredder::new();
-    let photos = shredder.delete_rows(tx, "DELETE FROM id_photos WHERE id = ?1 RETURNING file_name, *", &disposal.record_id)?;
+    let photos = shredder.delete_rows(
+        tx,
+        "DELETE FROM id_photos WHERE id = ?1 RETURNING file_name, *",
+        &disposal.record_id,
+    )?;
     for photo in photos {
         shredder.delete_file(tx, blob_root, &photo[0])?;
     }
-    let receipt = shredder.receipt(Category::IdPhoto, disposal.record_id.clone(), until, context.policy);
+    let receipt =
+        shredder.receipt(Category::IdPhoto, disposal.record_id.clone(), until, context.policy);
     Ok(DisposalOutcome::Disposed { receipts: vec![receipt] })
 }

@@ -69,7 +69,12 @@ impl SqliteStore {
             Some("production") => ClockMode::Production,
             other => return Err(StoreError::Corrupt(format!("unknown clock mode {other:?}"))),
         };
-        Ok(SqliteStore { conn, data_dir: data_dir.to_owned(), clock: Box::new(SystemClock), clock_mode })
+        Ok(SqliteStore {
+            conn,
+            data_dir: data_dir.to_owned(),
+            clock: Box::new(SystemClock),
+            clock_mode,
+        })
     }
 
     /// Replaces the clock that stamps audit entries and new records.
@@ -157,7 +162,12 @@ impl crate::Store for SqliteStore {
         self.read_info()
     }
 
-    fn create_tenant(&mut self, slug: &str, name: &str, actor: &str) -> Result<medconnect_domain::model::Tenant> {
+    fn create_tenant(
+        &mut self,
+        slug: &str,
+        name: &str,
+        actor: &str,
+    ) -> Result<medconnect_domain::model::Tenant> {
         self.create_tenant_impl(slug, name, actor)
     }
 
@@ -214,7 +224,10 @@ impl crate::Store for SqliteStore {
         self.add_session_impl(tenant, patient, times)
     }
 
-    fn patient_links(&self, tenant: &medconnect_domain::model::Tenant) -> Result<Vec<crate::LinkSummary>> {
+    fn patient_links(
+        &self,
+        tenant: &medconnect_domain::model::Tenant,
+    ) -> Result<Vec<crate::LinkSummary>> {
         self.patient_links_impl(tenant)
     }
 
@@ -226,7 +239,10 @@ impl crate::Store for SqliteStore {
         self.patient_link_impl(tenant, patient)
     }
 
-    fn links_of_patient(&self, patient: medconnect_domain::PatientId) -> Result<Vec<crate::LinkSummary>> {
+    fn links_of_patient(
+        &self,
+        patient: medconnect_domain::PatientId,
+    ) -> Result<Vec<crate::LinkSummary>> {
         self.links_of_patient_impl(patient)
     }
 
@@ -241,7 +257,11 @@ impl crate::Store for SqliteStore {
         self.place_hold_impl(tenant, scope, matter, reason, actor)
     }
 
-    fn release_hold(&mut self, id: medconnect_domain::HoldId, actor: &str) -> Result<medconnect_domain::model::LegalHold> {
+    fn release_hold(
+        &mut self,
+        id: medconnect_domain::HoldId,
+        actor: &str,
+    ) -> Result<medconnect_domain::model::LegalHold> {
         self.release_hold_impl(id, actor)
     }
 
@@ -257,11 +277,17 @@ impl crate::Store for SqliteStore {
         self.phi_candidates_impl(as_of)
     }
 
-    fn id_photo_candidates(&self, uploaded_before: DateTime<Utc>) -> Result<Vec<crate::RecordCandidate>> {
+    fn id_photo_candidates(
+        &self,
+        uploaded_before: DateTime<Utc>,
+    ) -> Result<Vec<crate::RecordCandidate>> {
         self.id_photo_candidates_impl(uploaded_before)
     }
 
-    fn session_candidates(&self, ended_before: DateTime<Utc>) -> Result<Vec<crate::RecordCandidate>> {
+    fn session_candidates(
+        &self,
+        ended_before: DateTime<Utc>,
+    ) -> Result<Vec<crate::RecordCandidate>> {
         self.session_candidates_impl(ended_before)
     }
 
@@ -277,7 +303,11 @@ impl crate::Store for SqliteStore {
         self.finish_file_deletions_impl()
     }
 
-    fn apply_policy(&mut self, policy: &medconnect_domain::policy::Policy, actor: &str) -> Result<u64> {
+    fn apply_policy(
+        &mut self,
+        policy: &medconnect_domain::policy::Policy,
+        actor: &str,
+    ) -> Result<u64> {
         self.apply_policy_impl(policy, actor)
     }
 

@@ -5,10 +5,14 @@ use std::fs;
 
 use chrono::{DateTime, Utc};
 use medconnect_domain::audit::AuditEvent;
-use medconnect_domain::model::{validate_slug, HoldScope, ImportBatch, ImportCounts, LegalHold, Tenant};
+use medconnect_domain::model::{
+    validate_slug, HoldScope, ImportBatch, ImportCounts, LegalHold, Tenant,
+};
 use medconnect_domain::policy::Policy;
 use medconnect_domain::time::format_instant;
-use medconnect_domain::{ConsultationId, HoldId, PatientId, PhotoId, ProviderId, SessionId, TenantId};
+use medconnect_domain::{
+    ConsultationId, HoldId, PatientId, PhotoId, ProviderId, SessionId, TenantId,
+};
 use rusqlite::{Connection, OptionalExtension, Row};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -16,9 +20,12 @@ use uuid::Uuid;
 use super::audit::AuditAppender;
 use super::values::{parse_optional_instant, parse_stored_id, parse_stored_instant};
 use super::SqliteStore;
-use crate::{LinkCounts, LinkDetail, LinkSummary, RecordCandidate, Result, SessionTimes, StoreError};
+use crate::{
+    LinkCounts, LinkDetail, LinkSummary, RecordCandidate, Result, SessionTimes, StoreError,
+};
 
-const LINK_COLUMNS: &str = "t.id, t.slug, l.patient_id, l.last_medical_encounter_at, l.phi_retention_until";
+const LINK_COLUMNS: &str =
+    "t.id, t.slug, l.patient_id, l.last_medical_encounter_at, l.phi_retention_until";
 
 pub(crate) fn link_from_row(row: &Row<'_>) -> Result<LinkSummary> {
     Ok(LinkSummary {
@@ -62,7 +69,11 @@ const HOLD_COLUMNS: &str =
     "id, tenant_id, patient_id, matter, reason, placed_at, placed_by, released_at, released_by";
 
 /// Returns the integer key of a patient's link to a tenant.
-pub(crate) fn link_key(conn: &Connection, tenant: TenantId, patient: PatientId) -> Result<Option<i64>> {
+pub(crate) fn link_key(
+    conn: &Connection,
+    tenant: TenantId,
+    patient: PatientId,
+) -> Result<Option<i64>> {
     Ok(conn
         .prepare_cached("SELECT id FROM patient_links WHERE tenant_id = ?1 AND patient_id = ?2")?
         .query_row((tenant.to_string(), patient.to_string()), |row| row.get(0))
@@ -77,12 +88,22 @@ impl SqliteStore {
         })
     }
 
-    pub(crate) fn create_tenant_impl(&mut self, slug: &str, name: &str, actor: &str) -> Result<Tenant> {
+    pub(crate) fn create_tenant_impl(
+        &mut self,
+        slug: &str,
+        name: &str,
+        actor: &str,
+    ) -> Result<Tenant> {
         validate_slug(slug).map_err(|e| StoreError::InconsistentBatch(e.to_string()))?;
         if self.tenant_by_slug_impl(slug).is_ok() {
             return Err(StoreError::TenantExists(slug.to_owned()));
         }
-        let tenant = Tenant { id: TenantId::new(), slug: slug.to_owned(), name: name.to_owned(), created_at: self.now() };
+        let tenant = Tenant {
+            id: TenantId::new(),
+            slug: slug.to_owned(),
+            name: name.to_owned(),
+            created_at: self.now(),
+        };
         let (at, simulated) = (self.now(), self.simulated());
         let tx = self.write_tx()?;
         tx.execute(
@@ -90,7 +111,10 @@ impl SqliteStore {
             (tenant.id.to_string(), slug, name, format_instant(tenant.created_at)),
         )?;
         let mut audit = AuditAppender::begin(&tx, at, simulated)?;
-        audit.append(&tx, AuditEvent::new(actor, "tenant.create").tenant(tenant.id).subject(tenant.id))?;
+        audit.append(
+            &tx,
+            AuditEvent::new(actor, "tenant.create").tenant(tenant.id).subject(tenant.id),
+        )?;
         audit.finish(&tx)?;
         tx.commit()?;
         Ok(tenant)
@@ -99,9 +123,11 @@ impl SqliteStore {
     pub(crate) fn tenant_by_slug_impl(&self, slug: &str) -> Result<Tenant> {
         let row = self
             .conn
-            .query_row("SELECT id, slug, name, created_at FROM tenants WHERE slug = ?1", [slug], |row| {
-                Ok(tenant_from_row(row))
-            })
+            .query_row(
+                "SELECT id, slug, name, created_at FROM tenants WHERE slug = ?1",
+                [slug],
+                |row| Ok(tenant_from_row(row)),
+            )
             .optional()?;
         row.ok_or_else(|| StoreError::TenantNotFound(slug.to_owned()))?
     }
@@ -119,7 +145,8 @@ impl SqliteStore {
     }
 
     pub(crate) fn tenants_impl(&self) -> Result<Vec<Tenant>> {
-        let mut statement = self.conn.prepare("SELECT id, slug, name, created_at FROM tenants ORDER BY slug")?;
+        let mut statement =
+            self.conn.prepare("SELECT id, slug, name, created_at FROM tenants ORDER BY slug")?;
         let mut rows = statement.query([])?;
         let mut tenants = Vec::new();
         while let Some(row) = rows.next()? {
@@ -128,7 +155,13 @@ impl SqliteStore {
         Ok(tenants)
     }
 
-    pub(crate) fn import_impl(&mut self, tenant: &Tenant, batch: &ImportBatch, policy: &Policy, actor: &str) -> Result<ImportCounts> {
+    pub(crate) fn import_impl(
+        &mut self,
+        tenant: &Tenant,
+        batch: &ImportBatch,
+        policy: &Policy,
+        actor: &str,
+    ) -> Result<ImportCounts> {
         let (now, simulated) = (self.now(), self.simulated());
         let tx = self.write_tx()?;
         let counts = write_import(&tx, tenant, batch, policy, now)?;
@@ -144,7 +177,14 @@ impl SqliteStore {
         Ok(counts)
     }
 
-    pub(crate) fn record_encounter_impl(&mut self, tenant: &Tenant, patient: PatientId, at: DateTime<Utc>, policy: &Policy, actor: &str) -> Result<DateTime<Utc>> {
+    pub(crate) fn record_encounter_impl(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        at: DateTime<Utc>,
+        policy: &Policy,
+        actor: &str,
+    ) -> Result<DateTime<Utc>> {
         let link = self.require_link(tenant, patient)?;
         let (now, simulated) = (self.now(), self.simulated());
         let tx = self.write_tx()?;
@@ -166,14 +206,26 @@ impl SqliteStore {
             (format_instant(last), format_instant(until), link),
         )?;
         let mut audit = AuditAppender::begin(&tx, now, simulated)?;
-        audit.append(&tx, AuditEvent::new(actor, "encounter.record").tenant(tenant.id).subject(patient)
-            .detail(format!("policy {}", policy.version())))?;
+        audit.append(
+            &tx,
+            AuditEvent::new(actor, "encounter.record")
+                .tenant(tenant.id)
+                .subject(patient)
+                .detail(format!("policy {}", policy.version())),
+        )?;
         audit.finish(&tx)?;
         tx.commit()?;
         Ok(until)
     }
 
-    pub(crate) fn add_id_photo_impl(&mut self, tenant: &Tenant, patient: PatientId, bytes: &[u8], uploaded_at: DateTime<Utc>, actor: &str) -> Result<PhotoId> {
+    pub(crate) fn add_id_photo_impl(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        bytes: &[u8],
+        uploaded_at: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<PhotoId> {
         let link = self.require_link(tenant, patient)?;
         let id = PhotoId::new();
         let relative = format!("id-photos/{}/{id}.bin", tenant.id);
@@ -192,7 +244,13 @@ impl SqliteStore {
                 (id.to_string(), tenant.id.to_string(), link, &relative, bytes.len() as i64, digest, format_instant(uploaded_at)),
             )?;
             let mut audit = AuditAppender::begin(&tx, now, simulated)?;
-            audit.append(&tx, AuditEvent::new(actor, "id_photo.upload").tenant(tenant.id).subject(patient).subject(id))?;
+            audit.append(
+                &tx,
+                AuditEvent::new(actor, "id_photo.upload")
+                    .tenant(tenant.id)
+                    .subject(patient)
+                    .subject(id),
+            )?;
             audit.finish(&tx)?;
             tx.commit()?;
             Ok(())
@@ -205,7 +263,12 @@ impl SqliteStore {
         Ok(id)
     }
 
-    pub(crate) fn add_session_impl(&mut self, tenant: &Tenant, patient: Option<PatientId>, times: SessionTimes) -> Result<SessionId> {
+    pub(crate) fn add_session_impl(
+        &mut self,
+        tenant: &Tenant,
+        patient: Option<PatientId>,
+        times: SessionTimes,
+    ) -> Result<SessionId> {
         let link = patient.map(|p| self.require_link(tenant, p)).transpose()?;
         let id = SessionId::new();
         self.conn.execute(
@@ -250,7 +313,11 @@ impl SqliteStore {
         Ok(links)
     }
 
-    pub(crate) fn patient_link_impl(&self, tenant: &Tenant, patient: PatientId) -> Result<LinkDetail> {
+    pub(crate) fn patient_link_impl(
+        &self,
+        tenant: &Tenant,
+        patient: PatientId,
+    ) -> Result<LinkDetail> {
         let key = self.require_link(tenant, patient)?;
         let sql = format!("SELECT {LINK_COLUMNS} FROM patient_links l JOIN tenants t ON t.id = l.tenant_id WHERE l.id = ?1");
         let link = self.conn.query_row(&sql, [key], |row| Ok(link_from_row(row)))??;
@@ -266,12 +333,25 @@ impl SqliteStore {
             id_photos: count("id_photos")?,
             sessions: count("sessions")?,
         };
-        let id_photos = self.link_records("SELECT id, uploaded_at FROM id_photos WHERE link_id = ?1 ORDER BY uploaded_at", key, &link)?;
-        let sessions = self.link_records("SELECT id, ends_at FROM sessions WHERE link_id = ?1 ORDER BY ends_at", key, &link)?;
+        let id_photos = self.link_records(
+            "SELECT id, uploaded_at FROM id_photos WHERE link_id = ?1 ORDER BY uploaded_at",
+            key,
+            &link,
+        )?;
+        let sessions = self.link_records(
+            "SELECT id, ends_at FROM sessions WHERE link_id = ?1 ORDER BY ends_at",
+            key,
+            &link,
+        )?;
         Ok(LinkDetail { link, counts, id_photos, sessions })
     }
 
-    fn link_records(&self, sql: &str, key: i64, link: &LinkSummary) -> Result<Vec<RecordCandidate>> {
+    fn link_records(
+        &self,
+        sql: &str,
+        key: i64,
+        link: &LinkSummary,
+    ) -> Result<Vec<RecordCandidate>> {
         let mut statement = self.conn.prepare(sql)?;
         let mut rows = statement.query([key])?;
         let mut records = Vec::new();
@@ -287,7 +367,14 @@ impl SqliteStore {
         Ok(records)
     }
 
-    pub(crate) fn place_hold_impl(&mut self, tenant: &Tenant, scope: HoldScope, matter: &str, reason: &str, actor: &str) -> Result<LegalHold> {
+    pub(crate) fn place_hold_impl(
+        &mut self,
+        tenant: &Tenant,
+        scope: HoldScope,
+        matter: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<LegalHold> {
         if let HoldScope::Patient(patient) = scope {
             self.require_link(tenant, patient)?;
         }
@@ -313,7 +400,9 @@ impl SqliteStore {
             (hold.id.to_string(), tenant.id.to_string(), &patient, matter, reason, format_instant(hold.placed_at), actor),
         )?;
         let mut audit = AuditAppender::begin(&tx, hold.placed_at, simulated)?;
-        let mut event = AuditEvent::new(actor, "hold.place").tenant(tenant.id).subject(hold.id)
+        let mut event = AuditEvent::new(actor, "hold.place")
+            .tenant(tenant.id)
+            .subject(hold.id)
             .detail(format!("matter {matter}"));
         if let Some(patient) = &patient {
             event = event.subject(patient);
@@ -340,13 +429,20 @@ impl SqliteStore {
             (format_instant(now), actor, id.to_string()),
         )?;
         let mut audit = AuditAppender::begin(&tx, now, simulated)?;
-        audit.append(&tx, AuditEvent::new(actor, "hold.release").tenant(hold.tenant_id).subject(id))?;
+        audit.append(
+            &tx,
+            AuditEvent::new(actor, "hold.release").tenant(hold.tenant_id).subject(id),
+        )?;
         audit.finish(&tx)?;
         tx.commit()?;
         Ok(LegalHold { released_at: Some(now), released_by: Some(actor.to_owned()), ..hold })
     }
 
-    pub(crate) fn holds_impl(&self, tenant: Option<TenantId>, include_released: bool) -> Result<Vec<LegalHold>> {
+    pub(crate) fn holds_impl(
+        &self,
+        tenant: Option<TenantId>,
+        include_released: bool,
+    ) -> Result<Vec<LegalHold>> {
         let sql = format!(
             "SELECT {HOLD_COLUMNS} FROM legal_holds
              WHERE (?1 IS NULL OR tenant_id = ?1) AND (?2 OR released_at IS NULL)
@@ -363,7 +459,13 @@ impl SqliteStore {
 }
 
 /// Writes an import batch inside an open transaction.
-fn write_import(tx: &Connection, tenant: &Tenant, batch: &ImportBatch, policy: &Policy, now: DateTime<Utc>) -> Result<ImportCounts> {
+fn write_import(
+    tx: &Connection,
+    tenant: &Tenant,
+    batch: &ImportBatch,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Result<ImportCounts> {
     let mut counts = ImportCounts::default();
     let now_text = format_instant(now);
     let tenant_id = tenant.id.to_string();
@@ -372,7 +474,9 @@ fn write_import(tx: &Connection, tenant: &Tenant, batch: &ImportBatch, policy: &
     let mut already_linked = 0usize;
     for profile in &batch.patients {
         let existing: Option<String> = tx
-            .prepare_cached("SELECT id FROM patient_profiles WHERE source_system = ?1 AND source_id = ?2")?
+            .prepare_cached(
+                "SELECT id FROM patient_profiles WHERE source_system = ?1 AND source_id = ?2",
+            )?
             .query_row((&profile.source_system, &profile.source_id), |row| row.get(0))
             .optional()?;
         let patient = match existing {
@@ -410,7 +514,10 @@ fn write_import(tx: &Connection, tenant: &Tenant, batch: &ImportBatch, policy: &
         counts.links_created += 1;
     }
     if already_linked > 0 {
-        return Err(StoreError::AlreadyImported { tenant: tenant.slug.clone(), count: already_linked });
+        return Err(StoreError::AlreadyImported {
+            tenant: tenant.slug.clone(),
+            count: already_linked,
+        });
     }
 
     let mut providers: HashMap<&str, String> = HashMap::new();
@@ -436,7 +543,9 @@ fn write_import(tx: &Connection, tenant: &Tenant, batch: &ImportBatch, policy: &
 
     let link_of = |source: &str| -> Result<(i64, PatientId)> {
         links.get(source).copied().ok_or_else(|| {
-            StoreError::InconsistentBatch("a row references a patient that is not in the batch".into())
+            StoreError::InconsistentBatch(
+                "a row references a patient that is not in the batch".into(),
+            )
         })
     };
     let mut last_encounter: HashMap<i64, DateTime<Utc>> = HashMap::new();
@@ -463,7 +572,8 @@ fn write_import(tx: &Connection, tenant: &Tenant, batch: &ImportBatch, policy: &
 
     for prescription in &batch.prescriptions {
         let (link, _) = link_of(&prescription.patient_source_id)?;
-        let consultation = prescription.consultation_source_id.as_deref().and_then(|c| consultations.get(c));
+        let consultation =
+            prescription.consultation_source_id.as_deref().and_then(|c| consultations.get(c));
         tx.prepare_cached(
             "INSERT INTO prescriptions (id, tenant_id, link_id, consultation_id, code, description, dispenses, controlled, started_at, stopped_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -478,7 +588,8 @@ fn write_import(tx: &Connection, tenant: &Tenant, batch: &ImportBatch, policy: &
 
     for entry in &batch.history {
         let (link, _) = link_of(&entry.patient_source_id)?;
-        let consultation = entry.consultation_source_id.as_deref().and_then(|c| consultations.get(c));
+        let consultation =
+            entry.consultation_source_id.as_deref().and_then(|c| consultations.get(c));
         tx.prepare_cached(
             "INSERT INTO medical_history (id, tenant_id, link_id, consultation_id, kind, code, description, started_at, stopped_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",

@@ -8,7 +8,8 @@ use crate::{Result, StoreError};
 /// Parses an instant as stored. A value that does not parse means the file was edited or
 /// corrupted, so it is reported as such rather than as bad user input.
 pub(crate) fn parse_stored_instant(value: &str) -> Result<DateTime<Utc>> {
-    parse_instant(value).map_err(|_| StoreError::Corrupt(format!("invalid stored instant {value:?}")))
+    parse_instant(value)
+        .map_err(|_| StoreError::Corrupt(format!("invalid stored instant {value:?}")))
 }
 
 pub(crate) fn parse_optional_instant(value: Option<String>) -> Result<Option<DateTime<Utc>>> {
@@ -22,7 +23,11 @@ pub(crate) fn parse_stored_id<T: std::str::FromStr>(value: &str) -> Result<T> {
 
 /// Feeds one row's values into a hasher in a self-delimiting form and returns their size
 /// in bytes, for disposal digests.
-pub(crate) fn hash_row(hasher: &mut sha2::Sha256, row: &rusqlite::Row<'_>, columns: usize) -> Result<u64> {
+pub(crate) fn hash_row(
+    hasher: &mut sha2::Sha256,
+    row: &rusqlite::Row<'_>,
+    columns: usize,
+) -> Result<u64> {
     use rusqlite::types::ValueRef;
     use sha2::Digest;
 
