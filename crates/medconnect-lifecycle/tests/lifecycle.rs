@@ -478,3 +478,27 @@ fn ended(value: &str) -> SessionTimes {
         ended_at: Some(end),
     }
 }
+
+#[test]
+fn unfinished_photo_upload_is_cleaned_up() {
+    let mut fx = Fixture::new();
+    let tenant = fx.tenant("clinic");
+    fx.patient(&tenant, "p1", "2024-01-01T00:00:00Z");
+    // A crash after the file was written but before its row committed leaves the file and
+    // its queued path, and nothing else.
+    let relative = format!("id-photos/{}/orphan.bin", tenant.id);
+    let path = fx.store.data_dir().join("blobs").join(&relative);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    std::fs::write(&path, b"synthetic").expect("file");
+    let db = rusqlite::Connection::open(fx.store.data_dir().join("medconnect.db")).expect("db");
+    db.execute("INSERT INTO pending_file_deletions (path) VALUES (?1)", [&relative])
+        .expect("queue");
+
+    let report = fx.run("2024-06-01T00:00:00Z");
+    assert_eq!(report.resumed_file_deletions, 1);
+    assert!(!path.exists(), "orphaned upload removed");
+    let queued: i64 = db
+        .query_row("SELECT count(*) FROM pending_file_deletions", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(queued, 0);
+}

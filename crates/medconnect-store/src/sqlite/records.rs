@@ -233,6 +233,13 @@ impl SqliteStore {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
         }
+        // The path is queued for deletion before the file exists and dequeued in the
+        // transaction that writes its row, so a crash in between never leaves an untracked
+        // file: the next lifecycle run deletes it.
+        self.conn.execute(
+            "INSERT OR IGNORE INTO pending_file_deletions (path) VALUES (?1)",
+            [&relative],
+        )?;
         fs::write(&path, bytes).map_err(|e| StoreError::io(&path, e))?;
         let digest = hex::encode(Sha256::digest(bytes));
         let (now, simulated) = (self.now(), self.simulated());
@@ -243,6 +250,7 @@ impl SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 (id.to_string(), tenant.id.to_string(), link, &relative, bytes.len() as i64, digest, format_instant(uploaded_at)),
             )?;
+            tx.execute("DELETE FROM pending_file_deletions WHERE path = ?1", [&relative])?;
             let mut audit = AuditAppender::begin(&tx, now, simulated)?;
             audit.append(
                 &tx,
@@ -256,7 +264,8 @@ impl SqliteStore {
             Ok(())
         })();
         if let Err(err) = result {
-            // The row was not written, so the file must not stay behind.
+            // The row was not written, so the file must not stay behind. Should the removal
+            // fail too, the queued path makes the next run delete it.
             let _ = fs::remove_file(&path);
             return Err(err);
         }
