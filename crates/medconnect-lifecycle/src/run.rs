@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use medconnect_domain::audit::AuditEvent;
 use medconnect_domain::model::Category;
 use medconnect_domain::policy::Policy;
+use medconnect_domain::time::format_instant;
 use medconnect_store::{DisposalContext, DisposalOutcome, SkipReason, Store};
 use serde::Serialize;
 
@@ -52,7 +53,7 @@ pub fn run(
     let run_id = store.start_run(as_of)?;
     let span = tracing::info_span!("lifecycle_run", run_id = %run_id);
     let _guard = span.enter();
-    tracing::info!(as_of = %as_of, policy = %plan.policy_version, planned = plan.actions.len(), "lifecycle run started");
+    tracing::info!(as_of = %format_instant(as_of), policy = %plan.policy_version, planned = plan.actions.len(), "lifecycle run started");
 
     let mut tally = Tally::default();
     for action in plan.actions.iter().filter(|a| a.decision == Decision::Skip) {
@@ -75,7 +76,8 @@ pub fn run(
 
     let summary = serde_json::to_string(&tally).unwrap_or_default();
     let detail = format!(
-        "run {run_id} as of {as_of}: {} disposed, {} receipts, {} held, {} kept for another tenant",
+        "run {run_id} as of {}: {} disposed, {} receipts, {} held, {} kept for another tenant",
+        format_instant(as_of),
         tally.purged_total(),
         tally.receipts,
         tally.skipped_total(SkipKind::LegalHold),

@@ -131,7 +131,8 @@ pub fn encounter(context: &Context, command: EncounterCommand) -> Result<ExitCod
     };
     if at > now && store.clock_mode() == ClockMode::Production {
         bail!(
-            "--at {at} is in the future: a production store records only encounters that happened"
+            "--at {} is in the future: a production store records only encounters that happened",
+            output::instant(at)
         );
     }
     let until = store.record_encounter(&tenant, patient, at, &policy, CLI_ACTOR)?;
