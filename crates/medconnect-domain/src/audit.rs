@@ -123,9 +123,10 @@ impl AuditEvent {
             subjects: self.subjects.iter().map(|s| sanitize(s)).collect(),
             outcome: self.outcome,
             detail: sanitize(&self.detail),
+            // The policy version is not sanitized: `Policy::from_toml` restricts the label to
+            // letters, digits and `._-`, and a label like 2026-04-01 would read as a date.
             receipt: self.receipt.map(|mut receipt| {
                 receipt.record_id = sanitize(&receipt.record_id);
-                receipt.policy_version = sanitize(&receipt.policy_version);
                 receipt
             }),
             prev_hash: prev_hash.to_owned(),
@@ -172,6 +173,10 @@ pub fn chain_hash(prev_hash: &str, canonical_body: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct StoredEntry {
     pub seq: i64,
+    /// The `at` column, kept beside the body for queries.
+    pub at: String,
+    /// The `tenant_id` column, kept beside the body for queries.
+    pub tenant_id: Option<String>,
     pub action: String,
     pub body: String,
     pub prev_hash: String,
@@ -263,6 +268,16 @@ impl ChainVerifier {
                 ))
             }
         };
+        let at = crate::time::format_instant(body.at);
+        let tenant = body.tenant_id.map(|id| id.to_string());
+        if at != entry.at || tenant != entry.tenant_id {
+            return Some((
+                Breach::Altered,
+                format!(
+                    "entry {seq} was altered: its time or tenant column differs from its content"
+                ),
+            ));
+        }
         if body.seq != seq || body.action != entry.action || body.prev_hash != entry.prev_hash {
             return Some((
                 Breach::Reordered,
@@ -309,6 +324,35 @@ impl ChainVerifier {
                 head_hash,
                 first_bad_seq: Some(seq),
                 breach: Some(breach),
+                message,
+            };
+        }
+        if self.entries == 0 {
+            let message = "the audit log is empty, but every store writes an entry when it is \
+                           created: the log was cut"
+                .to_owned();
+            return VerifyReport {
+                ok: false,
+                entries: 0,
+                head_seq: None,
+                head_hash: None,
+                first_bad_seq: Some(1),
+                breach: Some(Breach::Truncated),
+                message,
+            };
+        }
+        if recorded_head.is_none() {
+            let message = "the recorded head of the log is missing although the log has \
+                           entries: entries may have been cut from the end"
+                .to_owned();
+            let next = head_seq.map(|seq| seq + 1);
+            return VerifyReport {
+                ok: false,
+                entries: self.entries,
+                head_seq,
+                head_hash,
+                first_bad_seq: next,
+                breach: Some(Breach::Truncated),
                 message,
             };
         }
@@ -373,6 +417,8 @@ mod tests {
             let hash = chain_hash(&prev, &body);
             entries.push(StoredEntry {
                 seq,
+                at: "2026-12-04T10:00:00Z".into(),
+                tenant_id: None,
                 action: "test.event".into(),
                 body,
                 prev_hash: prev.clone(),
@@ -433,6 +479,23 @@ mod tests {
         entries[2] = StoredEntry { seq: 3, ..second };
         let report = verify(&entries, head);
         assert_eq!(report.breach, Some(Breach::Reordered));
+        assert_eq!(report.first_bad_seq, Some(2));
+    }
+
+    #[test]
+    fn missing_head_is_truncated() {
+        let entries = chain(3);
+        let report = verify(&entries, None);
+        assert_eq!(report.breach, Some(Breach::Truncated));
+    }
+
+    #[test]
+    fn edited_index_column_is_altered() {
+        let mut entries = chain(3);
+        let head = head_of(&entries);
+        entries[1].at = "2020-01-01T00:00:00Z".into();
+        let report = verify(&entries, head);
+        assert_eq!(report.breach, Some(Breach::Altered));
         assert_eq!(report.first_bad_seq, Some(2));
     }
 

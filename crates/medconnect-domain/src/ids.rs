@@ -35,7 +35,11 @@ macro_rules! uuid_id {
             pub fn parse(value: &str) -> Result<Self, InvalidId> {
                 Uuid::parse_str(value.trim())
                     .map(Self)
-                    .map_err(|_| InvalidId { kind: $kind, value: value.to_owned() })
+                    // The value is echoed in the error, so PHI pasted by mistake is masked.
+                    .map_err(|_| InvalidId {
+                        kind: $kind,
+                        value: crate::sanitize::sanitize(value),
+                    })
             }
 
             pub fn as_uuid(&self) -> Uuid {

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::model::validate_slug;
 use crate::time::{add_days, add_years};
 
 /// The policy file that `medconnect init` writes.
@@ -65,6 +66,17 @@ pub const MINIMUM_PERIODS: Periods = Periods {
 /// Maximum offboarding export window, in days.
 pub const MAX_OFFBOARDING_WINDOW_DAYS: u32 = 90;
 
+/// Upper bounds that catch typos such as an extra digit. They are far beyond any legal
+/// requirement, and they keep every computed instant inside the calendar's range.
+pub const MAXIMUM_PERIODS: Periods = Periods {
+    phi_years: 100,
+    audit_log_years: 100,
+    id_photo_days: 3650,
+    session_days: 3650,
+    storefront_order_tax_years: 100,
+    offboarding_export_window_days: MAX_OFFBOARDING_WINDOW_DAYS,
+};
+
 /// Per-tenant lengthening of some periods; absent fields inherit the defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,12 +113,24 @@ pub enum PolicyError {
          periods may be lengthened, never shortened"
     )]
     Shortened { scope: String, field: &'static str, value: u32, minimum: u32 },
-    /// The offboarding window is longer than the policy offers.
+    /// A period is longer than its upper bound.
     #[error(
-        "policy {scope} sets offboarding_export_window_days = {value}, longer than the \
-         maximum {maximum}; choose 30 to 90 days"
+        "policy {scope} sets {field} = {value}, longer than the maximum {maximum}; check for \
+         a typo"
     )]
-    WindowTooLong { scope: String, value: u32, maximum: u32 },
+    TooLong { scope: String, field: &'static str, value: u32, maximum: u32 },
+    /// The version label has characters that cannot appear in receipts.
+    #[error(
+        "policy file is invalid: `version` must be 1 to 40 letters, digits, dots, hyphens or \
+         underscores, such as \"2026.04\""
+    )]
+    InvalidVersion,
+    /// A tenant table is not named by a valid slug.
+    #[error(
+        "policy file is invalid: [tenants.{0}] is not a valid tenant slug (lowercase letters, \
+         digits and hyphens)"
+    )]
+    InvalidTenantKey(String),
 }
 
 /// The retention rule behind a decision. Its name is stable and appears in receipts.
@@ -157,8 +181,16 @@ impl Policy {
     pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
         let file: PolicyFile =
             toml::from_str(text).map_err(|err| PolicyError::Parse(err.message().to_owned()))?;
-        if file.version.trim().is_empty() {
+        let label = file.version.trim();
+        if label.is_empty() {
             return Err(PolicyError::EmptyVersion);
+        }
+        let label_chars = label.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if label.len() > 40 || !label_chars {
+            return Err(PolicyError::InvalidVersion);
+        }
+        if let Some(key) = file.tenants.keys().find(|key| validate_slug(key).is_err()) {
+            return Err(PolicyError::InvalidTenantKey(key.clone()));
         }
         check_not_shorter("defaults", &file.defaults, &MINIMUM_PERIODS)?;
         for (slug, overrides) in &file.tenants {
@@ -233,34 +265,36 @@ fn merge(defaults: &Periods, overrides: &PeriodOverrides) -> Periods {
     }
 }
 
-fn check_not_shorter(scope: &str, periods: &Periods, floor: &Periods) -> Result<(), PolicyError> {
-    let pairs = [
-        ("phi_years", periods.phi_years, floor.phi_years),
-        ("audit_log_years", periods.audit_log_years, floor.audit_log_years),
-        ("id_photo_days", periods.id_photo_days, floor.id_photo_days),
-        ("session_days", periods.session_days, floor.session_days),
+/// Pairs each period of `periods` with the same period of `bounds`, by field name.
+fn period_pairs(periods: &Periods, bounds: &Periods) -> [(&'static str, u32, u32); 6] {
+    [
+        ("phi_years", periods.phi_years, bounds.phi_years),
+        ("audit_log_years", periods.audit_log_years, bounds.audit_log_years),
+        ("id_photo_days", periods.id_photo_days, bounds.id_photo_days),
+        ("session_days", periods.session_days, bounds.session_days),
         (
             "storefront_order_tax_years",
             periods.storefront_order_tax_years,
-            floor.storefront_order_tax_years,
+            bounds.storefront_order_tax_years,
         ),
         (
             "offboarding_export_window_days",
             periods.offboarding_export_window_days,
-            floor.offboarding_export_window_days,
+            bounds.offboarding_export_window_days,
         ),
-    ];
-    for (field, value, minimum) in pairs {
+    ]
+}
+
+fn check_not_shorter(scope: &str, periods: &Periods, floor: &Periods) -> Result<(), PolicyError> {
+    for (field, value, minimum) in period_pairs(periods, floor) {
         if value < minimum {
             return Err(PolicyError::Shortened { scope: scope.to_owned(), field, value, minimum });
         }
     }
-    if periods.offboarding_export_window_days > MAX_OFFBOARDING_WINDOW_DAYS {
-        return Err(PolicyError::WindowTooLong {
-            scope: scope.to_owned(),
-            value: periods.offboarding_export_window_days,
-            maximum: MAX_OFFBOARDING_WINDOW_DAYS,
-        });
+    for (field, value, maximum) in period_pairs(periods, &MAXIMUM_PERIODS) {
+        if value > maximum {
+            return Err(PolicyError::TooLong { scope: scope.to_owned(), field, value, maximum });
+        }
     }
     Ok(())
 }
@@ -315,14 +349,14 @@ mod tests {
     #[test]
     fn tenant_cannot_go_below_lengthened_default() {
         let text = DEFAULT_POLICY_TOML.replace("phi_years = 7", "phi_years = 9");
-        let err = Policy::from_toml(&format!("{text}\n[tenants.a]\nphi_years = 8\n"))
+        let err = Policy::from_toml(&format!("{text}\n[tenants.acme]\nphi_years = 8\n"))
             .expect_err("below file default");
         assert!(err.to_string().contains("minimum 9"), "{err}");
     }
 
     #[test]
     fn unknown_key_is_rejected() {
-        let err = policy_with("[tenants.a]\nphi_yaers = 8\n").expect_err("typo");
+        let err = policy_with("[tenants.acme]\nphi_yaers = 8\n").expect_err("typo");
         assert!(err.to_string().contains("phi_yaers"), "{err}");
     }
 
@@ -332,6 +366,32 @@ mod tests {
             .replace("offboarding_export_window_days = 30", "offboarding_export_window_days = 120");
         let err = Policy::from_toml(&text).expect_err("too long");
         assert!(err.to_string().contains("maximum 90"), "{err}");
+    }
+
+    #[test]
+    fn overlong_periods_are_rejected() {
+        let cases = [
+            ("[tenants.acme]\nphi_years = 4294967295\n", "phi_years = 4294967295"),
+            ("[tenants.acme]\nphi_years = 8000\n", "maximum 100"),
+            ("[tenants.acme]\nid_photo_days = 4000000000\n", "maximum 3650"),
+        ];
+        for (extra, expected) in cases {
+            let err = policy_with(extra).expect_err(extra);
+            assert!(err.to_string().contains(expected), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn tenant_key_must_be_a_slug() {
+        let err = policy_with("[tenants.Northwind]\nphi_years = 10\n").expect_err("capital");
+        assert!(err.to_string().contains("[tenants.Northwind]"), "{err}");
+    }
+
+    #[test]
+    fn version_label_is_restricted() {
+        let text = DEFAULT_POLICY_TOML.replace("version = \"2026.04\"", "version = \"Alice 2026\"");
+        let err = Policy::from_toml(&text).expect_err("space and capital");
+        assert!(matches!(err, PolicyError::InvalidVersion), "{err}");
     }
 
     #[test]

@@ -3,30 +3,40 @@
 //! [`sanitize`] replaces PHI-shaped substrings of free text with bracketed placeholders:
 //! `[email]`, `[card]`, `[ssn]`, `[phone]`, `[date]`, `[id-number]`, `[address]` and
 //! `[name]`. Opaque ids survive unchanged: UUIDs, prefixed ids such as `hold-42`, lowercase
-//! product words, `key=value` pairs with lowercase keys and values, counts of up to 8 digits,
-//! versions such as `2026.1` and RFC 3339 instants that have a time part.
+//! product words, `key=value` pairs with lowercase keys and values, and RFC 3339 instants that
+//! have a time part. So do counts of up to 8 digits that do not form a compact date, decimal
+//! numbers such as `3.14`, and versions such as `2026.1` and `2026.04+85e9b3c283d7`.
 //!
 //! The rules run in this order, and each rule runs on the output of the rules before it:
 //!
-//! 1. Emails become `[email]`. They run first because their local part may hold digits and
-//!    capitals that the later rules would split into several placeholders.
+//! 1. Emails, with or without a dot in the domain (`alice@localhost`), become `[email]`. They
+//!    run first because their local part may hold digits and capitals that the later rules
+//!    would split into several placeholders.
 //! 2. UUIDs and RFC 3339 instants are swapped for private-use tokens that no rule matches, and
 //!    are restored at the end, so no digit rule eats part of an id. An instant is a timestamp of
 //!    an event, not a birth date, so only date-only forms count as dates.
-//! 3. US SSNs (`ddd-dd-dddd`, `ddd dd dddd`) become `[ssn]`. They run before phone numbers,
-//!    so the phone rule cannot take part of one.
+//! 3. US SSNs (`ddd-dd-dddd`, `ddd dd dddd`, `ddd.dd.dddd`, `ddd/dd/dddd`, one kind of
+//!    separator per number) become `[ssn]`. They run before phone numbers, so the phone rule
+//!    cannot take part of one.
 //! 4. US phone numbers with separators (`(402) 555-0123`, `402-555-0123`, `402.555.0123`,
 //!    `+1 402 555 0123`, `+14025550123`) become `[phone]`. They run before cards, so two phone
 //!    numbers written side by side are not read as one card-shaped run of groups. The usual card
 //!    groupings (4-4-4-4, 4-6-5, 4-6-4) never contain a standalone 3-3-4 sequence, so this order
 //!    does not split a card.
-//! 5. Payment card numbers (13 to 19 digits, either plain or in groups of 3 to 6 digits split
-//!    by single spaces or hyphens, passing the Luhn check) become `[card]`. Grouped numbers of
-//!    that shape that fail the Luhn check become `[id-number]`, because a mistyped card or a
-//!    grouped account number is still sensitive.
-//! 6. Date-only forms (`1962-03-01`, `1962/03/01`, `03/01/1962`, `3/1/62`, `March 3, 1990`,
-//!    `3 March 1990`, `Mar 3 1990`, `March 1990`) become `[date]`, because that is how birth
-//!    dates appear.
+//! 5. Payment card numbers (13 to 19 digits, passing the Luhn check) become `[card]`. A number
+//!    is either plain or in groups of 3 to 6 digits split by one or more spaces, by hyphens
+//!    (`4111 1111-1111  1111`), or by dots only (`4111.1111.1111.1111`). Dots never mix with
+//!    the other separators, because `1234.5678 9012.3456` is more often two decimal numbers. Grouped numbers of that shape that fail the
+//!    Luhn check become `[id-number]`, because a mistyped card or a grouped account number is
+//!    still sensitive.
+//! 6. Date-only forms become `[date]`, because that is how birth dates appear. Numeric forms
+//!    with separators run first: `1962-03-01`, `1962/03/01`, `1962.03.01`, `03/01/1962`,
+//!    `3/1/62`, `20-07-2022`, `07-20-2022` and `20.07.2022`. Of these, the forms with dots and
+//!    the hyphen forms that end in the year need a year from 1900 to 2099. Then 8-digit runs that
+//!    form a valid calendar date from 1900 to 2099 as `yyyymmdd`, `mmddyyyy` or `ddmmyyyy`
+//!    (`20220720`, `07202022`) become `[date]`, and other 8-digit numbers survive as counts.
+//!    Month-name forms run last: `March 3, 1990`, `3 March 1990`, `Mar 3 1990`, `March 1990`,
+//!    `Jul-20-2022`, `20-Jul-2022`, `20-Jul-22` and `2022-Jul-20`.
 //! 7. Runs of 9 or more digits that are not cards become `[id-number]`, because medical record,
 //!    account and licence numbers look like that. Shorter numbers survive as counts.
 //! 8. A house number followed by one to four capitalized street words, a street suffix, an
@@ -43,6 +53,7 @@
 use std::ops::Range;
 use std::sync::LazyLock;
 
+use chrono::NaiveDate;
 use regex::Regex;
 
 const EMAIL: &str = "[email]";
@@ -96,9 +107,9 @@ const STREET_SUFFIXES: &str = "street|st|streets|avenue|ave|av|road|rd|roads|lan
     springs|spur|spurs|stravenue|stream|summit|throughway|trace|track|trafficway|tunnel|\
     turnpike|tpke|union|unions|valley|valleys|via|viaduct|walk|walks|wall|well|wells";
 
-/// Emails: a local part, `@`, and a domain with at least one dot.
+/// Emails: a local part, `@`, and a domain with or without dots (`alice@localhost`).
 static EMAIL_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"[\w.%+'-]+@[\w-]+(?:\.[\w-]+)+").expect("email pattern is a valid regex")
+    Regex::new(r"[\w.%+'-]+@[\w-]+(?:\.[\w-]+)*").expect("email pattern is a valid regex")
 });
 
 /// UUIDs in any case, and RFC 3339 instants with a time part (`2031-10-16T00:00:00Z`).
@@ -116,14 +127,23 @@ static TOKEN_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new("\u{E000}([\u{E010}-\u{E019}]+)\u{E001}").expect("token pattern is a valid regex")
 });
 
-/// Digit groups split by single spaces or hyphens, the candidates for card numbers.
+/// Candidates for card numbers: digit groups split by one or more spaces, or by a single
+/// hyphen or dot.
 static DIGIT_RUN_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"[0-9]+(?:[ -][0-9]+)*").expect("digit run pattern is a valid regex")
+    Regex::new(r"[0-9]+(?:(?: +|[.-])[0-9]+)*").expect("digit run pattern is a valid regex")
 });
 
+/// One run of ASCII digits: a group of a card candidate, or a compact date candidate.
+static DIGITS_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new("[0-9]+").expect("digits pattern is a valid regex"));
+
+/// SSNs in 3-2-4 groups split by hyphens, spaces, dots or slashes, one kind per number.
 static SSN_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}")
-        .expect("SSN pattern is a valid regex")
+    Regex::new(concat!(
+        r"[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}",
+        r"|[0-9]{3}\.[0-9]{2}\.[0-9]{4}|[0-9]{3}/[0-9]{2}/[0-9]{4}",
+    ))
+    .expect("SSN pattern is a valid regex")
 });
 
 /// US phone numbers with an optional `+1`/`1` country code and an optional extension (`x12`,
@@ -141,19 +161,47 @@ static PHONE_RE: LazyLock<Regex> = LazyLock::new(|| {
     .expect("phone pattern is a valid regex")
 });
 
-/// Date-only forms. Alternatives that share a start are ordered longest first, because a
-/// match that is cut short fails the standalone check and is not retried at the same start.
-static DATE_RE: LazyLock<Regex> = LazyLock::new(|| {
-    let day = "(?:0?[1-9]|[12][0-9]|3[01])(?:st|nd|rd|th)?";
+/// Numeric date-only forms with separators. They run before [`MONTH_NAME_DATE_RE`], so a
+/// month-year match (`may 2022`) cannot take the year of `may 2022-07-20` and leave the rest.
+///
+/// The regex engine prefers the earliest alternative that matches, not the longest match, and
+/// a match that is cut short fails the standalone check. So a day that can end a date lists
+/// `3[01]` before `0?[1-9]`, and `1962/03/21` is not cut to `1962/03/2`.
+///
+/// The forms with dots, and the hyphen forms that end in the year, need a year from 1900 to
+/// 2099, because dots and hyphens also join version numbers and ranges.
+///
+/// NOTE: the year-first form with dots needs a two-digit month and day, so a calendar-style
+/// version such as `2024.2.2` survives, and so does the date it may stand for.
+static NUMERIC_DATE_RE: LazyLock<Regex> = LazyLock::new(|| {
+    let day_or_month = "(?:3[01]|[12][0-9]|0?[1-9])";
+    let year = "(?:19|20)[0-9]{2}";
     let pattern = format!(
-        "(?i)[0-9]{{4}}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])\
-         |[0-9]{{4}}/(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12][0-9]|3[01])\
+        "[0-9]{{4}}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])\
+         |[0-9]{{4}}/(?:0?[1-9]|1[0-2])/(?:3[01]|[12][0-9]|0?[1-9])\
+         |{year}\\.(?:0[1-9]|1[0-2])\\.(?:0[1-9]|[12][0-9]|3[01])\
          |[0-9]{{1,2}}/[0-9]{{1,2}}/(?:[0-9]{{4}}|[0-9]{{2}})\
+         |{day_or_month}-{day_or_month}-{year}\
+         |{day_or_month}\\.{day_or_month}\\.{year}"
+    );
+    Regex::new(&pattern).expect("numeric date pattern is a valid regex")
+});
+
+/// Date-only forms with a month name. Alternatives that share a start are ordered longest
+/// first, and a day that can end a date lists `3[01]` first, for the reason given at
+/// [`NUMERIC_DATE_RE`]. The day-month-year form with hyphens also takes a two-digit year
+/// (`20-Jul-22`), because a month name between two numbers is rarely anything but a date.
+static MONTH_NAME_DATE_RE: LazyLock<Regex> = LazyLock::new(|| {
+    let day = "(?:3[01]|[12][0-9]|0?[1-9])(?:st|nd|rd|th)?";
+    let pattern = format!(
+        "(?i)[0-9]{{4}}-(?:{MONTHS})-{day}\
+         |{day}-(?:{MONTHS})-(?:[0-9]{{4}}|[0-9]{{2}})\
+         |(?:{MONTHS})-{day}-[0-9]{{4}}\
          |(?:{MONTHS})\\.?[ \\t]+{day},?[ \\t]+[0-9]{{4}}\
          |{day}[ \\t]+(?:of[ \\t]+)?(?:{MONTHS})\\.?,?[ \\t]+[0-9]{{4}}\
          |(?:{MONTHS})\\.?,?[ \\t]+(?:1[89]|20)[0-9]{{2}}"
     );
-    Regex::new(&pattern).expect("date pattern is a valid regex")
+    Regex::new(&pattern).expect("month name date pattern is a valid regex")
 });
 
 static LONG_NUMBER_RE: LazyLock<Regex> =
@@ -203,7 +251,9 @@ pub fn sanitize(text: &str) -> String {
 
     let text = replace_ssns_and_phones(&text);
     let text = replace_spans(&text, &card_spans(&text));
-    let text = replace_standalone(&text, &DATE_RE, DATE);
+    let text = replace_standalone(&text, &NUMERIC_DATE_RE, DATE);
+    let text = replace_spans(&text, &labeled(compact_date_spans(&text), DATE));
+    let text = replace_standalone(&text, &MONTH_NAME_DATE_RE, DATE);
     let text = replace_spans(&text, &labeled(long_number_spans(&text), ID_NUMBER));
     let text = replace_standalone(&text, &ADDRESS_RE, ADDRESS);
     let text = replace_spans(&text, &labeled(name_spans(&text), NAME));
@@ -212,10 +262,10 @@ pub fn sanitize(text: &str) -> String {
 }
 
 /// Returns true when `text` contains a payment card number (13 to 19 digits, optionally grouped
-/// by single spaces or hyphens, passing the Luhn check).
+/// by spaces, hyphens or dots, passing the Luhn check).
 ///
-/// Groups must be 3 to 6 digits long, as in `4111 1111 1111 1111` or `3782 822463 10005`, and
-/// the number must be standalone. The check runs the card rule of [`sanitize`] after the same
+/// Groups must be 3 to 6 digits long, as in `4111 1111 1111 1111`, `4111.1111.1111.1111` or
+/// `3782 822463 10005`, and the number must be standalone. The check runs the card rule of [`sanitize`] after the same
 /// UUID, instant, SSN and phone rules, so digits inside those never count.
 pub fn contains_card_number(text: &str) -> bool {
     let mut protected = Vec::new();
@@ -329,34 +379,50 @@ fn replace_spans(text: &str, spans: &[(Range<usize>, &str)]) -> String {
 ///
 /// Each run of digit groups is searched for windows of consecutive groups that hold 13 to 19
 /// digits. A window is either one plain group or several groups of 3 to 6 digits, so dates
-/// (`1962-03-01`) and SSNs never join a window. When a window passes the Luhn check the run is
-/// labeled `[card]`. When a window of several groups exists but none passes, the run is labeled
-/// `[id-number]`, and a plain group that fails is left to the long-number rule. A labeled span
-/// covers every group of the run that is not glued to a letter, so a card glued to other groups
-/// leaks none of its digits.
+/// (`1962-03-01`) and SSNs never join a window. The groups of a window are split either by dots
+/// only or by spaces and hyphens only, so two decimal numbers (`1234.5678 9012.3456`) never
+/// form one window. When a window passes the Luhn check the run is labeled `[card]`. When a
+/// window of several groups exists but none passes, the run is labeled `[id-number]`, and a
+/// plain group that fails is left to the long-number rule. A labeled span covers every group of
+/// the run that is not glued to a letter, so a card glued to other groups leaks none of its
+/// digits.
+///
+/// NOTE: a card written with dots mixed with spaces or hyphens (`4111.1111 1111.1111`) is
+/// therefore not found, and neither is one split by tabs.
 fn card_spans(text: &str) -> Vec<(Range<usize>, &'static str)> {
     let mut spans = Vec::new();
     for run in DIGIT_RUN_RE.find_iter(text) {
-        let mut groups = Vec::new();
-        let mut start = run.start();
-        for group in run.as_str().split([' ', '-']) {
-            groups.push(start..start + group.len());
-            start += group.len() + 1;
-        }
+        let groups: Vec<Range<usize>> = DIGITS_RE
+            .find_iter(run.as_str())
+            .map(|group| run.start() + group.start()..run.start() + group.end())
+            .collect();
         // A group glued to a letter (`x4111...`, `...16T00`) is part of a word, not a number.
         let first_usable = !char_before(text, run.start()).is_some_and(is_word_char);
         let last_usable = !char_after(text, run.end()).is_some_and(is_word_char);
         let last = groups.len() - 1;
         let usable = |i: usize| (i != 0 || first_usable) && (i != last || last_usable);
         let short = |i: usize| (3..=6).contains(&groups[i].len());
+        let follows_dot = |i: usize| &text[groups[i - 1].end..groups[i].start] == ".";
 
         let mut has_card = false;
         let mut has_grouped_number = false;
         for i in 0..groups.len() {
             let mut digits = 0;
+            let mut has_dot = false;
+            let mut has_space_or_hyphen = false;
             for j in i..groups.len() {
                 if !usable(j) || (j > i && !(short(i) && short(j))) {
                     break;
+                }
+                if j > i {
+                    if follows_dot(j) {
+                        has_dot = true;
+                    } else {
+                        has_space_or_hyphen = true;
+                    }
+                    if has_dot && has_space_or_hyphen {
+                        break;
+                    }
                 }
                 digits += groups[j].len();
                 if digits > 19 {
@@ -416,20 +482,60 @@ fn long_number_spans(text: &str) -> Vec<Range<usize>> {
         if char_after(text, run.end()).is_some_and(is_word_char) {
             continue;
         }
-        let before = &text[..run.start()];
-        let is_fraction = before
-            .strip_suffix('.')
-            .is_some_and(|rest| rest.ends_with(|c: char| c.is_ascii_digit()));
-        let prefix_is_letters = before
+        let prefix_is_letters = text[..run.start()]
             .chars()
             .rev()
             .take_while(|&c| is_word_char(c))
             .all(|c| c.is_alphabetic() || c == '_');
-        if !is_fraction && prefix_is_letters {
+        if !is_fraction(text, run.start()) && prefix_is_letters {
             spans.push(run.range());
         }
     }
     spans
+}
+
+/// Returns true when the digits that start at byte `start` of `text` follow a digit and a
+/// dot, so they are the fraction of a decimal number.
+fn is_fraction(text: &str, start: usize) -> bool {
+    text[..start].strip_suffix('.').is_some_and(|rest| rest.ends_with(|c: char| c.is_ascii_digit()))
+}
+
+/// Finds standalone runs of exactly 8 digits that form a valid calendar date with a year from
+/// 1900 to 2099, read as `yyyymmdd`, `mmddyyyy` or `ddmmyyyy`. Other 8-digit numbers survive
+/// as counts, and so does the fraction of a decimal number (`0.20220720`).
+fn compact_date_spans(text: &str) -> Vec<Range<usize>> {
+    DIGITS_RE
+        .find_iter(text)
+        .filter(|run| {
+            run.len() == 8
+                && is_standalone(text, run.start(), run.end())
+                && !is_fraction(text, run.start())
+                && is_compact_date(run.as_str())
+        })
+        .map(|run| run.range())
+        .collect()
+}
+
+/// Returns true when the 8 ASCII digits of `digits` form a valid calendar date from 1900 to
+/// 2099 in at least one of the orders `yyyymmdd`, `mmddyyyy` and `ddmmyyyy`.
+fn is_compact_date(digits: &str) -> bool {
+    let Ok(number) = digits.parse::<u32>() else {
+        return false;
+    };
+    let is_date = |year: u32, month: u32, day: u32| {
+        (1900..=2099).contains(&year)
+            && i32::try_from(year)
+                .is_ok_and(|year| NaiveDate::from_ymd_opt(year, month, day).is_some())
+    };
+    let year_first = is_date(number / 10_000, number / 100 % 100, number % 100);
+
+    let first_two = number / 1_000_000;
+    let middle_two = number / 10_000 % 100;
+    let last_four = number % 10_000;
+    let month_first = is_date(last_four, first_two, middle_two);
+    let day_first = is_date(last_four, middle_two, first_two);
+
+    year_first || month_first || day_first
 }
 
 /// Returns true for words that the name rule treats as a possible name.
@@ -506,6 +612,8 @@ mod tests {
         ("alice@example.com", "[email]"),
         ("contact alice.smith+tag@mail.example.org now", "contact [email] now"),
         ("sent to Alice368.Gleason633@example.com.", "sent to [email]."),
+        ("alice368@localhost", "[email]"),
+        ("mail root@mail-host-1 bounced.", "mail [email] bounced."),
     ];
 
     const CARDS: &[(&str, &str)] = &[
@@ -519,12 +627,22 @@ mod tests {
         ("ref 1234 5678 1234 5678", "ref [id-number]"),
         ("card 4111 1111 1111 1111 1111", "card [card]"),
         ("ssn 999-12-3456 4111 1111 1111 1111", "ssn [ssn] [card]"),
+        ("4111.1111.1111.1111", "[card]"),
+        ("4111  1111  1111  1111", "[card]"),
+        ("4111 1111-1111  1111", "[card]"),
+        ("paid with 4111.1111.1111.1111 today", "paid with [card] today"),
+        ("amex 3782   822463   10005 on file", "amex [card] on file"),
+        ("ref 1234.5678.1234.5678", "ref [id-number]"),
+        ("ref 1234  5678  1234  5678", "ref [id-number]"),
     ];
 
     const SSNS: &[(&str, &str)] = &[
         ("999-12-3456", "[ssn]"),
         ("999 12 3456", "[ssn]"),
         ("patient ssn 999-12-3456 on file", "patient ssn [ssn] on file"),
+        ("999.49.3983", "[ssn]"),
+        ("999/49/3983", "[ssn]"),
+        ("ssn=999.49.3983; alt 999/49/3983.", "ssn=[ssn]; alt [ssn]."),
     ];
 
     const PHONES: &[(&str, &str)] = &[
@@ -553,6 +671,24 @@ mod tests {
         ("born Mar 3 1990", "born [date]"),
         ("born mar. 3rd, 1990", "born [date]"),
         ("born March 1990", "born [date]"),
+        ("dob 1962/03/21", "dob [date]"),
+        ("2022.07.20", "[date]"),
+        ("20-07-2022", "[date]"),
+        ("20.07.2022", "[date]"),
+        ("dob 07-20-2022", "dob [date]"),
+        ("dob 7.20.2022", "dob [date]"),
+        ("Jul-20-2022", "[date]"),
+        ("20-Jul-2022", "[date]"),
+        ("2022-Jul-20", "[date]"),
+        ("seen 20-JUL-2022 and 2022-jul-2", "seen [date] and [date]"),
+        ("20220720", "[date]"),
+        ("07202022", "[date]"),
+        ("dob 20072022", "dob [date]"),
+        ("dob=20240229;", "dob=[date];"),
+        ("born 19000101", "born [date]"),
+        ("due may 2022-07-20", "due may [date]"),
+        ("sep 2022.07.20.", "sep [date]."),
+        ("loaded 20-Jul-22", "loaded [date]"),
     ];
 
     const ADDRESSES: &[(&str, &str)] = &[
@@ -596,6 +732,10 @@ mod tests {
             "[name] ([email], [phone]) paid with [card] on [date]",
         ),
         (
+            "Alice368 (alice368@localhost) born 20-Jul-2022, ssn 999.49.3983, card 4111.1111.1111.1111",
+            "[name] ([email]) born [date], ssn [ssn], card [card]",
+        ),
+        (
             "record 3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab of Alice368 deleted at 2031-10-16T00:00:00Z",
             "record 3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab of [name] deleted at 2031-10-16T00:00:00Z",
         ),
@@ -626,6 +766,16 @@ mod tests {
             "digest 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
         ),
         ("[name] born [date] at [address]", "[name] born [date] at [address]"),
+        ("release 2026.04+85e9b3c283d7", "release 2026.04+85e9b3c283d7"),
+        ("pi 3.14", "pi 3.14"),
+        ("readings 1234.5678 9012.3456", "readings 1234.5678 9012.3456"),
+        ("host 192.168.1.20 up", "host 192.168.1.20 up"),
+        ("at 2022-07-20T10:30:00Z", "at 2022-07-20T10:30:00Z"),
+        ("batch 20230229", "batch 20230229"),
+        ("batch 18991231", "batch 18991231"),
+        ("batch 99999999", "batch 99999999"),
+        ("elapsed 0.20220720 s", "elapsed 0.20220720 s"),
+        ("run 20220720T103000Z", "run 20220720T103000Z"),
         ("", ""),
     ];
 
@@ -714,6 +864,11 @@ mod tests {
             ("purged 12 records", false),
             ("phones 402-555-0123 402-555-0199", false),
             ("ref 1234 5678 1234 5678", false),
+            ("4111.1111.1111.1111", true),
+            ("4111  1111  1111  1111", true),
+            ("ref 1234.5678.1234.5678", false),
+            ("readings 1234.5678 9012.3456", false),
+            ("pi 3.14", false),
         ];
         for &(text, expected) in cases {
             assert_eq!(contains_card_number(text), expected, "contains_card_number({text:?})");

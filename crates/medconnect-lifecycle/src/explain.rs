@@ -71,20 +71,21 @@ pub fn explain(
         .filter(|h| h.covers(tenant.id, Some(patient)))
         .collect();
     let link = &detail.link;
-    let computed =
-        link.last_medical_encounter_at.map(|last| policy.phi_retention_until(&tenant.slug, last));
-    let until = computed.map_or(link.phi_retention_until, |c| c.max(link.phi_retention_until));
+    let until = policy.phi_retention_until(&tenant.slug, link.retention_basis());
     let expired = until <= as_of;
 
     let other_tenants: Vec<OtherTenant> = store
         .links_of_patient(patient)?
         .into_iter()
         .filter(|l| l.tenant_id != tenant.id)
-        .map(|l| OtherTenant {
-            expired: l.phi_retention_until <= as_of,
-            held: holds_index.covering(l.tenant_id, Some(patient)).is_some(),
-            tenant: l.tenant_slug,
-            phi_retention_until: l.phi_retention_until,
+        .map(|l| {
+            let until = policy.phi_retention_until(&l.tenant_slug, l.retention_basis());
+            OtherTenant {
+                expired: until <= as_of,
+                held: holds_index.covering(l.tenant_id, Some(patient)).is_some(),
+                tenant: l.tenant_slug,
+                phi_retention_until: until,
+            }
         })
         .collect();
 

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use medconnect_domain::model::{Category, LegalHold};
 use medconnect_domain::policy::{Policy, Rule};
-use medconnect_domain::time::sub_days;
+use medconnect_domain::time::{add_days, sub_days, sub_years};
 use medconnect_domain::{HoldId, PatientId, TenantId};
 use medconnect_store::{rule_for, Disposal, LinkSummary, PhiCandidate, RecordCandidate, Store};
 use serde::Serialize;
@@ -20,8 +20,9 @@ pub enum SkipKind {
     LegalHold,
     /// A core profile still referenced by another tenant's link.
     OtherTenantActive,
-    /// Found expired when planned, but not expired when checked in the run's transaction.
-    NotExpired,
+    /// Due when planned, but no longer due when checked in the run's transaction, for example
+    /// because an encounter was recorded in between.
+    NoLongerDue,
     /// Already disposed of by another run.
     AlreadyGone,
 }
@@ -30,7 +31,7 @@ impl SkipKind {
     pub const ALL: [SkipKind; 4] = [
         SkipKind::LegalHold,
         SkipKind::OtherTenantActive,
-        SkipKind::NotExpired,
+        SkipKind::NoLongerDue,
         SkipKind::AlreadyGone,
     ];
 }
@@ -190,20 +191,20 @@ impl Planner<'_> {
         self.actions.push(action);
     }
 
-    /// Retention of a link under the policy in force. The stored instant was computed under
-    /// the policy of its time, so the later of the two wins until the run applies the policy.
+    /// Returns a link's retention instant under the policy in force. The stored instant
+    /// reflects the policy last applied, which a run brings up to date before it disposes.
     fn link_retention(&self, link: &LinkSummary) -> DateTime<Utc> {
-        let current = link
-            .last_medical_encounter_at
-            .map(|last| self.policy.phi_retention_until(&link.tenant_slug, last));
-        current.map_or(link.phi_retention_until, |c| c.max(link.phi_retention_until))
+        self.policy.phi_retention_until(&link.tenant_slug, link.retention_basis())
     }
 
     /// Plans PHI purges and returns the (tenant, patient) pairs whose records will go.
     fn plan_patient_records(&mut self) -> Result<HashSet<(TenantId, PatientId)>> {
+        // Tenant overrides only lengthen periods, so the default period gives the earliest
+        // possible due date; two days of slack cover the 29 February rule.
+        let active_before = add_days(sub_years(self.as_of, self.policy.defaults.phi_years), 2);
         let candidates: Vec<PhiCandidate> = self
             .store
-            .phi_candidates(self.as_of)?
+            .phi_candidates(active_before)?
             .into_iter()
             .filter(|c| self.link_retention(&c.link) <= self.as_of)
             .collect();
@@ -216,7 +217,7 @@ impl Planner<'_> {
                 Some((link.tenant_id, &link.tenant_slug)),
                 Some(link.patient_id),
                 link.patient_id.to_string(),
-                link.phi_retention_until,
+                self.link_retention(link),
             );
             if let Some(hold) = self.holds.covering(link.tenant_id, Some(link.patient_id)) {
                 action.decision = Decision::Skip;
@@ -233,7 +234,7 @@ impl Planner<'_> {
                     None,
                     Some(link.patient_id),
                     link.patient_id.to_string(),
-                    link.phi_retention_until,
+                    self.link_retention(link),
                 );
                 self.push(profile);
             } else {
@@ -280,9 +281,9 @@ impl Planner<'_> {
                 .collect();
             let latest = links
                 .iter()
-                .map(|l| l.phi_retention_until)
+                .map(|l| self.link_retention(l))
                 .max()
-                .unwrap_or(candidate.link.phi_retention_until);
+                .unwrap_or_else(|| self.link_retention(&candidate.link));
             let mut action = self.action(
                 Category::PatientProfile,
                 None,

@@ -48,7 +48,7 @@ pub fn run(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<RunReport> {
     let resumed_file_deletions = store.finish_file_deletions()?;
-    store.apply_policy(policy, &options.actor)?;
+    store.apply_policy(policy, &options.actor, false)?;
     let plan = plan(store, policy, as_of)?;
     let run_id = store.start_run(as_of)?;
     let span = tracing::info_span!("lifecycle_run", run_id = %run_id);
@@ -111,7 +111,7 @@ fn count_outcome(tally: &mut Tally, category: Category, outcome: DisposalOutcome
         DisposalOutcome::Skipped(reason) => {
             let kind = match reason {
                 SkipReason::LegalHold { .. } => SkipKind::LegalHold,
-                SkipReason::NotExpired { .. } => SkipKind::NotExpired,
+                SkipReason::NotExpired { .. } => SkipKind::NoLongerDue,
                 SkipReason::AlreadyGone => SkipKind::AlreadyGone,
             };
             tracing::debug!(category = %category, reason = ?kind, "disposal skipped in transaction");

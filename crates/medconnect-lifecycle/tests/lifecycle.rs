@@ -502,3 +502,92 @@ fn unfinished_photo_upload_is_cleaned_up() {
         .expect("count");
     assert_eq!(queued, 0);
 }
+
+fn policy_with_tenant_years(slug: &str, years: u32) -> Policy {
+    let text = format!("{DEFAULT_POLICY_TOML}\n[tenants.{slug}]\nphi_years = {years}\n");
+    Policy::from_toml(&text).expect("policy")
+}
+
+#[test]
+fn plan_uses_policy_in_force() {
+    let mut fx = Fixture::with_policy(policy_with_tenant_years("clinic", 10));
+    let tenant = fx.tenant("clinic");
+    let patient = fx.patient(&tenant, "p1", "2015-01-01T00:00:00Z");
+    fx.run("2016-01-01T00:00:00Z");
+    assert_eq!(
+        fx.store.patient_link(&tenant, patient).expect("link").link.phi_retention_until,
+        at("2025-01-01T00:00:00Z")
+    );
+
+    // Back to the 7-year default: the plan sees it at once, before anything is applied.
+    fx.policy = Policy::builtin();
+    assert_eq!(fx.planned("2023-06-01T00:00:00Z", Category::PatientRecords), 1);
+}
+
+#[test]
+fn run_rejects_unapplied_shortening() {
+    let mut fx = Fixture::with_policy(policy_with_tenant_years("clinic", 10));
+    let tenant = fx.tenant("clinic");
+    let patient = fx.patient(&tenant, "p1", "2015-01-01T00:00:00Z");
+    fx.run("2016-01-01T00:00:00Z");
+    fx.policy = Policy::builtin();
+
+    let as_of = at("2023-06-01T00:00:00Z");
+    let options = RunOptions { batch_size: 10, actor: ACTOR.into() };
+    let err =
+        run(&mut fx.store, &fx.policy, as_of, &options, &mut |_, _| {}).expect_err("shortens");
+    assert!(err.to_string().contains("--allow-shorter"), "{err}");
+    assert!(fx.linked(&tenant, patient), "nothing purged");
+
+    let applied = fx.store.apply_policy(&fx.policy, ACTOR, true).expect("apply");
+    assert_eq!(applied.shortened, 1);
+    let report = fx.run("2023-06-01T00:00:00Z");
+    assert_eq!(report.tally.purged[&Category::PatientRecords], 1);
+}
+
+#[test]
+fn policy_for_unknown_tenant_is_rejected() {
+    let mut fx = Fixture::with_policy(policy_with_tenant_years("clinik", 10));
+    let tenant = fx.tenant("clinic");
+    fx.patient(&tenant, "p1", "2015-01-01T00:00:00Z");
+    let err = fx.store.apply_policy(&fx.policy, ACTOR, false).expect_err("unknown slug");
+    assert!(err.to_string().contains("\"clinik\""), "{err}");
+}
+
+#[test]
+fn mismatched_profile_is_not_linked() {
+    let mut fx = Fixture::new();
+    let first = fx.tenant("first");
+    let second = fx.tenant("second");
+    fx.patient(&first, "shared-id", "2015-01-01T00:00:00Z");
+    let other_person = ImportBatch {
+        source_system: "test".into(),
+        patients: vec![NewPatientProfile {
+            source_system: "test".into(),
+            source_id: "shared-id".into(),
+            given_name: "Other2".into(),
+            family_name: "Person2".into(),
+            birth_date: "1990-05-05".into(),
+            sex: "M".into(),
+            ..NewPatientProfile::default()
+        }],
+        ..ImportBatch::default()
+    };
+    let err = fx.store.import(&second, &other_person, &fx.policy, ACTOR).expect_err("mismatch");
+    assert!(err.to_string().contains("nothing was imported"), "{err}");
+    assert!(fx.store.patient_links(&second).expect("links").is_empty());
+}
+
+#[test]
+fn hold_on_purged_patient_is_rejected() {
+    let mut fx = Fixture::new();
+    let tenant = fx.tenant("clinic");
+    let patient = fx.patient(&tenant, "p1", "2010-01-01T00:00:00Z");
+    fx.run("2020-01-01T00:00:00Z");
+    let err = fx
+        .store
+        .place_hold(&tenant, HoldScope::Patient(patient), "m-9", "late", ACTOR)
+        .expect_err("purged");
+    assert!(err.to_string().contains("not found"), "{err}");
+    assert!(fx.store.holds(None, true).expect("holds").is_empty());
+}

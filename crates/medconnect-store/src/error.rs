@@ -38,12 +38,35 @@ pub enum StoreError {
     /// The hold was released before.
     #[error("legal hold {0} is already released")]
     HoldAlreadyReleased(String),
+    /// A tenant slug that cannot be used.
+    #[error(transparent)]
+    InvalidSlug(#[from] medconnect_domain::model::InvalidSlug),
+    /// Applying the policy would move retention instants earlier.
+    #[error(
+        "policy {version} would shorten the retention of {count} patient links compared with \
+         the policy applied before: review the change, then accept it with \
+         `medconnect policy apply --allow-shorter`"
+    )]
+    PolicyShortens { count: u64, version: String },
+    /// The policy names a tenant that does not exist.
+    #[error(
+        "policy has a [tenants.{0}] table but no tenant {0:?} exists: fix the slug or remove \
+         the table (`medconnect tenant list` shows the slugs)"
+    )]
+    PolicyUnknownTenant(String),
     /// The import would link patients that the tenant already has.
     #[error(
         "{count} patients of this data set are already linked to tenant {tenant:?}: the data \
          set was imported before, so nothing was written"
     )]
     AlreadyImported { tenant: String, count: usize },
+    /// Source ids of the batch match existing profiles of other people.
+    #[error(
+        "{count} patients of this data set share a source id with an existing core profile \
+         whose name, birth date or SSN differ: nothing was imported; check that the data set \
+         comes from the same source system"
+    )]
+    ProfileMismatch { count: usize },
     /// A row references something the batch does not contain.
     #[error("import batch is inconsistent: {0}")]
     InconsistentBatch(String),

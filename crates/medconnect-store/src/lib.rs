@@ -90,6 +90,17 @@ pub trait Store {
     /// [`StoreError::PatientNotFound`].
     fn patient_link(&self, tenant: &Tenant, patient: PatientId) -> Result<LinkDetail>;
 
+    /// Returns the patient linked to a tenant under a source system's id, if any.
+    fn find_patient(
+        &self,
+        tenant: &Tenant,
+        source_system: &str,
+        source_id: &str,
+    ) -> Result<Option<PatientId>>;
+
+    /// Lists the audit entries whose disposal receipt names `record_id`, oldest first.
+    fn receipts_for(&self, record_id: &str) -> Result<Vec<AuditRecord>>;
+
     /// Lists every tenant link of a patient, across tenants. Only lifecycle jobs, which
     /// decide cross-tenant protection, may call this.
     fn links_of_patient(&self, patient: PatientId) -> Result<Vec<LinkSummary>>;
@@ -110,8 +121,10 @@ pub trait Store {
     /// Lists holds, optionally of one tenant, optionally including released ones.
     fn holds(&self, tenant: Option<TenantId>, include_released: bool) -> Result<Vec<LegalHold>>;
 
-    /// Lists patient links whose `phi_retention_until` is at or before `as_of`.
-    fn phi_candidates(&self, as_of: DateTime<Utc>) -> Result<Vec<PhiCandidate>>;
+    /// Lists patient links whose last activity (last medical encounter, or creation when
+    /// none was recorded) is at or before `active_before`, oldest first. Callers decide which
+    /// are due under the policy in force.
+    fn phi_candidates(&self, active_before: DateTime<Utc>) -> Result<Vec<PhiCandidate>>;
 
     /// Lists ID photos uploaded at or before `uploaded_before`.
     fn id_photo_candidates(&self, uploaded_before: DateTime<Utc>) -> Result<Vec<RecordCandidate>>;
@@ -132,8 +145,18 @@ pub trait Store {
     fn finish_file_deletions(&mut self) -> Result<u64>;
 
     /// Recomputes every link's `phi_retention_until` under `policy` when the policy changed
-    /// since it was last applied. Returns how many links changed.
-    fn apply_policy(&mut self, policy: &Policy, actor: &str) -> Result<u64>;
+    /// since it was last applied. Fails with [`StoreError::PolicyShortens`], changing
+    /// nothing, when an instant would move earlier and `allow_shorter` is false, and with
+    /// [`StoreError::PolicyUnknownTenant`] when the policy names a tenant that does not exist.
+    fn apply_policy(
+        &mut self,
+        policy: &Policy,
+        actor: &str,
+        allow_shorter: bool,
+    ) -> Result<PolicyApplied>;
+
+    /// Returns the version of the policy last applied, if any.
+    fn applied_policy_version(&self) -> Result<Option<String>>;
 
     /// Appends one entry to the audit log. Returns its sequence number.
     fn append_audit(&mut self, event: AuditEvent) -> Result<i64>;
@@ -143,6 +166,9 @@ pub trait Store {
 
     /// Returns audit entries after `after_seq`, oldest first, at most `limit`.
     fn audit_entries(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRecord>>;
+
+    /// Returns the `after_seq` that lists the last `count` audit entries.
+    fn audit_tail_start(&self, count: u32) -> Result<i64>;
 
     /// Records the start of a lifecycle run.
     fn start_run(&mut self, as_of: DateTime<Utc>) -> Result<String>;

@@ -53,7 +53,17 @@ pub struct LinkSummary {
     pub tenant_slug: String,
     pub patient_id: PatientId,
     pub last_medical_encounter_at: Option<DateTime<Utc>>,
+    /// Retention instant as stored, computed under the policy last applied.
     pub phi_retention_until: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl LinkSummary {
+    /// Returns the instant PHI retention counts from: the last medical encounter, or the
+    /// link's creation when no encounter was recorded.
+    pub fn retention_basis(&self) -> DateTime<Utc> {
+        self.last_medical_encounter_at.unwrap_or(self.created_at)
+    }
 }
 
 /// Counts of what a tenant holds for one patient.
@@ -74,6 +84,15 @@ pub struct LinkDetail {
     pub counts: LinkCounts,
     pub id_photos: Vec<RecordCandidate>,
     pub sessions: Vec<RecordCandidate>,
+}
+
+/// Result of applying a policy to the stored retention instants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PolicyApplied {
+    /// Links whose retention instant moved later.
+    pub lengthened: u64,
+    /// Links whose retention instant moved earlier.
+    pub shortened: u64,
 }
 
 /// A patient link that may be due for PHI purge.

@@ -17,6 +17,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "MEDCONNECT_POLICY")]
     pub policy: Option<PathBuf>,
 
+    /// Who is acting, recorded in audit entries [default: operator:$USER].
+    #[arg(long, global = true, env = "MEDCONNECT_ACTOR")]
+    pub actor: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -62,11 +66,22 @@ pub enum Command {
 pub enum PolicyCommand {
     /// Print the policy in force.
     Show {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Validate a policy file without using it.
+    /// Validate a policy file without using it. With a store in the data directory, also
+    /// check that every tenant table names an existing tenant.
     Check { file: PathBuf },
+    /// Recompute every patient's retention under the policy in force. `lifecycle run` does
+    /// this itself, unless the new policy shortens a retention.
+    Apply {
+        /// Accept a policy that moves retention instants earlier.
+        #[arg(long)]
+        allow_shorter: bool,
+    },
+    /// Print the default policy file.
+    Default,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +96,7 @@ pub enum TenantCommand {
     },
     /// List tenants.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -88,10 +104,24 @@ pub enum TenantCommand {
 
 #[derive(Subcommand)]
 pub enum PatientCommand {
-    /// List a tenant's patients with their retention.
-    List {
+    /// Find a patient's id from the id the source system gave them.
+    Find {
+        /// Tenant slug, as `tenant list` prints it.
         #[arg(long)]
         tenant: String,
+        /// Source system, such as `synthea`.
+        #[arg(long, default_value = "synthea")]
+        source: String,
+        /// The patient's id in the source system.
+        #[arg(long)]
+        source_id: String,
+    },
+    /// List a tenant's patients with their retention under the policy in force.
+    List {
+        /// Tenant slug, as `tenant list` prints it.
+        #[arg(long)]
+        tenant: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -103,8 +133,10 @@ pub enum ImportCommand {
     Synthea {
         /// Folder holding the CSV files.
         dir: PathBuf,
+        /// Tenant slug, as `tenant list` prints it.
         #[arg(long)]
         tenant: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -114,8 +146,10 @@ pub enum ImportCommand {
 pub enum EncounterCommand {
     /// Record an encounter for a patient and recompute their retention.
     Record {
+        /// Tenant slug, as `tenant list` prints it.
         #[arg(long)]
         tenant: String,
+        /// Patient id, as `patient list` or `patient find` prints it.
         #[arg(long)]
         patient: String,
         /// When the encounter happened [default: now]. Only simulated-clock stores accept
@@ -139,17 +173,21 @@ pub enum LifecycleCommand {
     Plan {
         #[command(flatten)]
         as_of: AsOf,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Explain why one patient's records are kept, and until when.
     Explain {
+        /// Tenant slug, as `tenant list` prints it.
         #[arg(long)]
         tenant: String,
+        /// Patient id, as `patient list` or `patient find` prints it.
         #[arg(long)]
         patient: String,
         #[command(flatten)]
         as_of: AsOf,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -158,16 +196,20 @@ pub enum LifecycleCommand {
         /// Only on stores created with `init --simulated-clock`.
         #[command(flatten)]
         as_of: AsOf,
-        /// Disposals per transaction.
-        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        /// Disposals per transaction, 1 to 5000. Holds and other writers wait for the open
+        /// transaction, so large batches delay them.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=5_000))]
         batch_size: u32,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show recent runs.
     Status {
+        /// Maximum number of runs to list.
         #[arg(long, default_value_t = 10)]
         limit: u32,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -177,9 +219,11 @@ pub enum LifecycleCommand {
 pub enum HoldCommand {
     /// Place a legal hold on one patient of a tenant or on the whole tenant.
     Place {
+        /// Tenant slug, as `tenant list` prints it.
         #[arg(long)]
         tenant: String,
-        /// Patient id, as printed by `patient list`.
+        /// Patient id, as `patient list` or `patient find` prints it. Pass this or
+        /// --whole-tenant.
         #[arg(long, conflicts_with = "whole_tenant", required_unless_present = "whole_tenant")]
         patient: Option<String>,
         /// Hold every record of the tenant.
@@ -188,6 +232,7 @@ pub enum HoldCommand {
         /// Matter reference, such as a case number.
         #[arg(long)]
         matter: String,
+        /// Why the hold is placed.
         #[arg(long)]
         reason: String,
     },
@@ -195,11 +240,13 @@ pub enum HoldCommand {
     Release { id: String },
     /// List holds.
     List {
+        /// Only holds of this tenant.
         #[arg(long)]
         tenant: Option<String>,
         /// Include released holds.
         #[arg(long)]
         all: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -209,14 +256,19 @@ pub enum HoldCommand {
 pub enum AuditCommand {
     /// Check the whole hash chain and name the first entry altered, removed or reordered.
     Verify {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Print audit entries as JSON lines.
+    /// Print audit entries as JSON lines, oldest first.
     Log {
         /// Print entries after this sequence number.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, conflicts_with = "tail")]
         after: i64,
+        /// Print the last N entries instead.
+        #[arg(long)]
+        tail: Option<u32>,
+        /// Maximum number of entries to print.
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },

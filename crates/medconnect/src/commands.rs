@@ -7,14 +7,14 @@ use medconnect_domain::model::HoldScope;
 use medconnect_domain::time::parse_instant;
 use medconnect_domain::{HoldId, PatientId};
 use medconnect_lifecycle::RunOptions;
-use medconnect_store::{ClockMode, SqliteStore, Store};
+use medconnect_store::{ClockMode, SqliteStore, Store, StoreError};
 
 use crate::cli::{
     AuditCommand, EncounterCommand, HoldCommand, ImportCommand, LifecycleCommand, PatientCommand,
     PolicyCommand, TenantCommand,
 };
 use crate::output::{self, print_json};
-use crate::{as_of_or_now, destructive_as_of, load_policy_file, Context, CLI_ACTOR};
+use crate::{as_of_or_now, destructive_as_of, load_policy_file, Context};
 
 pub fn init(context: &Context, simulated_clock: bool) -> Result<ExitCode> {
     let mode = if simulated_clock { ClockMode::Simulated } else { ClockMode::Production };
@@ -47,7 +47,27 @@ pub fn policy(context: &Context, command: PolicyCommand) -> Result<ExitCode> {
         }
         PolicyCommand::Check { file } => {
             let policy = load_policy_file(&file)?;
+            if let Ok(store) = context.open_store() {
+                let tenants: Vec<String> = store.tenants()?.into_iter().map(|t| t.slug).collect();
+                if let Some(unknown) = policy.tenants.keys().find(|slug| !tenants.contains(slug)) {
+                    return Err(StoreError::PolicyUnknownTenant(unknown.clone()).into());
+                }
+            }
             outln!("{}: valid, version {}", file.display(), policy.version());
+        }
+        PolicyCommand::Apply { allow_shorter } => {
+            let mut store = context.open_store()?;
+            let policy = context.load_policy()?;
+            let applied = store.apply_policy(&policy, &context.actor, allow_shorter)?;
+            outln!(
+                "policy {} in force: retention of {} patient links lengthened, {} shortened",
+                policy.version(),
+                applied.lengthened,
+                applied.shortened
+            );
+        }
+        PolicyCommand::Default => {
+            outln!("{}", medconnect_domain::policy::DEFAULT_POLICY_TOML.trim_end());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -58,13 +78,15 @@ pub fn tenant(context: &Context, command: TenantCommand) -> Result<ExitCode> {
     match command {
         TenantCommand::Create { slug, name } => {
             let name = name.unwrap_or_else(|| slug.clone());
-            let tenant = store.create_tenant(&slug, &name, CLI_ACTOR)?;
+            let tenant = store.create_tenant(&slug, &name, &context.actor)?;
             outln!("created tenant {} ({})", tenant.slug, tenant.id);
         }
         TenantCommand::List { json } => {
             let tenants = store.tenants()?;
             if json {
                 print_json(&tenants)?;
+            } else if tenants.is_empty() {
+                outln!("no tenants: create one with `medconnect tenant create SLUG`");
             } else {
                 for tenant in tenants {
                     outln!("{:<20} {}  {}", tenant.slug, tenant.id, tenant.name);
@@ -77,24 +99,31 @@ pub fn tenant(context: &Context, command: TenantCommand) -> Result<ExitCode> {
 
 pub fn patient(context: &Context, command: PatientCommand) -> Result<ExitCode> {
     let store = context.open_store()?;
-    let PatientCommand::List { tenant, json } = command;
-    let tenant = store.tenant_by_slug(&tenant)?;
-    let links = store.patient_links(&tenant)?;
-    if json {
-        print_json(&links)?;
-    } else {
-        outln!("{:<36}  {:<20}  {:<20}", "patient", "last encounter", "phi retention until");
-        for link in links {
-            let last = link
-                .last_medical_encounter_at
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_else(|| "-".into());
-            outln!(
-                "{:<36}  {:<20}  {}",
-                link.patient_id,
-                &last[..last.len().min(20)],
-                link.phi_retention_until.format("%Y-%m-%dT%H:%M:%SZ")
-            );
+    match command {
+        PatientCommand::Find { tenant, source, source_id } => {
+            let tenant = store.tenant_by_slug(&tenant)?;
+            match store.find_patient(&tenant, &source, &source_id)? {
+                Some(patient) => outln!("{patient}"),
+                None => bail!(
+                    "no patient of tenant {:?} has that {source} id: check the id, or the \
+                     patient's records were purged (`medconnect audit log` lists disposals)",
+                    tenant.slug
+                ),
+            }
+        }
+        PatientCommand::List { tenant, json } => {
+            let policy = context.load_policy()?;
+            let tenant = store.tenant_by_slug(&tenant)?;
+            let mut links = store.patient_links(&tenant)?;
+            for link in &mut links {
+                link.phi_retention_until =
+                    policy.phi_retention_until(&link.tenant_slug, link.retention_basis());
+            }
+            if json {
+                print_json(&links)?;
+            } else {
+                output::print_links(&links, &policy.version());
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -106,14 +135,41 @@ pub fn import(context: &Context, command: ImportCommand) -> Result<ExitCode> {
     let policy = context.load_policy()?;
     let tenant = store.tenant_by_slug(&tenant)?;
     let started = std::time::Instant::now();
-    let (counts, files) =
-        medconnect_import::synthea::import_dir(&mut store, &tenant, &dir, &policy, CLI_ACTOR)?;
+    // A production store accepts only encounters that happened; a simulated one may hold
+    // encounters ahead of the real clock.
+    let not_after =
+        (store.clock_mode() == ClockMode::Production).then(|| as_of_or_now(None)).transpose()?;
+    let options = medconnect_import::synthea::ReadOptions { not_after };
+    let (counts, files) = medconnect_import::synthea::import_dir(
+        &mut store,
+        &tenant,
+        &dir,
+        &options,
+        &policy,
+        &context.actor,
+    )?;
+    let now = as_of_or_now(None)?;
+    let past_retention = store
+        .patient_links(&tenant)?
+        .iter()
+        .filter(|l| policy.phi_retention_until(&l.tenant_slug, l.retention_basis()) <= now)
+        .count();
     if json {
-        print_json(
-            &serde_json::json!({ "tenant": tenant.slug, "counts": counts, "files": files.rows }),
-        )?;
+        print_json(&serde_json::json!({
+            "tenant": tenant.slug,
+            "counts": counts,
+            "files": files.rows,
+            "past_retention": past_retention,
+        }))?;
     } else {
         output::print_import(&tenant.slug, &counts, started.elapsed());
+    }
+    if past_retention > 0 {
+        eprintln!(
+            "warning: {past_retention} patients of tenant {} are already past retention; the \
+             next `medconnect lifecycle run` purges them unless a legal hold covers them",
+            tenant.slug
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -135,7 +191,7 @@ pub fn encounter(context: &Context, command: EncounterCommand) -> Result<ExitCod
             output::instant(at)
         );
     }
-    let until = store.record_encounter(&tenant, patient, at, &policy, CLI_ACTOR)?;
+    let until = store.record_encounter(&tenant, patient, at, &policy, &context.actor)?;
     outln!("recorded encounter; phi retention until {}", until.format("%Y-%m-%dT%H:%M:%SZ"));
     Ok(ExitCode::SUCCESS)
 }
@@ -152,6 +208,13 @@ pub fn lifecycle(context: &Context, command: LifecycleCommand) -> Result<ExitCod
             } else {
                 output::print_plan(&plan);
             }
+            if store.applied_policy_version()?.as_deref() != Some(plan.policy_version.as_str()) {
+                eprintln!(
+                    "note: policy {} is not yet applied to the stored retention instants; the \
+                     next run applies it (or run `medconnect policy apply`)",
+                    plan.policy_version
+                );
+            }
         }
         LifecycleCommand::Explain { tenant, patient, as_of, json } => {
             let store = context.open_store()?;
@@ -160,7 +223,12 @@ pub fn lifecycle(context: &Context, command: LifecycleCommand) -> Result<ExitCod
             let tenant = store.tenant_by_slug(&tenant)?;
             let patient = PatientId::parse(&patient)?;
             let explanation =
-                medconnect_lifecycle::explain(&store, &policy, &tenant, patient, as_of)?;
+                match medconnect_lifecycle::explain(&store, &policy, &tenant, patient, as_of) {
+                    Err(medconnect_lifecycle::LifecycleError::Store(
+                        StoreError::PatientNotFound { .. },
+                    )) => return explain_disposed(&store, &tenant, patient, json),
+                    other => other?,
+                };
             if json {
                 print_json(&explanation)?;
             } else {
@@ -172,7 +240,7 @@ pub fn lifecycle(context: &Context, command: LifecycleCommand) -> Result<ExitCod
             let policy = context.load_policy()?;
             let as_of = destructive_as_of(&mut store, as_of.as_of.as_deref())?;
             let options =
-                RunOptions { batch_size: batch_size as usize, actor: CLI_ACTOR.to_owned() };
+                RunOptions { batch_size: batch_size as usize, actor: context.actor.clone() };
             let mut progress = output::Progress::new("disposing", !json);
             let report = medconnect_lifecycle::run(
                 &mut store,
@@ -214,12 +282,12 @@ pub fn hold(context: &Context, command: HoldCommand) -> Result<ExitCode> {
             if matter.trim().is_empty() || reason.trim().is_empty() {
                 bail!("--matter and --reason must not be empty: an auditor needs both");
             }
-            let hold = store.place_hold(&tenant, scope, &matter, &reason, CLI_ACTOR)?;
+            let hold = store.place_hold(&tenant, scope, &matter, &reason, &context.actor)?;
             outln!("placed legal hold {} on {}", hold.id, output::hold_scope(&hold, &tenant.slug));
         }
         HoldCommand::Release { id } => {
             let id = HoldId::parse(&id)?;
-            let hold = store.release_hold(id, CLI_ACTOR)?;
+            let hold = store.release_hold(id, &context.actor)?;
             outln!(
                 "released legal hold {}; the next run purges what it protected if expired",
                 hold.id
@@ -230,6 +298,8 @@ pub fn hold(context: &Context, command: HoldCommand) -> Result<ExitCode> {
             let holds = store.holds(tenant.map(|t| t.id), all)?;
             if json {
                 print_json(&holds)?;
+            } else if holds.is_empty() && !all {
+                outln!("no active legal holds (--all includes released ones)");
             } else {
                 let tenants = store.tenants()?;
                 output::print_holds(&holds, &tenants);
@@ -251,7 +321,11 @@ pub fn audit(context: &Context, command: AuditCommand) -> Result<ExitCode> {
             }
             Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        AuditCommand::Log { after, limit } => {
+        AuditCommand::Log { after, tail, limit } => {
+            let after = match tail {
+                Some(count) => store.audit_tail_start(count)?,
+                None => after,
+            };
             for record in store.audit_entries(after, limit)? {
                 let line = serde_json::to_string(&record).context("serializing an audit entry")?;
                 outln!("{line}");
@@ -259,4 +333,57 @@ pub fn audit(context: &Context, command: AuditCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Explains a patient that is not linked to the tenant: purged, with its receipts, or never
+/// linked.
+fn explain_disposed(
+    store: &SqliteStore,
+    tenant: &medconnect_domain::model::Tenant,
+    patient: PatientId,
+    json: bool,
+) -> Result<ExitCode> {
+    let tenant_id = tenant.id.to_string();
+    let receipts: Vec<_> = store
+        .receipts_for(&patient.to_string())?
+        .into_iter()
+        .filter(|r| {
+            let category = r.body["receipt"]["category"].as_str();
+            r.body["tenant_id"].as_str() == Some(tenant_id.as_str())
+                || category == Some("patient_profile")
+        })
+        .collect();
+    if !receipts.iter().any(|r| r.body["tenant_id"].as_str() == Some(tenant_id.as_str())) {
+        return Err(StoreError::PatientNotFound {
+            tenant: tenant.slug.clone(),
+            patient: patient.to_string(),
+        }
+        .into());
+    }
+    if json {
+        print_json(&serde_json::json!({
+            "patient_id": patient,
+            "tenant": tenant.slug,
+            "disposed": receipts,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(
+        "patient {patient} is no longer linked to tenant {}: its records were purged",
+        tenant.slug
+    );
+    for record in receipts {
+        let receipt = &record.body["receipt"];
+        let field = |value: &serde_json::Value| value.as_str().unwrap_or("?").to_owned();
+        outln!(
+            "  audit entry {}: {} disposed at {} by rule {} (retention until {}, policy {})",
+            record.seq,
+            field(&receipt["category"]),
+            field(&record.body["at"]),
+            field(&receipt["rule"]),
+            field(&receipt["retention_until"]),
+            field(&receipt["policy_version"]),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

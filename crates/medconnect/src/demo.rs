@@ -15,12 +15,13 @@ use medconnect_domain::model::{HoldScope, Tenant};
 use medconnect_domain::policy::Policy;
 use medconnect_domain::time::{add_years, truncate_to_second};
 use medconnect_domain::PatientId;
+use medconnect_import::synthea::ReadOptions;
 use medconnect_lifecycle::{RunOptions, SkipKind};
 use medconnect_store::{ClockMode, LinkSummary, SessionTimes, SqliteStore, Store, StoreError};
 
 use crate::cli::DemoArgs;
 use crate::output::{self, instant};
-use crate::{Context, CLI_ACTOR};
+use crate::Context;
 
 /// Every third patient of the data set is also a patient of the second tenant.
 const SHARED_EVERY: usize = 3;
@@ -40,6 +41,9 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
             ClockMode::Simulated,
             Box::new(FixedClock(today)),
         )?;
+        let marker = context.data_dir.join(DEMO_MARKER);
+        fs::write(&marker, "created by `medconnect demo`\n")
+            .with_context(|| format!("writing {}", marker.display()))?;
         context.write_default_policy()?;
         drop(store);
         Ok(format!("in {}", context.data_dir.display()))
@@ -48,12 +52,17 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
     store.set_clock(Box::new(FixedClock(today)));
     let policy = context.load_policy()?;
 
-    let northwind = store.create_tenant("northwind", "Northwind Telehealth", CLI_ACTOR)?;
-    let prairie = store.create_tenant("prairie", "Prairie Family Clinic", CLI_ACTOR)?;
+    let northwind = store.create_tenant("northwind", "Northwind Telehealth", &context.actor)?;
+    let prairie = store.create_tenant("prairie", "Prairie Family Clinic", &context.actor)?;
 
     step("importing the Synthea data into tenant northwind", || {
         let (counts, _) = medconnect_import::synthea::import_dir(
-            &mut store, &northwind, &synthea, &policy, CLI_ACTOR,
+            &mut store,
+            &northwind,
+            &synthea,
+            &ReadOptions::default(),
+            &policy,
+            &context.actor,
         )?;
         Ok(format!(
             "{} patients, {} consultations, {} prescriptions",
@@ -64,7 +73,12 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
         let subset = context.data_dir.join("demo-import");
         write_subset(&synthea, &subset)?;
         let result = medconnect_import::synthea::import_dir(
-            &mut store, &prairie, &subset, &policy, CLI_ACTOR,
+            &mut store,
+            &prairie,
+            &subset,
+            &ReadOptions::default(),
+            &policy,
+            &context.actor,
         );
         // The subset contains plaintext PHI, so it must not outlive the import.
         fs::remove_dir_all(&subset).with_context(|| format!("removing {}", subset.display()))?;
@@ -86,7 +100,7 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
     step("recording recent visits for returning prairie patients", || {
         for (index, link) in prairie_links.iter().take(RETURNING_PATIENTS).enumerate() {
             let at = today - Duration::days(30 + index as i64);
-            store.record_encounter(&prairie, link.patient_id, at, &policy, CLI_ACTOR)?;
+            store.record_encounter(&prairie, link.patient_id, at, &policy, &context.actor)?;
         }
         Ok(format!(
             "{RETURNING_PATIENTS} encounters; their prairie retention now runs to {}",
@@ -100,7 +114,15 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
         .context("no northwind-only patient to hold")?
         .clone();
     step("adding synthetic ID photos and sessions of varied ages", || {
-        add_photos_and_sessions(&mut store, &northwind, &prairie, &northwind_links, &held, today)
+        let actor = context.actor.as_str();
+        add_photos_and_sessions(
+            &mut store,
+            [&northwind, &prairie],
+            &northwind_links,
+            &held,
+            today,
+            actor,
+        )
     })?;
 
     let hold = store.place_hold(
@@ -108,13 +130,19 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
         HoldScope::Patient(held.patient_id),
         "demo-matter-001",
         "litigation hold for the demo",
-        CLI_ACTOR,
+        &context.actor,
     )?;
     outln!("- placed legal hold {} on northwind patient {}", hold.id, held.patient_id);
 
     let later = add_years(latest, 8);
-    report_run(&mut store, &policy, today, "today")?;
-    report_run(&mut store, &policy, later, "eight years after the latest encounter")?;
+    report_run(&mut store, &policy, today, "today", &context.actor)?;
+    report_run(
+        &mut store,
+        &policy,
+        later,
+        "eight years after the latest encounter",
+        &context.actor,
+    )?;
 
     let verify = store.verify_audit()?;
     outln!("\naudit verify: {}", verify.message);
@@ -128,10 +156,11 @@ fn report_run(
     policy: &Policy,
     as_of: DateTime<Utc>,
     label: &str,
+    actor: &str,
 ) -> Result<()> {
     store.set_clock(Box::new(FixedClock(as_of)));
     let started = Instant::now();
-    let options = RunOptions { batch_size: 500, actor: CLI_ACTOR.to_owned() };
+    let options = RunOptions { batch_size: 500, actor: actor.to_owned() };
     let mut progress = output::Progress::new("disposing", true);
     let report = medconnect_lifecycle::run(store, policy, as_of, &options, &mut |done, total| {
         progress.update(done, total)
@@ -174,11 +203,11 @@ fn print_next_steps(
 
 fn add_photos_and_sessions(
     store: &mut SqliteStore,
-    northwind: &Tenant,
-    prairie: &Tenant,
+    [northwind, prairie]: [&Tenant; 2],
     links: &[LinkSummary],
     held: &LinkSummary,
     today: DateTime<Utc>,
+    actor: &str,
 ) -> Result<String> {
     let (mut photos, mut sessions) = (0, 0);
     for (index, link) in links.iter().take(24).enumerate() {
@@ -188,7 +217,7 @@ fn add_photos_and_sessions(
             link.patient_id,
             &synthetic_photo(index as u64),
             uploaded,
-            CLI_ACTOR,
+            actor,
         )?;
         photos += 1;
     }
@@ -197,7 +226,7 @@ fn add_photos_and_sessions(
         held.patient_id,
         &synthetic_photo(999),
         today - Duration::days(200),
-        CLI_ACTOR,
+        actor,
     )?;
     photos += 1;
     for (index, link) in links.iter().take(40).enumerate() {
@@ -296,13 +325,33 @@ fn find_synthea(explicit: Option<PathBuf>) -> Result<PathBuf> {
     })
 }
 
+/// Marks a data directory as created by the demo, so that `--fresh` may replace it.
+const DEMO_MARKER: &str = ".medconnect-demo";
+
+/// Entries of a data directory that the demo creates and `--fresh` removes. Anything else
+/// in the directory is left alone.
+const DEMO_ENTRIES: [&str; 6] = [
+    "medconnect.db",
+    "medconnect.db-wal",
+    "medconnect.db-shm",
+    "policy.toml",
+    "blobs",
+    DEMO_MARKER,
+];
+
 fn prepare_data_dir(dir: &Path, fresh: bool) -> Result<()> {
+    let is_demo = dir.join(DEMO_MARKER).is_file();
     match SqliteStore::open(dir) {
         Err(StoreError::NotInitialized(_)) => Ok(()),
-        Ok(store) if fresh && store.clock_mode() == ClockMode::Simulated => {
+        Ok(store) if fresh && is_demo && store.clock_mode() == ClockMode::Simulated => {
             drop(store);
-            fs::remove_dir_all(dir).with_context(|| format!("removing the previous demo store in {}", dir.display()))
+            remove_demo_entries(dir)
         }
+        Ok(store) if fresh && store.clock_mode() == ClockMode::Simulated => bail!(
+            "{} contains a simulated store that the demo did not create, so --fresh leaves it \
+             alone: pass another --data-dir",
+            dir.display()
+        ),
         Ok(store) if store.clock_mode() == ClockMode::Production => bail!(
             "{} contains a production store, which the demo never modifies: pass another --data-dir",
             dir.display()
@@ -313,6 +362,20 @@ fn prepare_data_dir(dir: &Path, fresh: bool) -> Result<()> {
         ),
         Err(err) => Err(err.into()),
     }
+}
+
+fn remove_demo_entries(dir: &Path) -> Result<()> {
+    for entry in DEMO_ENTRIES {
+        let path = dir.join(entry);
+        let removed =
+            if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        match removed {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    Ok(())
 }
 
 fn step(label: &str, work: impl FnOnce() -> Result<String>) -> Result<()> {

@@ -33,9 +33,6 @@ use medconnect_store::{ClockMode, SqliteStore};
 
 use cli::{Cli, Command};
 
-/// The actor recorded in audit entries written through the CLI.
-pub const CLI_ACTOR: &str = "operator:cli";
-
 /// File name of the policy inside the data directory.
 pub const POLICY_FILE: &str = "policy.toml";
 
@@ -52,7 +49,11 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
-    let context = Context { data_dir: cli.data_dir, policy: cli.policy };
+    let actor = cli.actor.unwrap_or_else(default_actor);
+    if actor.trim().is_empty() {
+        bail!("--actor must not be empty: pass who is acting, such as operator:jdoe");
+    }
+    let context = Context { data_dir: cli.data_dir, policy: cli.policy, actor };
     match cli.command {
         Command::Init { simulated_clock } => commands::init(&context, simulated_clock),
         Command::Policy(command) => commands::policy(&context, command),
@@ -71,6 +72,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 pub struct Context {
     pub data_dir: PathBuf,
     pub policy: Option<PathBuf>,
+    /// Who is acting, recorded in audit entries.
+    pub actor: String,
+}
+
+/// Returns `operator:` followed by the login name, the actor when `--actor` is not given.
+fn default_actor() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME"));
+    format!("operator:{}", user.unwrap_or_else(|_| "unknown".to_owned()))
 }
 
 impl Context {
@@ -82,9 +91,14 @@ impl Context {
         self.policy.clone().unwrap_or_else(|| self.data_dir.join(POLICY_FILE))
     }
 
-    /// Loads and validates the policy in force.
+    /// Loads and validates the policy in force. Without --policy and without a store, the
+    /// missing store is the problem to report.
     pub fn load_policy(&self) -> Result<Policy> {
-        load_policy_file(&self.policy_path())
+        let path = self.policy_path();
+        if self.policy.is_none() && !path.exists() {
+            SqliteStore::open(&self.data_dir)?;
+        }
+        load_policy_file(&path)
     }
 
     /// Writes the default policy file unless one exists.
@@ -102,10 +116,14 @@ pub fn load_policy_file(path: &Path) -> Result<Policy> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
-            "policy file {} not found: `medconnect init` writes the default one, or pass --policy FILE",
+            "policy file {} not found: restore it, pass --policy FILE, or write the default \
+             with `medconnect policy default > {}`",
+            path.display(),
             path.display()
         ),
-        Err(err) => return Err(err).with_context(|| format!("reading policy file {}", path.display())),
+        Err(err) => {
+            return Err(err).with_context(|| format!("reading policy file {}", path.display()))
+        }
     };
     Policy::from_toml(&text).with_context(|| format!("{}", path.display()))
 }
@@ -126,9 +144,9 @@ pub fn destructive_as_of(store: &mut SqliteStore, value: Option<&str>) -> Result
     };
     if store.clock_mode() == ClockMode::Production {
         bail!(
-            "--as-of {value:?} rejected: this store runs on the production clock, where a future \
-             instant would purge records before their retention ends; run without --as-of, or use \
-             a store created with `medconnect init --simulated-clock`"
+            "--as-of {value:?} rejected: this store runs on the production clock, and a \
+             simulated instant could purge records before their retention ends; run without \
+             --as-of, or use a store created with `medconnect init --simulated-clock`"
         );
     }
     let as_of = parse_instant(value)?;

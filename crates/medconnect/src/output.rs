@@ -46,6 +46,22 @@ pub fn print_policy(policy: &Policy, path: &Path) {
     }
 }
 
+pub fn print_links(links: &[medconnect_store::LinkSummary], policy_version: &str) {
+    if links.is_empty() {
+        outln!("no patients");
+        return;
+    }
+    outln!(
+        "{:<36}  {:<20}  phi retention until (policy {policy_version})",
+        "patient",
+        "last encounter"
+    );
+    for link in links {
+        let last = link.last_medical_encounter_at.map(instant).unwrap_or_else(|| "-".into());
+        outln!("{:<36}  {:<20}  {}", link.patient_id, last, instant(link.phi_retention_until));
+    }
+}
+
 pub fn print_import(tenant: &str, counts: &ImportCounts, elapsed: Duration) {
     outln!("imported into tenant {tenant} in {} ms:", elapsed.as_millis());
     outln!("  core profiles created  {}", counts.profiles_created);
@@ -68,7 +84,7 @@ pub fn print_tally(tally: &Tally, purged_label: &str) {
         purged_label,
         "held",
         "other tenant",
-        "not expired",
+        "no longer due",
         "already gone"
     );
     for category in Category::ALL {
@@ -81,7 +97,7 @@ pub fn print_tally(tally: &Tally, purged_label: &str) {
             tally.purged.get(&category).copied().unwrap_or(0),
             skipped(SkipKind::LegalHold),
             skipped(SkipKind::OtherTenantActive),
-            skipped(SkipKind::NotExpired),
+            skipped(SkipKind::NoLongerDue),
             skipped(SkipKind::AlreadyGone),
         );
     }

@@ -284,7 +284,7 @@ fn bad_input_rejected_unchanged() {
         BadInput {
             name: "encounter of an unknown patient",
             args: import(unknown_patient.path(), "prairie"),
-            expected: strings(&["encounters.csv:7", "PATIENT", "not in the data set"]),
+            expected: strings(&["encounters.csv:7", "PATIENT", "not in patients.csv"]),
             forbidden: vec![],
         },
         BadInput {
@@ -461,7 +461,7 @@ fn audit_production_not_simulated() {
     import_synthea(&store, "northwind");
 
     let entries = store.audit_entries();
-    assert_eq!(entries.len(), 2, "audit entries after tenant create and import");
+    assert_eq!(entries.len(), 3, "audit entries after init, tenant create and import");
     for (seq, action, body) in &entries {
         let flag = &body["simulated_clock"];
         assert_eq!(flag, &Value::Bool(false), "simulated_clock of entry {seq} ({action})");

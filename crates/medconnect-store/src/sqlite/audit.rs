@@ -55,6 +55,10 @@ impl AuditAppender {
         Ok(seq)
     }
 
+    /// Records the chain head in `store_meta`, which `audit verify` compares with the last
+    /// entry to detect entries cut from the end.
+    // TODO: an attacker who can write the database can also rewrite this head; signed
+    // checkpoints kept outside the database would anchor it.
     pub(crate) fn finish(self, tx: &Connection) -> Result<()> {
         tx.execute(
             "INSERT INTO store_meta (key, value) VALUES ('audit_head', ?1)
@@ -83,17 +87,19 @@ impl SqliteStore {
             None => None,
         };
         let mut verifier = ChainVerifier::default();
-        let mut statement = self
-            .conn
-            .prepare("SELECT seq, action, body, prev_hash, hash FROM audit_log ORDER BY seq")?;
+        let mut statement = self.conn.prepare(
+            "SELECT seq, at, tenant_id, action, body, prev_hash, hash FROM audit_log ORDER BY seq",
+        )?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             verifier.push(&StoredEntry {
                 seq: row.get(0)?,
-                action: row.get(1)?,
-                body: row.get(2)?,
-                prev_hash: row.get(3)?,
-                hash: row.get(4)?,
+                at: row.get(1)?,
+                tenant_id: row.get(2)?,
+                action: row.get(3)?,
+                body: row.get(4)?,
+                prev_hash: row.get(5)?,
+                hash: row.get(6)?,
             });
         }
         Ok(verifier.finish(recorded_head))
@@ -119,6 +125,37 @@ impl SqliteStore {
             records.push(AuditRecord { seq, hash, body });
         }
         Ok(records)
+    }
+}
+
+impl SqliteStore {
+    pub(crate) fn receipts_for_impl(&self, record_id: &str) -> Result<Vec<AuditRecord>> {
+        // Receipts are inside the hashed JSON body, so this scans disposal entries. It serves
+        // operators asking about one record, not a hot path.
+        let needle = format!("%\"record_id\":\"{record_id}\"%");
+        let mut statement = self.conn.prepare(
+            "SELECT seq, hash, body FROM audit_log
+             WHERE action = 'lifecycle.dispose' AND body LIKE ?1 ORDER BY seq",
+        )?;
+        let rows = statement.query_map([needle], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
+        })?;
+        let mut records = Vec::new();
+        for row in rows {
+            let (seq, hash, body) = row?;
+            let body = serde_json::from_str(&body).map_err(|_| {
+                StoreError::Corrupt(format!("audit entry {seq} has an invalid body"))
+            })?;
+            records.push(AuditRecord { seq, hash, body });
+        }
+        Ok(records)
+    }
+
+    pub(crate) fn audit_tail_start_impl(&self, count: u32) -> Result<i64> {
+        let head: i64 =
+            self.conn
+                .query_row("SELECT coalesce(max(seq), 0) FROM audit_log", [], |row| row.get(0))?;
+        Ok((head - i64::from(count)).max(0))
     }
 }
 

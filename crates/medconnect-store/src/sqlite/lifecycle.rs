@@ -20,8 +20,8 @@ use super::values::{hash_row, parse_optional_instant, parse_stored_id, parse_sto
 use super::SqliteStore;
 use super::{meta_value, BLOB_DIR};
 use crate::{
-    rule_for, Disposal, DisposalContext, DisposalOutcome, PhiCandidate, RecordCandidate, Result,
-    RunRecord, SkipReason, StoreError,
+    rule_for, Disposal, DisposalContext, DisposalOutcome, PhiCandidate, PolicyApplied,
+    RecordCandidate, Result, RunRecord, SkipReason, StoreError,
 };
 
 /// Tables that hang off a patient link, deleted in this order before the link itself.
@@ -134,18 +134,22 @@ fn skip_for_hold(
 }
 
 impl SqliteStore {
-    pub(crate) fn phi_candidates_impl(&self, as_of: DateTime<Utc>) -> Result<Vec<PhiCandidate>> {
+    pub(crate) fn phi_candidates_impl(
+        &self,
+        active_before: DateTime<Utc>,
+    ) -> Result<Vec<PhiCandidate>> {
         let mut statement = self.conn.prepare(
             "SELECT t.id, t.slug, l.patient_id, l.last_medical_encounter_at, l.phi_retention_until,
+                    l.created_at,
                     (SELECT count(*) FROM patient_links o WHERE o.patient_id = l.patient_id) - 1
              FROM patient_links l JOIN tenants t ON t.id = l.tenant_id
-             WHERE l.phi_retention_until <= ?1
-             ORDER BY l.phi_retention_until, l.id",
+             WHERE coalesce(l.last_medical_encounter_at, l.created_at) <= ?1
+             ORDER BY coalesce(l.last_medical_encounter_at, l.created_at), l.id",
         )?;
-        let mut rows = statement.query([format_instant(as_of)])?;
+        let mut rows = statement.query([format_instant(active_before)])?;
         let mut candidates = Vec::new();
         while let Some(row) = rows.next()? {
-            candidates.push(PhiCandidate { link: link_from_row(row)?, other_links: row.get(5)? });
+            candidates.push(PhiCandidate { link: link_from_row(row)?, other_links: row.get(6)? });
         }
         Ok(candidates)
     }
@@ -255,30 +259,54 @@ impl SqliteStore {
         Ok(removed)
     }
 
-    pub(crate) fn apply_policy_impl(&mut self, policy: &Policy, actor: &str) -> Result<u64> {
+    pub(crate) fn applied_policy_version_impl(&self) -> Result<Option<String>> {
+        meta_value(&self.conn, "policy_version")
+    }
+
+    pub(crate) fn apply_policy_impl(
+        &mut self,
+        policy: &Policy,
+        actor: &str,
+        allow_shorter: bool,
+    ) -> Result<PolicyApplied> {
         let version = policy.version();
         if meta_value(&self.conn, "policy_version")?.as_deref() == Some(version.as_str()) {
-            return Ok(0);
+            return Ok(PolicyApplied::default());
+        }
+        let tenants: Vec<String> = self.tenants_impl()?.into_iter().map(|t| t.slug).collect();
+        if let Some(unknown) = policy.tenants.keys().find(|slug| !tenants.contains(slug)) {
+            return Err(StoreError::PolicyUnknownTenant(unknown.clone()));
         }
         let (now, simulated) = (self.now(), self.simulated());
         let tx = self.write_tx()?;
+        let mut applied = PolicyApplied::default();
         let mut changes: Vec<(i64, String)> = Vec::new();
         {
             let mut statement = tx.prepare(
-                "SELECT l.id, t.slug, l.last_medical_encounter_at, l.created_at, l.phi_retention_until
+                "SELECT l.id, t.slug, coalesce(l.last_medical_encounter_at, l.created_at),
+                        l.phi_retention_until
                  FROM patient_links l JOIN tenants t ON t.id = l.tenant_id",
             )?;
             let mut rows = statement.query([])?;
             while let Some(row) = rows.next()? {
                 let slug: String = row.get(1)?;
-                let last = parse_optional_instant(row.get(2)?)?;
-                let created = parse_stored_instant(&row.get::<_, String>(3)?)?;
-                let until =
-                    format_instant(policy.phi_retention_until(&slug, last.unwrap_or(created)));
-                if until != row.get::<_, String>(4)? {
-                    changes.push((row.get(0)?, until));
+                let basis = parse_stored_instant(&row.get::<_, String>(2)?)?;
+                let until = format_instant(policy.phi_retention_until(&slug, basis));
+                let stored: String = row.get(3)?;
+                if until == stored {
+                    continue;
                 }
+                // The fixed-width stored form orders like time, so comparing strings is exact.
+                if until < stored {
+                    applied.shortened += 1;
+                } else {
+                    applied.lengthened += 1;
+                }
+                changes.push((row.get(0)?, until));
             }
+        }
+        if applied.shortened > 0 && !allow_shorter {
+            return Err(StoreError::PolicyShortens { count: applied.shortened, version });
         }
         for (link, until) in &changes {
             tx.prepare_cached("UPDATE patient_links SET phi_retention_until = ?1 WHERE id = ?2")?
@@ -291,13 +319,13 @@ impl SqliteStore {
         )?;
         let mut audit = AuditAppender::begin(&tx, now, simulated)?;
         let detail = format!(
-            "policy {version} applied: {} links got a new retention instant",
-            changes.len()
+            "policy {version} applied: retention of {} links lengthened, {} shortened",
+            applied.lengthened, applied.shortened
         );
         audit.append(&tx, AuditEvent::new(actor, "policy.apply").detail(detail))?;
         audit.finish(&tx)?;
         tx.commit()?;
-        Ok(changes.len() as u64)
+        Ok(applied)
     }
 
     pub(crate) fn start_run_impl(&mut self, as_of: DateTime<Utc>) -> Result<String> {

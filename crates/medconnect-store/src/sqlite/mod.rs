@@ -9,7 +9,9 @@ mod values;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use audit::AuditAppender;
 use chrono::{DateTime, Utc};
+use medconnect_domain::audit::AuditEvent;
 use medconnect_domain::clock::{Clock, SystemClock};
 use medconnect_domain::time::format_instant;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
@@ -24,8 +26,10 @@ pub const DATABASE_FILE: &str = "medconnect.db";
 pub const BLOB_DIR: &str = "blobs";
 
 /// Schema migrations in order. The version of each is its position plus one.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("initial", include_str!("../../migrations/sqlite/0001_initial.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
+    ("link_activity_index", include_str!("../../migrations/sqlite/0002_link_activity_index.sql")),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -48,11 +52,19 @@ impl SqliteStore {
         fs::create_dir_all(data_dir.join(BLOB_DIR)).map_err(|e| StoreError::io(data_dir, e))?;
         let mut conn = open_connection(&db_path)?;
         migrate(&mut conn)?;
-        let created_at = format_instant(clock.now());
-        conn.execute(
+        let now = clock.now();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
             "INSERT INTO store_meta (key, value) VALUES ('clock_mode', ?1), ('created_at', ?2)",
-            (clock_mode.as_str(), &created_at),
+            (clock_mode.as_str(), format_instant(now)),
         )?;
+        // The first entry makes an emptied log detectable.
+        let mut audit = AuditAppender::begin(&tx, now, clock_mode == ClockMode::Simulated)?;
+        let event = AuditEvent::new("medconnect", "store.create")
+            .detail(format!("{} clock, schema version {SCHEMA_VERSION}", clock_mode.as_str()));
+        audit.append(&tx, event)?;
+        audit.finish(&tx)?;
+        tx.commit()?;
         Ok(SqliteStore { conn, data_dir: data_dir.to_owned(), clock, clock_mode })
     }
 
@@ -126,7 +138,7 @@ fn open_connection(path: &Path) -> Result<Connection> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 10000;",
+         PRAGMA busy_timeout = 60000;",
     )?;
     Ok(conn)
 }
@@ -239,6 +251,19 @@ impl crate::Store for SqliteStore {
         self.patient_link_impl(tenant, patient)
     }
 
+    fn find_patient(
+        &self,
+        tenant: &medconnect_domain::model::Tenant,
+        source_system: &str,
+        source_id: &str,
+    ) -> Result<Option<medconnect_domain::PatientId>> {
+        self.find_patient_impl(tenant, source_system, source_id)
+    }
+
+    fn receipts_for(&self, record_id: &str) -> Result<Vec<crate::AuditRecord>> {
+        self.receipts_for_impl(record_id)
+    }
+
     fn links_of_patient(
         &self,
         patient: medconnect_domain::PatientId,
@@ -273,8 +298,8 @@ impl crate::Store for SqliteStore {
         self.holds_impl(tenant, include_released)
     }
 
-    fn phi_candidates(&self, as_of: DateTime<Utc>) -> Result<Vec<crate::PhiCandidate>> {
-        self.phi_candidates_impl(as_of)
+    fn phi_candidates(&self, active_before: DateTime<Utc>) -> Result<Vec<crate::PhiCandidate>> {
+        self.phi_candidates_impl(active_before)
     }
 
     fn id_photo_candidates(
@@ -307,8 +332,13 @@ impl crate::Store for SqliteStore {
         &mut self,
         policy: &medconnect_domain::policy::Policy,
         actor: &str,
-    ) -> Result<u64> {
-        self.apply_policy_impl(policy, actor)
+        allow_shorter: bool,
+    ) -> Result<crate::PolicyApplied> {
+        self.apply_policy_impl(policy, actor, allow_shorter)
+    }
+
+    fn applied_policy_version(&self) -> Result<Option<String>> {
+        self.applied_policy_version_impl()
     }
 
     fn append_audit(&mut self, event: medconnect_domain::audit::AuditEvent) -> Result<i64> {
@@ -321,6 +351,10 @@ impl crate::Store for SqliteStore {
 
     fn audit_entries(&self, after_seq: i64, limit: u32) -> Result<Vec<crate::AuditRecord>> {
         self.audit_entries_impl(after_seq, limit)
+    }
+
+    fn audit_tail_start(&self, count: u32) -> Result<i64> {
+        self.audit_tail_start_impl(count)
     }
 
     fn start_run(&mut self, as_of: DateTime<Utc>) -> Result<String> {

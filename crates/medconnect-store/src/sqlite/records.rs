@@ -25,7 +25,7 @@ use crate::{
 };
 
 const LINK_COLUMNS: &str =
-    "t.id, t.slug, l.patient_id, l.last_medical_encounter_at, l.phi_retention_until";
+    "t.id, t.slug, l.patient_id, l.last_medical_encounter_at, l.phi_retention_until, l.created_at";
 
 pub(crate) fn link_from_row(row: &Row<'_>) -> Result<LinkSummary> {
     Ok(LinkSummary {
@@ -34,6 +34,7 @@ pub(crate) fn link_from_row(row: &Row<'_>) -> Result<LinkSummary> {
         patient_id: parse_stored_id(&row.get::<_, String>(2)?)?,
         last_medical_encounter_at: parse_optional_instant(row.get(3)?)?,
         phi_retention_until: parse_stored_instant(&row.get::<_, String>(4)?)?,
+        created_at: parse_stored_instant(&row.get::<_, String>(5)?)?,
     })
 }
 
@@ -94,7 +95,7 @@ impl SqliteStore {
         name: &str,
         actor: &str,
     ) -> Result<Tenant> {
-        validate_slug(slug).map_err(|e| StoreError::InconsistentBatch(e.to_string()))?;
+        validate_slug(slug)?;
         if self.tenant_by_slug_impl(slug).is_ok() {
             return Err(StoreError::TenantExists(slug.to_owned()));
         }
@@ -308,6 +309,25 @@ impl SqliteStore {
         Ok(links)
     }
 
+    pub(crate) fn find_patient_impl(
+        &self,
+        tenant: &Tenant,
+        source_system: &str,
+        source_id: &str,
+    ) -> Result<Option<PatientId>> {
+        let found: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT p.id FROM patient_profiles p
+                 JOIN patient_links l ON l.patient_id = p.id AND l.tenant_id = ?1
+                 WHERE p.source_system = ?2 AND p.source_id = ?3",
+                (tenant.id.to_string(), source_system, source_id),
+                |row| row.get(0),
+            )
+            .optional()?;
+        found.as_deref().map(parse_stored_id).transpose()
+    }
+
     pub(crate) fn links_of_patient_impl(&self, patient: PatientId) -> Result<Vec<LinkSummary>> {
         let sql = format!(
             "SELECT {LINK_COLUMNS} FROM patient_links l JOIN tenants t ON t.id = l.tenant_id
@@ -384,9 +404,6 @@ impl SqliteStore {
         reason: &str,
         actor: &str,
     ) -> Result<LegalHold> {
-        if let HoldScope::Patient(patient) = scope {
-            self.require_link(tenant, patient)?;
-        }
         let hold = LegalHold {
             id: HoldId::new(),
             tenant_id: tenant.id,
@@ -404,6 +421,16 @@ impl SqliteStore {
         };
         let simulated = self.simulated();
         let tx = self.write_tx()?;
+        // Checked inside the transaction, so a run that purges the patient concurrently
+        // either finishes first (and the hold is rejected) or sees the hold.
+        if let HoldScope::Patient(patient) = scope {
+            if link_key(&tx, tenant.id, patient)?.is_none() {
+                return Err(StoreError::PatientNotFound {
+                    tenant: tenant.slug.clone(),
+                    patient: patient.to_string(),
+                });
+            }
+        }
         tx.execute(
             "INSERT INTO legal_holds (id, tenant_id, patient_id, matter, reason, placed_at, placed_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             (hold.id.to_string(), tenant.id.to_string(), &patient, matter, reason, format_instant(hold.placed_at), actor),
@@ -481,15 +508,31 @@ fn write_import(
 
     let mut links: HashMap<&str, (i64, PatientId)> = HashMap::new();
     let mut already_linked = 0usize;
+    let mut mismatched = 0usize;
     for profile in &batch.patients {
-        let existing: Option<String> = tx
+        let existing: Option<(String, String, String, String, Option<String>)> = tx
             .prepare_cached(
-                "SELECT id FROM patient_profiles WHERE source_system = ?1 AND source_id = ?2",
+                "SELECT id, given_name, family_name, birth_date, ssn FROM patient_profiles
+                 WHERE source_system = ?1 AND source_id = ?2",
             )?
-            .query_row((&profile.source_system, &profile.source_id), |row| row.get(0))
+            .query_row((&profile.source_system, &profile.source_id), |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+            })
             .optional()?;
         let patient = match existing {
-            Some(id) => {
+            Some((id, given, family, birth, ssn)) => {
+                // One source id must mean one person: a profile is shared only when the
+                // identifying fields agree, so a tenant cannot attach itself to another
+                // tenant's patient by reusing an id.
+                let ssn_differs = matches!((&ssn, &profile.ssn), (Some(a), Some(b)) if a != b);
+                if given != profile.given_name
+                    || family != profile.family_name
+                    || birth != profile.birth_date
+                    || ssn_differs
+                {
+                    mismatched += 1;
+                    continue;
+                }
                 counts.profiles_linked += 1;
                 parse_stored_id::<PatientId>(&id)?
             }
@@ -527,6 +570,9 @@ fn write_import(
             tenant: tenant.slug.clone(),
             count: already_linked,
         });
+    }
+    if mismatched > 0 {
+        return Err(StoreError::ProfileMismatch { count: mismatched });
     }
 
     let mut providers: HashMap<&str, String> = HashMap::new();
