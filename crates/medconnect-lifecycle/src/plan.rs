@@ -28,6 +28,16 @@ pub enum SkipKind {
 }
 
 impl SkipKind {
+    /// Returns the name used in JSON output and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipKind::LegalHold => "legal_hold",
+            SkipKind::OtherTenantActive => "other_tenant_active",
+            SkipKind::NoLongerDue => "no_longer_due",
+            SkipKind::AlreadyGone => "already_gone",
+        }
+    }
+
     pub const ALL: [SkipKind; 4] = [
         SkipKind::LegalHold,
         SkipKind::OtherTenantActive,
@@ -183,6 +193,16 @@ impl Planner<'_> {
     }
 
     fn push(&mut self, action: Action) {
+        if action.decision == Decision::Skip {
+            tracing::debug!(
+                category = %action.category,
+                record_id = %action.record_id,
+                reason = action.skip_reason.map_or("none", SkipKind::as_str),
+                hold_id = %action.hold_id.map(|id| id.to_string()).unwrap_or_default(),
+                blocking_tenants = action.blocked_by.len(),
+                "kept although expired"
+            );
+        }
         match (action.decision, action.skip_reason) {
             (Decision::Purge, _) => self.tally.add_purged(action.category),
             (Decision::Skip, Some(kind)) => self.tally.add_skipped(kind, action.category),

@@ -114,7 +114,7 @@ fn count_outcome(tally: &mut Tally, category: Category, outcome: DisposalOutcome
                 SkipReason::NotExpired { .. } => SkipKind::NoLongerDue,
                 SkipReason::AlreadyGone => SkipKind::AlreadyGone,
             };
-            tracing::debug!(category = %category, reason = ?kind, "disposal skipped in transaction");
+            tracing::debug!(category = %category, reason = kind.as_str(), "disposal skipped in transaction");
             tally.add_skipped(kind, category);
         }
     }

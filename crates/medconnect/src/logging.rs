@@ -6,10 +6,31 @@ use medconnect_domain::sanitize::sanitize;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
+/// Level names `MEDCONNECT_LOG` accepts on their own.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
 /// Installs the global subscriber. The level comes from `MEDCONNECT_LOG` (default `warn`).
 pub fn init() {
-    let filter =
-        EnvFilter::try_from_env("MEDCONNECT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = match std::env::var("MEDCONNECT_LOG") {
+        Err(_) => EnvFilter::new("warn"),
+        // A bare word parses as a target name, so `verbose` would silently log nothing;
+        // only level names are accepted without `=`.
+        Ok(value) if !value.contains('=') && !LEVELS.contains(&value.trim()) => {
+            eprintln!(
+                "warning: MEDCONNECT_LOG={value:?} is not a level; logging at warn. Use one of \
+                 {}, or a directive such as medconnect_lifecycle=debug",
+                LEVELS.join(", ")
+            );
+            EnvFilter::new("warn")
+        }
+        Ok(value) => EnvFilter::try_new(&value).unwrap_or_else(|_| {
+            eprintln!(
+                "warning: MEDCONNECT_LOG={value:?} is not a valid filter; logging at warn. Use a \
+                 level such as info or debug, or a directive such as medconnect_lifecycle=debug"
+            );
+            EnvFilter::new("warn")
+        }),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
