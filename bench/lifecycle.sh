@@ -31,9 +31,10 @@ BEGIN;
 CREATE TEMP TABLE n(i INTEGER PRIMARY KEY);
 WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i + 1 < $LINKS)
 INSERT INTO n SELECT i FROM c;
--- Synthetic ids in UUID form; 3 in 10 links had their last encounter in 2015 (expired as of
+-- Synthetic ids in UUID form. Profile fields are written in plaintext here: the benchmark
+-- times deletion, which never decrypts. 3 in 10 links had their last encounter in 2015 (expired as of
 -- $AS_OF), the rest in 2024.
-INSERT INTO patient_profiles (id, source_system, source_id, given_name, family_name, birth_date,
+INSERT INTO patient_profiles (id, source_system, source_index, given_name, family_name, birth_date,
     sex, address_line, city, state, postal_code, created_at)
 SELECT printf('%08x-0000-4000-8000-%012x', i, i), 'bench', 'src-' || i, 'Given' || i,
     'Family' || i, '1970-01-01', 'F', i || ' Bench Road', 'Lincoln', 'Nebraska', '68504',

@@ -50,6 +50,10 @@ pub struct DisposalReceipt {
     pub destroyed: Destroyed,
     /// SHA-256 over the destroyed rows and file contents, in the order they were destroyed.
     pub digest: String,
+    /// Ids of the data keys destroyed with the records (crypto-shredding). Receipts written
+    /// before encryption at rest have none, and their stored bodies omit the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys_destroyed: Vec<String>,
 }
 
 /// An audit event before it is stored. Build it, then hand it to the store, which assigns

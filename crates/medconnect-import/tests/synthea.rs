@@ -54,12 +54,16 @@ fn valid_folder_is_read() {
     assert_eq!(batch.history.len(), 1);
 }
 
+/// One invalid folder: patients, encounters and conditions rows, then the file, line and
+/// message part the error must carry.
+type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], &'a str, u64, &'a str);
+
 #[test]
 fn invalid_rows_table() {
     let p2_dead_before_born =
         "p-2,1990-01-01,1989-12-31,,Test2,Patient2,M,2 Main Street,Lincoln,Nebraska,68504";
     // (patients, encounters, conditions, file, line, expected message part)
-    let cases: [(&[&str], &[&str], &[&str], &str, u64, &str); 6] = [
+    let cases: [Case<'_>; 6] = [
         (
             &[PATIENT_1],
             &[ENCOUNTER_1, ENCOUNTER_1],

@@ -35,8 +35,9 @@ impl Fixture {
     fn with_policy(policy: Policy) -> Self {
         let dir = TempDir::new().expect("temp dir");
         let clock = Box::new(FixedClock(at("2020-01-01T00:00:00Z")));
-        let store =
+        let mut store =
             SqliteStore::create(dir.path(), ClockMode::Simulated, clock).expect("store created");
+        store.set_master_key(medconnect_crypto::MasterKey::generate(1).expect("master key"));
         Fixture { _dir: dir, store, policy }
     }
 

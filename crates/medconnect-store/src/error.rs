@@ -32,6 +32,9 @@ pub enum StoreError {
          `medconnect patient list --tenant {tenant}`"
     )]
     PatientNotFound { tenant: String, patient: String },
+    /// No ID photo of the tenant has this id.
+    #[error("ID photo {photo} not found in tenant {tenant:?}")]
+    PhotoNotFound { tenant: String, photo: String },
     /// No hold has this id.
     #[error("legal hold {0} not found: list holds with `medconnect hold list --all`")]
     HoldNotFound(String),
@@ -76,6 +79,33 @@ pub enum StoreError {
     /// A file of the store could not be read or written.
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    /// A command needs the master key and none was given.
+    #[error(
+        "this command needs the master key: keep DATA_DIR/keys/master.key in place, or pass \
+         --master-key-file FILE, or set MEDCONNECT_MASTER_KEY"
+    )]
+    MasterKeyRequired,
+    /// A ciphertext does not open: altered, moved from another row, or its key is wrong or gone.
+    #[error(
+        "{table}.{column} of record {record} cannot be decrypted: it was altered, copied from \
+         another row, or its key is wrong or destroyed ({source})"
+    )]
+    Unreadable {
+        table: String,
+        column: String,
+        record: String,
+        source: Box<medconnect_crypto::CryptoError>,
+    },
+    /// Key material could not be created, wrapped or unwrapped.
+    #[error("encryption failed: {0}")]
+    Crypto(#[from] medconnect_crypto::CryptoError),
+    /// The store predates encryption at rest and holds plaintext records.
+    #[error(
+        "this store (schema version {found}) holds plaintext patient records from a version \
+         without encryption at rest: create a new store with `medconnect init` and import the \
+         data again"
+    )]
+    PlaintextStore { found: i64 },
     /// The database reported an error.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),

@@ -101,6 +101,12 @@ pub trait Store {
     /// Lists the audit entries whose disposal receipt names `record_id`, oldest first.
     fn receipts_for(&self, record_id: &str) -> Result<Vec<AuditRecord>>;
 
+    /// Returns a linked patient's core profile, decrypted. Needs the master key.
+    fn patient_profile(&self, tenant: &Tenant, patient: PatientId) -> Result<PatientProfileView>;
+
+    /// Returns the decrypted bytes of one of a tenant's ID photos. Needs the master key.
+    fn read_id_photo(&self, tenant: &Tenant, photo: PhotoId) -> Result<Vec<u8>>;
+
     /// Lists every tenant link of a patient, across tenants. Only lifecycle jobs, which
     /// decide cross-tenant protection, may call this.
     fn links_of_patient(&self, patient: PatientId) -> Result<Vec<LinkSummary>>;

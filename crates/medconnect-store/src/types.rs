@@ -179,3 +179,21 @@ pub fn rule_for(category: Category) -> Rule {
         Category::Session => Rule::SessionAfterEnd,
     }
 }
+
+/// A decrypted core profile, as `patient show` prints it. It holds PHI, so it has no `Debug`.
+#[derive(Clone, Serialize)]
+pub struct PatientProfileView {
+    pub patient_id: PatientId,
+    pub given_name: String,
+    pub family_name: String,
+    pub birth_date: String,
+    pub death_date: Option<String>,
+    pub sex: String,
+    pub ssn: Option<String>,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub address_line: String,
+    pub city: String,
+    pub state: String,
+    pub postal_code: String,
+}

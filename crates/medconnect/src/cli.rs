@@ -17,6 +17,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "MEDCONNECT_POLICY")]
     pub policy: Option<PathBuf>,
 
+    /// Master key file [default: DATA_DIR/keys/master.key]. Ignored when MEDCONNECT_MASTER_KEY
+    /// holds the key itself (64 hex digits).
+    #[arg(long, global = true, env = "MEDCONNECT_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+
     /// Who is acting, recorded in audit entries [default: operator:$USER].
     #[arg(long, global = true, env = "MEDCONNECT_ACTOR")]
     pub actor: Option<String>,
@@ -104,6 +109,18 @@ pub enum TenantCommand {
 
 #[derive(Subcommand)]
 pub enum PatientCommand {
+    /// Print a patient's decrypted core profile. Needs the master key.
+    Show {
+        /// Tenant slug, as `tenant list` prints it.
+        #[arg(long)]
+        tenant: String,
+        /// Patient id, as `patient list` or `patient find` prints it.
+        #[arg(long)]
+        patient: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Find a patient's id from the id the source system gave them.
     Find {
         /// Tenant slug, as `tenant list` prints it.

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
+use medconnect_crypto::{KeyFileProvider, KeyProvider};
 use medconnect_domain::model::HoldScope;
 use medconnect_domain::time::parse_instant;
 use medconnect_domain::{HoldId, PatientId};
@@ -28,6 +29,19 @@ pub fn init(context: &Context, simulated_clock: bool) -> Result<ExitCode> {
     drop(store);
     outln!("created a {} store in {}", mode.as_str(), context.data_dir.display());
     outln!("policy: {}", context.policy_path().display());
+    let key_path = context.master_key_path();
+    if std::env::var_os(crate::MASTER_KEY_ENV).is_some() {
+        outln!("master key: from {}", crate::MASTER_KEY_ENV);
+    } else if key_path.exists() {
+        KeyFileProvider::new(&key_path).master_key()?;
+        outln!("master key: {} (existing)", key_path.display());
+    } else {
+        create_key_file(&key_path)?;
+        outln!("master key: {} (new)", key_path.display());
+        outln!(
+            "keep a copy of the master key apart from the data: without it the data is unreadable"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -98,9 +112,19 @@ pub fn tenant(context: &Context, command: TenantCommand) -> Result<ExitCode> {
 }
 
 pub fn patient(context: &Context, command: PatientCommand) -> Result<ExitCode> {
-    let store = context.open_store()?;
     match command {
+        PatientCommand::Show { tenant, patient, json } => {
+            let store = context.open_store_with_key()?;
+            let tenant = store.tenant_by_slug(&tenant)?;
+            let profile = store.patient_profile(&tenant, PatientId::parse(&patient)?)?;
+            if json {
+                print_json(&profile)?;
+            } else {
+                output::print_profile(&profile);
+            }
+        }
         PatientCommand::Find { tenant, source, source_id } => {
+            let store = context.open_store_with_key()?;
             let tenant = store.tenant_by_slug(&tenant)?;
             match store.find_patient(&tenant, &source, &source_id)? {
                 Some(patient) => outln!("{patient}"),
@@ -112,6 +136,7 @@ pub fn patient(context: &Context, command: PatientCommand) -> Result<ExitCode> {
             }
         }
         PatientCommand::List { tenant, json } => {
+            let store = context.open_store()?;
             let policy = context.load_policy()?;
             let tenant = store.tenant_by_slug(&tenant)?;
             let mut links = store.patient_links(&tenant)?;
@@ -131,7 +156,7 @@ pub fn patient(context: &Context, command: PatientCommand) -> Result<ExitCode> {
 
 pub fn import(context: &Context, command: ImportCommand) -> Result<ExitCode> {
     let ImportCommand::Synthea { dir, tenant, json } = command;
-    let mut store = context.open_store()?;
+    let mut store = context.open_store_with_key()?;
     let policy = context.load_policy()?;
     let tenant = store.tenant_by_slug(&tenant)?;
     let started = std::time::Instant::now();
@@ -176,7 +201,7 @@ pub fn import(context: &Context, command: ImportCommand) -> Result<ExitCode> {
 
 pub fn encounter(context: &Context, command: EncounterCommand) -> Result<ExitCode> {
     let EncounterCommand::Record { tenant, patient, at } = command;
-    let mut store = context.open_store()?;
+    let mut store = context.open_store_with_key()?;
     let policy = context.load_policy()?;
     let tenant = store.tenant_by_slug(&tenant)?;
     let patient = PatientId::parse(&patient)?;
@@ -386,4 +411,18 @@ fn explain_disposed(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates a master key file with mode 0600 in a folder with mode 0700.
+pub fn create_key_file(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("creating {}", folder.display()))?;
+        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", folder.display()))?;
+    }
+    KeyFileProvider::create(path)?;
+    Ok(())
 }

@@ -49,6 +49,11 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
         Ok(format!("in {}", context.data_dir.display()))
     })?;
     let mut store = SqliteStore::open(&context.data_dir)?;
+    let key_path = context.master_key_path();
+    if std::env::var_os(crate::MASTER_KEY_ENV).is_none() && !key_path.exists() {
+        crate::commands::create_key_file(&key_path)?;
+    }
+    store.set_master_key(context.key_provider().master_key()?);
     store.set_clock(Box::new(FixedClock(today)));
     let policy = context.load_policy()?;
 
@@ -330,12 +335,13 @@ const DEMO_MARKER: &str = ".medconnect-demo";
 
 /// Entries of a data directory that the demo creates and `--fresh` removes. Anything else
 /// in the directory is left alone.
-const DEMO_ENTRIES: [&str; 6] = [
+const DEMO_ENTRIES: [&str; 7] = [
     "medconnect.db",
     "medconnect.db-wal",
     "medconnect.db-shm",
     "policy.toml",
     "blobs",
+    "keys",
     DEMO_MARKER,
 ];
 

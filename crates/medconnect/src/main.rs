@@ -26,6 +26,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use chrono::{DateTime, Utc};
 use clap::Parser;
+use medconnect_crypto::{EnvKeyProvider, KeyFileProvider, KeyProvider};
 use medconnect_domain::clock::FixedClock;
 use medconnect_domain::policy::{Policy, DEFAULT_POLICY_TOML};
 use medconnect_domain::time::parse_instant;
@@ -53,7 +54,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     if actor.trim().is_empty() {
         bail!("--actor must not be empty: pass who is acting, such as operator:jdoe");
     }
-    let context = Context { data_dir: cli.data_dir, policy: cli.policy, actor };
+    let context = Context {
+        data_dir: cli.data_dir,
+        policy: cli.policy,
+        master_key_file: cli.master_key_file,
+        actor,
+    };
     match cli.command {
         Command::Init { simulated_clock } => commands::init(&context, simulated_clock),
         Command::Policy(command) => commands::policy(&context, command),
@@ -72,9 +78,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 pub struct Context {
     pub data_dir: PathBuf,
     pub policy: Option<PathBuf>,
+    pub master_key_file: Option<PathBuf>,
     /// Who is acting, recorded in audit entries.
     pub actor: String,
 }
+
+/// Environment variable that holds the master key itself, as 64 hex digits.
+pub const MASTER_KEY_ENV: &str = "MEDCONNECT_MASTER_KEY";
 
 /// Returns `operator:` followed by the login name, the actor when `--actor` is not given.
 fn default_actor() -> String {
@@ -85,6 +95,28 @@ fn default_actor() -> String {
 impl Context {
     pub fn open_store(&self) -> Result<SqliteStore> {
         Ok(SqliteStore::open(&self.data_dir)?)
+    }
+
+    /// Opens the store with the master key, for commands that read or write PHI.
+    pub fn open_store_with_key(&self) -> Result<SqliteStore> {
+        let mut store = self.open_store()?;
+        store.set_master_key(self.key_provider().master_key()?);
+        Ok(store)
+    }
+
+    pub fn master_key_path(&self) -> PathBuf {
+        self.master_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys").join("master.key"))
+    }
+
+    /// Returns the master key source: the environment variable when set, else the key file.
+    pub fn key_provider(&self) -> Box<dyn KeyProvider> {
+        if std::env::var_os(MASTER_KEY_ENV).is_some() {
+            Box::new(EnvKeyProvider::new(MASTER_KEY_ENV))
+        } else {
+            Box::new(KeyFileProvider::new(self.master_key_path()))
+        }
     }
 
     pub fn policy_path(&self) -> PathBuf {

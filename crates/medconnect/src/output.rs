@@ -62,6 +62,25 @@ pub fn print_links(links: &[medconnect_store::LinkSummary], policy_version: &str
     }
 }
 
+pub fn print_profile(profile: &medconnect_store::PatientProfileView) {
+    let optional = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
+    outln!("patient     {}", profile.patient_id);
+    outln!("name        {} {}", profile.given_name, profile.family_name);
+    outln!("born        {}", profile.birth_date);
+    outln!("died        {}", optional(&profile.death_date));
+    outln!("sex         {}", profile.sex);
+    outln!("ssn         {}", optional(&profile.ssn));
+    outln!("phone       {}", optional(&profile.phone));
+    outln!("email       {}", optional(&profile.email));
+    outln!(
+        "address     {}, {}, {} {}",
+        profile.address_line,
+        profile.city,
+        profile.state,
+        profile.postal_code
+    );
+}
+
 pub fn print_import(tenant: &str, counts: &ImportCounts, elapsed: Duration) {
     outln!("imported into tenant {tenant} in {} ms:", elapsed.as_millis());
     outln!("  core profiles created  {}", counts.profiles_created);

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::audit::AuditAppender;
+use super::keys::{destroy_keys, KeyScope};
 use super::records::{link_from_row, link_key};
 use super::values::{hash_row, parse_optional_instant, parse_stored_id, parse_stored_instant};
 use super::SqliteStore;
@@ -32,11 +33,16 @@ const LINK_CHILD_TABLES: [&str; 5] =
 struct Shredder {
     hasher: Sha256,
     destroyed: Destroyed,
+    keys_destroyed: Vec<String>,
 }
 
 impl Shredder {
     fn new() -> Self {
-        Shredder { hasher: Sha256::new(), destroyed: Destroyed::default() }
+        Shredder {
+            hasher: Sha256::new(),
+            destroyed: Destroyed::default(),
+            keys_destroyed: Vec::new(),
+        }
     }
 
     /// Runs a `DELETE … RETURNING *` and folds every returned row into the digest.
@@ -93,6 +99,7 @@ impl Shredder {
             policy_version: policy.version(),
             destroyed: self.destroyed,
             digest: hex::encode(self.hasher.finalize()),
+            keys_destroyed: self.keys_destroyed,
         }
     }
 }
@@ -343,6 +350,8 @@ impl SqliteStore {
         status: &str,
         summary: &str,
     ) -> Result<()> {
+        // Copies of purged pages in the write-ahead log go with its truncation.
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         self.conn.execute(
             "UPDATE lifecycle_runs SET finished_at = ?1, status = ?2, summary = ?3 WHERE id = ?4",
             (format_instant(self.now()), status, summary, run_id),
@@ -447,6 +456,9 @@ fn dispose_patient_records(
         shredder.delete_file(tx, blob_root, &photo[0])?;
     }
     shredder.delete_rows(tx, "DELETE FROM patient_links WHERE id = ?1 RETURNING *", &key)?;
+    // Destroying the link's data key in this transaction leaves any other copy of its
+    // ciphertexts (a stray page, an old backup) unreadable.
+    shredder.keys_destroyed = destroy_keys(tx, KeyScope::Link, &key.to_string())?;
     let mut receipts = vec![shredder.receipt(
         Category::PatientRecords,
         patient.to_string(),
@@ -464,6 +476,7 @@ fn dispose_patient_records(
             "DELETE FROM patient_profiles WHERE id = ?1 RETURNING *",
             &patient.to_string(),
         )?;
+        profile.keys_destroyed = destroy_keys(tx, KeyScope::Profile, &patient.to_string())?;
         receipts.push(profile.receipt(
             Category::PatientProfile,
             patient.to_string(),

@@ -2,6 +2,7 @@
 //! the data directory.
 
 mod audit;
+mod keys;
 mod lifecycle;
 mod records;
 mod values;
@@ -29,7 +30,11 @@ pub const BLOB_DIR: &str = "blobs";
 const MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
     ("link_activity_index", include_str!("../../migrations/sqlite/0002_link_activity_index.sql")),
+    ("encryption", include_str!("../../migrations/sqlite/0003_encryption.sql")),
 ];
+
+/// The first schema version whose PHI columns hold ciphertexts.
+const ENCRYPTED_SCHEMA: i64 = 3;
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -40,6 +45,8 @@ pub struct SqliteStore {
     data_dir: PathBuf,
     clock: Box<dyn Clock>,
     clock_mode: ClockMode,
+    /// The master key, set by callers that read or write PHI.
+    keys: Option<keys::Keys>,
 }
 
 impl SqliteStore {
@@ -65,7 +72,7 @@ impl SqliteStore {
         audit.append(&tx, event)?;
         audit.finish(&tx)?;
         tx.commit()?;
-        Ok(SqliteStore { conn, data_dir: data_dir.to_owned(), clock, clock_mode })
+        Ok(SqliteStore { conn, data_dir: data_dir.to_owned(), clock, clock_mode, keys: None })
     }
 
     /// Opens the store in `data_dir`, applying pending migrations.
@@ -86,7 +93,18 @@ impl SqliteStore {
             data_dir: data_dir.to_owned(),
             clock: Box::new(SystemClock),
             clock_mode,
+            keys: None,
         })
+    }
+
+    /// Sets the master key. Commands that write or read PHI fail with
+    /// [`StoreError::MasterKeyRequired`] until it is set.
+    pub fn set_master_key(&mut self, master: medconnect_crypto::MasterKey) {
+        self.keys = Some(keys::Keys::new(master));
+    }
+
+    fn keys(&self) -> Result<&keys::Keys> {
+        self.keys.as_ref().ok_or(StoreError::MasterKeyRequired)
     }
 
     /// Replaces the clock that stamps audit entries and new records.
@@ -133,11 +151,13 @@ impl SqliteStore {
 
 fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
-    // FULL sync makes each commit durable before files named in it are unlinked.
+    // FULL sync makes each commit durable before files named in it are unlinked. Secure
+    // delete overwrites the content of deleted rows, wrapped keys included, with zeros.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
+         PRAGMA secure_delete = ON;
          PRAGMA busy_timeout = 60000;",
     )?;
     Ok(conn)
@@ -157,6 +177,13 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     let found = schema_version(conn)?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+    }
+    if found > 0 && found < ENCRYPTED_SCHEMA {
+        let profiles: i64 =
+            conn.query_row("SELECT count(*) FROM patient_profiles", [], |row| row.get(0))?;
+        if profiles > 0 {
+            return Err(StoreError::PlaintextStore { found });
+        }
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for (index, (name, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
@@ -249,6 +276,22 @@ impl crate::Store for SqliteStore {
         patient: medconnect_domain::PatientId,
     ) -> Result<crate::LinkDetail> {
         self.patient_link_impl(tenant, patient)
+    }
+
+    fn patient_profile(
+        &self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+    ) -> Result<crate::PatientProfileView> {
+        self.patient_profile_impl(tenant, patient)
+    }
+
+    fn read_id_photo(
+        &self,
+        tenant: &medconnect_domain::model::Tenant,
+        photo: medconnect_domain::PhotoId,
+    ) -> Result<Vec<u8>> {
+        self.read_id_photo_impl(tenant, photo)
     }
 
     fn find_patient(

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::fs;
 
 use chrono::{DateTime, Utc};
+use medconnect_crypto::{Aad, DataKey};
 use medconnect_domain::audit::AuditEvent;
 use medconnect_domain::model::{
-    validate_slug, HoldScope, ImportBatch, ImportCounts, LegalHold, Tenant,
+    validate_slug, HoldScope, ImportBatch, ImportCounts, LegalHold, NewPatientProfile, Tenant,
 };
 use medconnect_domain::policy::Policy;
 use medconnect_domain::time::format_instant;
@@ -18,10 +19,12 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::audit::AuditAppender;
+use super::keys::{open_text, seal_bytes, seal_optional, seal_text, KeyScope, Keys, Place};
 use super::values::{parse_optional_instant, parse_stored_id, parse_stored_instant};
 use super::SqliteStore;
 use crate::{
-    LinkCounts, LinkDetail, LinkSummary, RecordCandidate, Result, SessionTimes, StoreError,
+    LinkCounts, LinkDetail, LinkSummary, PatientProfileView, RecordCandidate, Result, SessionTimes,
+    StoreError,
 };
 
 const LINK_COLUMNS: &str =
@@ -164,8 +167,9 @@ impl SqliteStore {
         actor: &str,
     ) -> Result<ImportCounts> {
         let (now, simulated) = (self.now(), self.simulated());
-        let tx = self.write_tx()?;
-        let counts = write_import(&tx, tenant, batch, policy, now)?;
+        let keys = self.keys.as_ref().ok_or(StoreError::MasterKeyRequired)?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let counts = write_import(&tx, keys, tenant, batch, policy, now)?;
         let mut audit = AuditAppender::begin(&tx, now, simulated)?;
         let detail = format!(
             "source {}: {} profiles created, {} linked, {} consultations, {} prescriptions, {} history entries",
@@ -188,7 +192,8 @@ impl SqliteStore {
     ) -> Result<DateTime<Utc>> {
         let link = self.require_link(tenant, patient)?;
         let (now, simulated) = (self.now(), self.simulated());
-        let tx = self.write_tx()?;
+        let keys = self.keys.as_ref().ok_or(StoreError::MasterKeyRequired)?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let previous: Option<String> = tx.query_row(
             "SELECT last_medical_encounter_at FROM patient_links WHERE id = ?1",
             [link],
@@ -197,10 +202,21 @@ impl SqliteStore {
         let previous = parse_optional_instant(previous)?;
         let last = previous.map_or(at, |p| p.max(at));
         let until = policy.phi_retention_until(&tenant.slug, last);
+        let id = ConsultationId::new().to_string();
+        let tenant_text = tenant.id.to_string();
+        let place = Place { tenant: &tenant_text, table: "consultations", record: &id };
+        let key = keys.data_key(&tx, KeyScope::Link, &link.to_string(), now)?;
         tx.execute(
             "INSERT INTO consultations (id, tenant_id, link_id, status, encounter_class, reason, notes, started_at, ended_at)
-             VALUES (?1, ?2, ?3, 'completed', 'virtual', '', '', ?4, ?4)",
-            (ConsultationId::new().to_string(), tenant.id.to_string(), link, format_instant(at)),
+             VALUES (?1, ?2, ?3, 'completed', 'virtual', ?4, ?5, ?6, ?6)",
+            rusqlite::params![
+                id,
+                tenant_text,
+                link,
+                seal_text(&key, place, "reason", "")?,
+                seal_text(&key, place, "notes", "")?,
+                format_instant(at),
+            ],
         )?;
         tx.execute(
             "UPDATE patient_links SET last_medical_encounter_at = ?1, phi_retention_until = ?2 WHERE id = ?3",
@@ -241,15 +257,22 @@ impl SqliteStore {
             "INSERT OR IGNORE INTO pending_file_deletions (path) VALUES (?1)",
             [&relative],
         )?;
-        fs::write(&path, bytes).map_err(|e| StoreError::io(&path, e))?;
-        let digest = hex::encode(Sha256::digest(bytes));
+        let link_owner = link.to_string();
+        let id_text = id.to_string();
+        let tenant_text = tenant.id.to_string();
+        let place = Place { tenant: &tenant_text, table: "id_photos", record: &id_text };
+        let key = self.keys()?.data_key(&self.conn, KeyScope::Link, &link_owner, self.now())?;
+        let sealed = seal_bytes(&key, place, "file", bytes)?;
+        fs::write(&path, &sealed).map_err(|e| StoreError::io(&path, e))?;
+        // The digest is of the sealed file, so it reveals nothing about the photo.
+        let digest = hex::encode(Sha256::digest(&sealed));
         let (now, simulated) = (self.now(), self.simulated());
         let result = (|| -> Result<()> {
             let tx = self.write_tx()?;
             tx.execute(
                 "INSERT INTO id_photos (id, tenant_id, link_id, file_name, bytes, sha256, uploaded_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                (id.to_string(), tenant.id.to_string(), link, &relative, bytes.len() as i64, digest, format_instant(uploaded_at)),
+                (id.to_string(), tenant.id.to_string(), link, &relative, sealed.len() as i64, digest, format_instant(uploaded_at)),
             )?;
             tx.execute("DELETE FROM pending_file_deletions WHERE path = ?1", [&relative])?;
             let mut audit = AuditAppender::begin(&tx, now, simulated)?;
@@ -315,17 +338,99 @@ impl SqliteStore {
         source_system: &str,
         source_id: &str,
     ) -> Result<Option<PatientId>> {
+        let source_index = self.keys()?.source_index(source_system, source_id);
         let found: Option<String> = self
             .conn
             .query_row(
                 "SELECT p.id FROM patient_profiles p
                  JOIN patient_links l ON l.patient_id = p.id AND l.tenant_id = ?1
-                 WHERE p.source_system = ?2 AND p.source_id = ?3",
-                (tenant.id.to_string(), source_system, source_id),
+                 WHERE p.source_system = ?2 AND p.source_index = ?3",
+                (tenant.id.to_string(), source_system, source_index),
                 |row| row.get(0),
             )
             .optional()?;
         found.as_deref().map(parse_stored_id).transpose()
+    }
+
+    pub(crate) fn patient_profile_impl(
+        &self,
+        tenant: &Tenant,
+        patient: PatientId,
+    ) -> Result<PatientProfileView> {
+        self.require_link(tenant, patient)?;
+        let keys = self.keys()?;
+        let id = patient.to_string();
+        let key = keys
+            .existing_key(&self.conn, KeyScope::Profile, &id)?
+            .ok_or_else(|| StoreError::Corrupt(format!("core profile {id} has no data key")))?;
+        let place = Place { tenant: CORE_TENANT, table: "patient_profiles", record: &id };
+        let sql = format!(
+            "SELECT {}, sex FROM patient_profiles WHERE id = ?1",
+            PROFILE_COLUMNS.join(", ")
+        );
+        let (sealed, sex): (Vec<Option<Vec<u8>>>, String) =
+            self.conn.query_row(&sql, [&id], |row| {
+                let sealed = (0..PROFILE_COLUMNS.len())
+                    .map(|i| row.get(i))
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok((sealed, row.get(PROFILE_COLUMNS.len())?))
+            })?;
+        let mut opened: Vec<Option<String>> = Vec::with_capacity(sealed.len());
+        for (column, value) in PROFILE_COLUMNS.iter().zip(sealed) {
+            opened.push(value.map(|bytes| open_text(&key, place, column, &bytes)).transpose()?);
+        }
+        let mut field = opened.into_iter();
+        let mut next = || field.next().flatten();
+        Ok(PatientProfileView {
+            patient_id: patient,
+            given_name: next().unwrap_or_default(),
+            family_name: next().unwrap_or_default(),
+            birth_date: next().unwrap_or_default(),
+            death_date: next(),
+            ssn: next(),
+            phone: next(),
+            email: next(),
+            address_line: next().unwrap_or_default(),
+            city: next().unwrap_or_default(),
+            state: next().unwrap_or_default(),
+            postal_code: next().unwrap_or_default(),
+            sex,
+        })
+    }
+
+    pub(crate) fn read_id_photo_impl(&self, tenant: &Tenant, photo: PhotoId) -> Result<Vec<u8>> {
+        let id = photo.to_string();
+        let found: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT link_id, file_name FROM id_photos WHERE id = ?1 AND tenant_id = ?2",
+                (&id, tenant.id.to_string()),
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let Some((link, relative)) = found else {
+            return Err(StoreError::PhotoNotFound { tenant: tenant.slug.clone(), photo: id });
+        };
+        let path = self.blob_path(&relative);
+        let sealed = fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+        let key = self
+            .keys()?
+            .existing_key(&self.conn, KeyScope::Link, &link.to_string())?
+            .ok_or_else(|| StoreError::Corrupt(format!("ID photo {id} has no data key")))?;
+        let tenant_text = tenant.id.to_string();
+        let place = Place { tenant: &tenant_text, table: "id_photos", record: &id };
+        let plain = medconnect_crypto::open(
+            &key,
+            &Aad { tenant: place.tenant, table: place.table, column: "file", record: place.record },
+            &sealed,
+        )
+        .map_err(|source| StoreError::Unreadable {
+            table: "id_photos".into(),
+            column: "file".into(),
+            record: id.clone(),
+            source: Box::new(source),
+        })?;
+        Ok(plain.to_vec())
     }
 
     pub(crate) fn links_of_patient_impl(&self, patient: PatientId) -> Result<Vec<LinkSummary>> {
@@ -494,9 +599,114 @@ impl SqliteStore {
     }
 }
 
-/// Writes an import batch inside an open transaction.
+/// Core profile fields sealed under the profile key, in column order.
+const PROFILE_COLUMNS: [&str; 11] = [
+    "given_name",
+    "family_name",
+    "birth_date",
+    "death_date",
+    "ssn",
+    "phone",
+    "email",
+    "address_line",
+    "city",
+    "state",
+    "postal_code",
+];
+
+/// The tenant part of the associated data of core profile fields, which belong to no tenant.
+const CORE_TENANT: &str = "core";
+
+fn profile_values(profile: &NewPatientProfile) -> [Option<&str>; 11] {
+    [
+        Some(profile.given_name.as_str()),
+        Some(profile.family_name.as_str()),
+        Some(profile.birth_date.as_str()),
+        profile.death_date.as_deref(),
+        profile.ssn.as_deref(),
+        profile.phone.as_deref(),
+        profile.email.as_deref(),
+        Some(profile.address_line.as_str()),
+        Some(profile.city.as_str()),
+        Some(profile.state.as_str()),
+        Some(profile.postal_code.as_str()),
+    ]
+}
+
+/// Returns true when a stored profile and an imported one name the same person: given name,
+/// family name and birth date agree, and so does the SSN when both have one.
+fn same_person(
+    tx: &Connection,
+    keys: &Keys,
+    patient: &str,
+    profile: &NewPatientProfile,
+) -> Result<bool> {
+    let Some(key) = keys.existing_key(tx, KeyScope::Profile, patient)? else {
+        return Err(StoreError::Corrupt(format!("core profile {patient} has no data key")));
+    };
+    let place = Place { tenant: CORE_TENANT, table: "patient_profiles", record: patient };
+    let row: (Vec<u8>, Vec<u8>, Vec<u8>, Option<Vec<u8>>) = tx
+        .prepare_cached(
+            "SELECT given_name, family_name, birth_date, ssn FROM patient_profiles WHERE id = ?1",
+        )?
+        .query_row([patient], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?;
+    let given = open_text(&key, place, "given_name", &row.0)?;
+    let family = open_text(&key, place, "family_name", &row.1)?;
+    let birth = open_text(&key, place, "birth_date", &row.2)?;
+    let ssn = row.3.map(|sealed| open_text(&key, place, "ssn", &sealed)).transpose()?;
+    let ssn_differs = matches!((&ssn, &profile.ssn), (Some(a), Some(b)) if a != b);
+    Ok(given == profile.given_name
+        && family == profile.family_name
+        && birth == profile.birth_date
+        && !ssn_differs)
+}
+
+fn insert_profile(
+    tx: &Connection,
+    keys: &Keys,
+    profile: &NewPatientProfile,
+    source_index: &str,
+    now: DateTime<Utc>,
+) -> Result<PatientId> {
+    let id = PatientId::new();
+    let id_text = id.to_string();
+    let key = keys.data_key(tx, KeyScope::Profile, &id_text, now)?;
+    let place = Place { tenant: CORE_TENANT, table: "patient_profiles", record: &id_text };
+    let mut sealed: Vec<Option<Vec<u8>>> = Vec::with_capacity(PROFILE_COLUMNS.len());
+    for (column, value) in PROFILE_COLUMNS.iter().zip(profile_values(profile)) {
+        sealed.push(seal_optional(&key, place, column, value)?);
+    }
+    tx.prepare_cached(
+        "INSERT INTO patient_profiles (id, source_system, source_index, given_name, family_name,
+         birth_date, death_date, ssn, phone, email, address_line, city, state, postal_code, sex,
+         created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(rusqlite::params![
+        id_text,
+        profile.source_system,
+        source_index,
+        sealed[0],
+        sealed[1],
+        sealed[2],
+        sealed[3],
+        sealed[4],
+        sealed[5],
+        sealed[6],
+        sealed[7],
+        sealed[8],
+        sealed[9],
+        sealed[10],
+        profile.sex,
+        format_instant(now),
+    ])?;
+    Ok(id)
+}
+
+/// Writes an import batch inside an open transaction, sealing every PHI field.
 fn write_import(
     tx: &Connection,
+    keys: &Keys,
     tenant: &Tenant,
     batch: &ImportBatch,
     policy: &Policy,
@@ -507,50 +717,32 @@ fn write_import(
     let tenant_id = tenant.id.to_string();
 
     let mut links: HashMap<&str, (i64, PatientId)> = HashMap::new();
+    let mut link_keys: HashMap<i64, DataKey> = HashMap::new();
     let mut already_linked = 0usize;
     let mut mismatched = 0usize;
     for profile in &batch.patients {
-        let existing: Option<(String, String, String, String, Option<String>)> = tx
+        let source_index = keys.source_index(&profile.source_system, &profile.source_id);
+        let existing: Option<String> = tx
             .prepare_cached(
-                "SELECT id, given_name, family_name, birth_date, ssn FROM patient_profiles
-                 WHERE source_system = ?1 AND source_id = ?2",
+                "SELECT id FROM patient_profiles WHERE source_system = ?1 AND source_index = ?2",
             )?
-            .query_row((&profile.source_system, &profile.source_id), |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
-            })
+            .query_row((&profile.source_system, &source_index), |row| row.get(0))
             .optional()?;
         let patient = match existing {
-            Some((id, given, family, birth, ssn)) => {
-                // One source id must mean one person: a profile is shared only when the
-                // identifying fields agree, so a tenant cannot attach itself to another
-                // tenant's patient by reusing an id.
-                let ssn_differs = matches!((&ssn, &profile.ssn), (Some(a), Some(b)) if a != b);
-                if given != profile.given_name
-                    || family != profile.family_name
-                    || birth != profile.birth_date
-                    || ssn_differs
-                {
-                    mismatched += 1;
-                    continue;
-                }
+            // One source id must mean one person: a profile is shared only when the
+            // identifying fields agree, so a tenant cannot attach itself to another tenant's
+            // patient by reusing an id.
+            Some(id) if !same_person(tx, keys, &id, profile)? => {
+                mismatched += 1;
+                continue;
+            }
+            Some(id) => {
                 counts.profiles_linked += 1;
                 parse_stored_id::<PatientId>(&id)?
             }
             None => {
-                let id = PatientId::new();
-                tx.prepare_cached(
-                    "INSERT INTO patient_profiles (id, source_system, source_id, given_name, family_name, birth_date,
-                     death_date, sex, ssn, phone, email, address_line, city, state, postal_code, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                )?
-                .execute(rusqlite::params![
-                    id.to_string(), profile.source_system, profile.source_id, profile.given_name,
-                    profile.family_name, profile.birth_date, profile.death_date, profile.sex, profile.ssn,
-                    profile.phone, profile.email, profile.address_line, profile.city, profile.state,
-                    profile.postal_code, now_text,
-                ])?;
                 counts.profiles_created += 1;
-                id
+                insert_profile(tx, keys, profile, &source_index, now)?
             }
         };
         if link_key(tx, tenant.id, patient)?.is_some() {
@@ -562,7 +754,9 @@ fn write_import(
             "INSERT INTO patient_links (tenant_id, patient_id, created_at, phi_retention_until) VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute((&tenant_id, patient.to_string(), &now_text, format_instant(policy.phi_retention_until(&tenant.slug, now))))?;
-        links.insert(profile.source_id.as_str(), (tx.last_insert_rowid(), patient));
+        let link = tx.last_insert_rowid();
+        link_keys.insert(link, keys.data_key(tx, KeyScope::Link, &link.to_string(), now)?);
+        links.insert(profile.source_id.as_str(), (link, patient));
         counts.links_created += 1;
     }
     if already_linked > 0 {
@@ -575,17 +769,23 @@ fn write_import(
         return Err(StoreError::ProfileMismatch { count: mismatched });
     }
 
+    let tenant_key = keys.data_key(tx, KeyScope::Tenant, &tenant_id, now)?;
     let mut providers: HashMap<&str, String> = HashMap::new();
     for provider in &batch.providers {
         let id = ProviderId::new().to_string();
+        let place = Place { tenant: &tenant_id, table: "providers", record: &id };
         tx.prepare_cached(
             "INSERT INTO providers (id, tenant_id, source_id, name, specialty, organization, license_number, license_state, dea_number)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (tenant_id, source_id) DO NOTHING",
         )?
         .execute(rusqlite::params![
-            id, tenant_id, provider.source_id, provider.name, provider.specialty, provider.organization,
-            provider.license_number, provider.license_state, provider.dea_number,
+            id, tenant_id, provider.source_id,
+            seal_text(&tenant_key, place, "name", &provider.name)?,
+            provider.specialty, provider.organization,
+            seal_optional(&tenant_key, place, "license_number", provider.license_number.as_deref())?,
+            provider.license_state,
+            seal_optional(&tenant_key, place, "dea_number", provider.dea_number.as_deref())?,
         ])?;
         let stored: String = tx
             .prepare_cached("SELECT id FROM providers WHERE tenant_id = ?1 AND source_id = ?2")?
@@ -603,19 +803,28 @@ fn write_import(
             )
         })
     };
+    let key_of = |link: i64| -> Result<&DataKey> {
+        link_keys
+            .get(&link)
+            .ok_or_else(|| StoreError::InconsistentBatch("a link has no data key".into()))
+    };
     let mut last_encounter: HashMap<i64, DateTime<Utc>> = HashMap::new();
     let mut consultations: HashMap<&str, String> = HashMap::new();
     for consultation in &batch.consultations {
         let (link, _) = link_of(&consultation.patient_source_id)?;
+        let key = key_of(link)?;
         let provider = consultation.provider_source_id.as_deref().and_then(|p| providers.get(p));
         let id = ConsultationId::new().to_string();
+        let place = Place { tenant: &tenant_id, table: "consultations", record: &id };
+        // The source system's encounter id is not kept: it identifies the patient's visit.
         tx.prepare_cached(
-            "INSERT INTO consultations (id, tenant_id, link_id, provider_id, source_id, status, encounter_class, reason, notes, started_at, ended_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO consultations (id, tenant_id, link_id, provider_id, status, encounter_class, reason, notes, started_at, ended_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(rusqlite::params![
-            id, tenant_id, link, provider, consultation.source_id, consultation.status,
-            consultation.encounter_class, consultation.reason, consultation.notes,
+            id, tenant_id, link, provider, consultation.status, consultation.encounter_class,
+            seal_text(key, place, "reason", &consultation.reason)?,
+            seal_text(key, place, "notes", &consultation.notes)?,
             format_instant(consultation.started_at), consultation.ended_at.map(format_instant),
         ])?;
         let encounter_end = consultation.ended_at.unwrap_or(consultation.started_at);
@@ -627,15 +836,20 @@ fn write_import(
 
     for prescription in &batch.prescriptions {
         let (link, _) = link_of(&prescription.patient_source_id)?;
+        let key = key_of(link)?;
         let consultation =
             prescription.consultation_source_id.as_deref().and_then(|c| consultations.get(c));
+        let id = Uuid::new_v4().to_string();
+        let place = Place { tenant: &tenant_id, table: "prescriptions", record: &id };
         tx.prepare_cached(
             "INSERT INTO prescriptions (id, tenant_id, link_id, consultation_id, code, description, dispenses, controlled, started_at, stopped_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(rusqlite::params![
-            Uuid::new_v4().to_string(), tenant_id, link, consultation, prescription.code,
-            prescription.description, prescription.dispenses, prescription.controlled,
+            id, tenant_id, link, consultation,
+            seal_text(key, place, "code", &prescription.code)?,
+            seal_text(key, place, "description", &prescription.description)?,
+            prescription.dispenses, prescription.controlled,
             format_instant(prescription.started_at), prescription.stopped_at.map(format_instant),
         ])?;
         counts.prescriptions += 1;
@@ -643,15 +857,20 @@ fn write_import(
 
     for entry in &batch.history {
         let (link, _) = link_of(&entry.patient_source_id)?;
+        let key = key_of(link)?;
         let consultation =
             entry.consultation_source_id.as_deref().and_then(|c| consultations.get(c));
+        let id = Uuid::new_v4().to_string();
+        let place = Place { tenant: &tenant_id, table: "medical_history", record: &id };
         tx.prepare_cached(
             "INSERT INTO medical_history (id, tenant_id, link_id, consultation_id, kind, code, description, started_at, stopped_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
         .execute(rusqlite::params![
-            Uuid::new_v4().to_string(), tenant_id, link, consultation, entry.kind, entry.code,
-            entry.description, format_instant(entry.started_at), entry.stopped_at.map(format_instant),
+            id, tenant_id, link, consultation, entry.kind,
+            seal_text(key, place, "code", &entry.code)?,
+            seal_text(key, place, "description", &entry.description)?,
+            format_instant(entry.started_at), entry.stopped_at.map(format_instant),
         ])?;
         counts.history_entries += 1;
     }

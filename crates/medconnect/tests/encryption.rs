@@ -1,0 +1,201 @@
+//! Encryption at rest through the real binary: no patient name or address reaches the disk in
+//! plaintext, and the master key file is guarded.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+fn synthea_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/synthea")
+}
+
+fn medconnect(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_medconnect"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("MEDCONNECT_MASTER_KEY")
+        .env_remove("MEDCONNECT_MASTER_KEY_FILE")
+        .output()
+        .expect("medconnect starts")
+}
+
+fn ok(data_dir: &Path, args: &[&str]) -> Output {
+    let output = medconnect(data_dir, args);
+    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// Returns the (FIRST, LAST, ADDRESS) cells of patients.csv and the NAME cells of providers.csv.
+fn imported_phi() -> Vec<String> {
+    let mut values = Vec::new();
+    let mut patients =
+        csv::Reader::from_path(synthea_dir().join("patients.csv")).expect("patients");
+    let headers = patients.headers().expect("headers").clone();
+    let column = |name: &str| headers.iter().position(|h| h == name).expect("column");
+    let (first, last, address) = (column("FIRST"), column("LAST"), column("ADDRESS"));
+    for record in patients.records() {
+        let record = record.expect("row");
+        for index in [first, last, address] {
+            values.push(record[index].to_owned());
+        }
+    }
+    let mut providers =
+        csv::Reader::from_path(synthea_dir().join("providers.csv")).expect("providers");
+    let name =
+        providers.headers().expect("headers").iter().position(|h| h == "NAME").expect("NAME");
+    for record in providers.records() {
+        values.push(record.expect("row")[name].to_owned());
+    }
+    values
+}
+
+/// Lists every file under `dir`.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            found.extend(files(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn no_plaintext_phi_on_disk() {
+    let dir = TempDir::new().expect("dir");
+    let data = dir.path().join("data");
+    let synthea = synthea_dir();
+    let synthea = synthea.to_str().expect("utf-8");
+    ok(&data, &["init", "--simulated-clock"]);
+    for tenant in ["northwind", "prairie"] {
+        ok(&data, &["tenant", "create", tenant]);
+        ok(&data, &["import", "synthea", synthea, "--tenant", tenant]);
+    }
+    ok(&data, &["lifecycle", "run", "--as-of", "2027-01-01"]);
+
+    let phi = imported_phi();
+    assert!(phi.len() > 300, "{} values to look for", phi.len());
+    let on_disk = files(&data);
+    assert!(on_disk.iter().any(|p| p.ends_with("medconnect.db")));
+    let escaped: Vec<String> = phi.iter().map(|value| regex::escape(value)).collect();
+    let any_value = regex::bytes::Regex::new(&escaped.join("|")).expect("pattern");
+    for path in &on_disk {
+        let bytes = std::fs::read(path).expect("read file");
+        let hit = any_value.find(&bytes).map(|m| m.start());
+        assert_eq!(
+            hit,
+            None,
+            "{} holds an imported value in plaintext at byte {hit:?}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn key_file_is_created_private() {
+    let dir = TempDir::new().expect("dir");
+    let data = dir.path().join("data");
+    let output = ok(&data, &["init"]);
+    let key = data.join("keys/master.key");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("master.key"));
+    let mode = std::fs::metadata(&key).expect("key file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let folder =
+        std::fs::metadata(data.join("keys")).expect("key folder").permissions().mode() & 0o777;
+    assert_eq!(folder, 0o700);
+}
+
+#[test]
+fn loose_key_file_is_rejected() {
+    let dir = TempDir::new().expect("dir");
+    let data = dir.path().join("data");
+    ok(&data, &["init"]);
+    ok(&data, &["tenant", "create", "northwind"]);
+    let key = data.join("keys/master.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let output = medconnect(
+        &data,
+        &["import", "synthea", synthea_dir().to_str().expect("utf-8"), "--tenant", "northwind"],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    let key_text = std::fs::read_to_string(&key).expect("key");
+    assert!(!stderr.contains(key_text.trim()), "the key is never printed");
+}
+
+#[test]
+fn wrong_master_key_cannot_read() {
+    let dir = TempDir::new().expect("dir");
+    let data = dir.path().join("data");
+    ok(&data, &["init"]);
+    ok(&data, &["tenant", "create", "northwind"]);
+    ok(
+        &data,
+        &["import", "synthea", synthea_dir().to_str().expect("utf-8"), "--tenant", "northwind"],
+    );
+    let list = ok(&data, &["patient", "list", "--tenant", "northwind", "--json"]);
+    let links: serde_json::Value = serde_json::from_slice(&list.stdout).expect("json");
+    let patient = links[0]["patient_id"].as_str().expect("id").to_owned();
+    ok(&data, &["patient", "show", "--tenant", "northwind", "--patient", &patient]);
+
+    // Another valid key: every data key fails to unwrap, and nothing is shown.
+    let other = dir.path().join("other.key");
+    ok(
+        &dir.path().join("other-store"),
+        &["--master-key-file", other.to_str().expect("utf-8"), "init"],
+    );
+    let output = medconnect(
+        &data,
+        &[
+            "--master-key-file",
+            other.to_str().expect("utf-8"),
+            "patient",
+            "show",
+            "--tenant",
+            "northwind",
+            "--patient",
+            &patient,
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("error:"), "{stderr}");
+}
+
+#[test]
+fn master_key_from_environment() {
+    let dir = TempDir::new().expect("dir");
+    let data = dir.path().join("data");
+    let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let run = |args: &[&str], with_key: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_medconnect"));
+        command.arg("--data-dir").arg(&data).args(args).env_remove("MEDCONNECT_MASTER_KEY_FILE");
+        if with_key {
+            command.env("MEDCONNECT_MASTER_KEY", key);
+        } else {
+            command.env_remove("MEDCONNECT_MASTER_KEY");
+        }
+        command.output().expect("medconnect starts")
+    };
+    assert!(run(&["init"], true).status.success());
+    assert!(
+        !data.join("keys/master.key").exists(),
+        "no key file when the key comes from the environment"
+    );
+    assert!(run(&["tenant", "create", "northwind"], true).status.success());
+    let synthea = synthea_dir();
+    let import = ["import", "synthea", synthea.to_str().expect("utf-8"), "--tenant", "northwind"];
+    let without = run(&import, false);
+    assert!(!without.status.success());
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(stderr.contains("master.key"), "{stderr}");
+    assert!(run(&import, true).status.success());
+}
