@@ -8,8 +8,8 @@
 use hmac::Mac;
 use zeroize::Zeroizing;
 
-use crate::kdf::{derive_key, new_hmac, PURPOSE_BLIND_INDEX};
-use crate::key::{KeyBytes, MasterKey};
+use crate::kdf::{derive_from_bytes, derive_key, new_hmac, PURPOSE_BLIND_INDEX};
+use crate::key::{DataKey, KeyBytes, MasterKey};
 
 /// The label of the current blind index key, for [`derive_blind_index_key`].
 pub const BLIND_INDEX_LABEL: &str = "medconnect-blind-index-v1";
@@ -35,6 +35,14 @@ impl std::fmt::Debug for BlindIndexKey {
 /// column then has to be recomputed from its decrypted values.
 pub fn derive_blind_index_key(master: &MasterKey, label: &str) -> BlindIndexKey {
     BlindIndexKey { bytes: derive_key(master, PURPOSE_BLIND_INDEX, label) }
+}
+
+/// Derives the blind index key for `label` from a stored data key, with HMAC-SHA256.
+///
+/// Use this when indexes must survive master key rotation: the data key is stored wrapped and
+/// is re-wrapped, not replaced, when the master key changes, so the derived key stays the same.
+pub fn derive_blind_index_key_from_data_key(key: &DataKey, label: &str) -> BlindIndexKey {
+    BlindIndexKey { bytes: derive_from_bytes(key.bytes(), PURPOSE_BLIND_INDEX, label) }
 }
 
 /// Returns the blind index of `value` in `domain`: 64 lowercase hex characters.

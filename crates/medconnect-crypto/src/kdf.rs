@@ -22,7 +22,12 @@ pub(crate) const PURPOSE_BLIND_INDEX: &str = "blind-index";
 /// NOTE: the `hmac` 0.12 state contains values derived from the master key and does not wipe
 /// them when dropped, so they may stay in freed stack memory.
 pub(crate) fn derive_key(master: &MasterKey, purpose: &str, label: &str) -> KeyBytes {
-    let mut mac = new_hmac(master.bytes());
+    derive_from_bytes(master.bytes(), purpose, label)
+}
+
+/// Derives the key for `purpose` and `label` from raw key bytes, as [`derive_key`] does.
+pub(crate) fn derive_from_bytes(root: &[u8; KEY_LEN], purpose: &str, label: &str) -> KeyBytes {
+    let mut mac = new_hmac(root);
     // usize is at most 64 bits wide on every target Rust supports, so this is lossless.
     mac.update(&(purpose.len() as u64).to_be_bytes());
     mac.update(purpose.as_bytes());

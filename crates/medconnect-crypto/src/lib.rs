@@ -60,7 +60,8 @@ mod wrap;
 
 pub use aad::Aad;
 pub use blind_index::{
-    blind_index, derive_blind_index_key, BlindIndexKey, BLIND_INDEX_LABEL, EMAIL_DOMAIN,
+    blind_index, derive_blind_index_key, derive_blind_index_key_from_data_key, BlindIndexKey,
+    BLIND_INDEX_LABEL, EMAIL_DOMAIN,
 };
 pub use envelope::{
     open, open_with_keyring, parse_header, seal, Header, CIPHERTEXT_FORMAT_VERSION,

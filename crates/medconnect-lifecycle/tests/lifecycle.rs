@@ -37,7 +37,9 @@ impl Fixture {
         let clock = Box::new(FixedClock(at("2020-01-01T00:00:00Z")));
         let mut store =
             SqliteStore::create(dir.path(), ClockMode::Simulated, clock).expect("store created");
-        store.set_master_key(medconnect_crypto::MasterKey::generate(1).expect("master key"));
+        store
+            .set_master_key(medconnect_crypto::MasterKey::generate(1).expect("master key"))
+            .expect("keys");
         Fixture { _dir: dir, store, policy }
     }
 

@@ -96,6 +96,23 @@ pub enum StoreError {
         record: String,
         source: Box<medconnect_crypto::CryptoError>,
     },
+    /// The data key a ciphertext names was destroyed: its records were disposed of.
+    #[error(
+        "{table}.{column} of record {record} cannot be decrypted: its data key was destroyed \
+         when its records were disposed of"
+    )]
+    KeyDestroyed { table: String, column: String, record: String },
+    /// A rotation step was asked for while no master key rotation is under way.
+    #[error(
+        "no master key rotation is under way: start one with `medconnect keys rotate --master`"
+    )]
+    NoRotation,
+    /// A rotation was to be finished while data keys still use the old master key.
+    #[error(
+        "{remaining} data keys are still wrapped by the old master key: run \
+         `medconnect keys rotate --master` again to finish"
+    )]
+    RotationIncomplete { remaining: u64 },
     /// Key material could not be created, wrapped or unwrapped.
     #[error("encryption failed: {0}")]
     Crypto(#[from] medconnect_crypto::CryptoError),

@@ -107,6 +107,9 @@ pub trait Store {
     /// Returns the decrypted bytes of one of a tenant's ID photos. Needs the master key.
     fn read_id_photo(&self, tenant: &Tenant, photo: PhotoId) -> Result<Vec<u8>>;
 
+    /// Lists a tenant's providers with decrypted names, ordered by id. Needs the master key.
+    fn providers(&self, tenant: &Tenant) -> Result<Vec<ProviderView>>;
+
     /// Lists every tenant link of a patient, across tenants. Only lifecycle jobs, which
     /// decide cross-tenant protection, may call this.
     fn links_of_patient(&self, patient: PatientId) -> Result<Vec<LinkSummary>>;
@@ -163,6 +166,25 @@ pub trait Store {
 
     /// Returns the version of the policy last applied, if any.
     fn applied_policy_version(&self) -> Result<Option<String>>;
+
+    /// Returns the version of the master key that wraps the data keys (1 for a new store).
+    fn master_key_version(&self) -> Result<u32>;
+
+    /// Returns the master key version a rotation under way moves to, if one is.
+    fn master_rotation_target(&self) -> Result<Option<u32>>;
+
+    /// Records that a master key rotation to `next_version` has started, so that it resumes
+    /// after a crash.
+    fn begin_master_rotation(&mut self, next_version: u32, actor: &str) -> Result<()>;
+
+    /// Re-wraps up to `limit` data keys under the next master key. Returns how many remain.
+    fn rewrap_data_keys(&mut self, limit: u32) -> Result<u64>;
+
+    /// Makes the next master key current once every data key uses it. Returns its version.
+    fn finish_master_rotation(&mut self, actor: &str) -> Result<u32>;
+
+    /// Adds a tenant data key version for new writes. Returns the new version.
+    fn rotate_tenant_key(&mut self, tenant: &Tenant, actor: &str) -> Result<u32>;
 
     /// Appends one entry to the audit log. Returns its sequence number.
     fn append_audit(&mut self, event: AuditEvent) -> Result<i64>;

@@ -197,3 +197,12 @@ pub struct PatientProfileView {
     pub state: String,
     pub postal_code: String,
 }
+
+/// A provider with its decrypted name. License and DEA numbers stay sealed.
+#[derive(Clone, Serialize)]
+pub struct ProviderView {
+    pub id: String,
+    pub name: String,
+    pub specialty: String,
+    pub license_state: String,
+}

@@ -25,7 +25,7 @@ fn at(value: &str) -> DateTime<Utc> {
 fn store(dir: &Path) -> SqliteStore {
     let clock = Box::new(FixedClock(at("2024-01-01T00:00:00Z")));
     let mut store = SqliteStore::create(dir, ClockMode::Simulated, clock).expect("store");
-    store.set_master_key(MasterKey::generate(1).expect("key"));
+    store.set_master_key(MasterKey::generate(1).expect("key")).expect("keys");
     store
 }
 
@@ -230,4 +230,122 @@ fn import_without_master_key_fails() {
         .import(&tenant, &ImportBatch::default(), &Policy::builtin(), ACTOR)
         .expect_err("no key");
     assert!(matches!(err, StoreError::MasterKeyRequired), "{err}");
+}
+
+fn import_providers(store: &mut SqliteStore, tenant: &Tenant, names: &[&str]) {
+    let batch = ImportBatch {
+        source_system: "test".into(),
+        providers: names
+            .iter()
+            .map(|name| medconnect_domain::model::NewProvider {
+                source_id: format!("prov-{name}"),
+                name: (*name).into(),
+                specialty: "GENERAL PRACTICE".into(),
+                license_state: "NE".into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..ImportBatch::default()
+    };
+    store.import(tenant, &batch, &Policy::builtin(), ACTOR).expect("providers");
+}
+
+#[test]
+fn tenant_rotation_keeps_old_versions_readable() {
+    let dir = TempDir::new().expect("dir");
+    let mut store = store(dir.path());
+    let tenant = store.create_tenant("clinic", "Clinic", ACTOR).expect("tenant");
+    import_providers(&mut store, &tenant, &["Early1 Doctor1"]);
+    assert_eq!(store.rotate_tenant_key(&tenant, ACTOR).expect("rotate"), 2);
+    import_providers(&mut store, &tenant, &["Later2 Doctor2"]);
+
+    let mut names: Vec<String> =
+        store.providers(&tenant).expect("providers").into_iter().map(|p| p.name).collect();
+    names.sort();
+    assert_eq!(names, ["Early1 Doctor1", "Later2 Doctor2"]);
+    let conn = db(dir.path());
+    let mut versions: Vec<u32> = conn
+        .prepare("SELECT name FROM providers")
+        .expect("query")
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .expect("rows")
+        .map(|sealed| {
+            medconnect_crypto::parse_header(&sealed.expect("row")).expect("header").key_version
+        })
+        .collect();
+    versions.sort();
+    assert_eq!(versions, [1, 2], "old writes keep version 1, new writes use version 2");
+}
+
+#[test]
+fn master_rotation_resumes_after_interruption() {
+    let dir = TempDir::new().expect("dir");
+    let next_bytes = [9u8; 32];
+    let clock = || Box::new(FixedClock(at("2024-01-01T00:00:00Z")));
+    let mut store = SqliteStore::create(dir.path(), ClockMode::Simulated, clock()).expect("store");
+    store.set_master_key(MasterKey::from_bytes(1, &[7u8; 32])).expect("keys");
+    let tenant = store.create_tenant("clinic", "Clinic", ACTOR).expect("tenant");
+    let first = import(&mut store, &tenant, "s-1", "Alpha1");
+    let second = import(&mut store, &tenant, "s-2", "Bravo2");
+
+    // Start the rotation and re-wrap a single key, then stop as a crash would.
+    store.begin_master_rotation(2, ACTOR).expect("begin");
+    store
+        .set_master_keys(
+            MasterKey::from_bytes(1, &[7u8; 32]),
+            Some(MasterKey::from_bytes(2, &next_bytes)),
+        )
+        .expect("keys");
+    let remaining = store.rewrap_data_keys(1).expect("one batch");
+    assert!(remaining > 0, "rotation is only partly done");
+    drop(store);
+
+    // A second process in the middle of the rotation reads and writes with both keys.
+    let mut store = SqliteStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.master_rotation_target().expect("target"), Some(2));
+    store
+        .set_master_keys(
+            MasterKey::from_bytes(1, &[7u8; 32]),
+            Some(MasterKey::from_bytes(2, &next_bytes)),
+        )
+        .expect("keys");
+    assert_eq!(
+        store.patient_profile(&tenant, first).expect("mid-rotation read").given_name,
+        "Alpha1"
+    );
+    let third = import(&mut store, &tenant, "s-3", "Charlie3");
+
+    while store.rewrap_data_keys(2).expect("batch") > 0 {}
+    assert_eq!(store.finish_master_rotation(ACTOR).expect("finish"), 2);
+    drop(store);
+
+    // Only the new key now: every profile opens and blind-index lookups still match.
+    let mut store = SqliteStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.master_key_version().expect("version"), 2);
+    store.set_master_key(MasterKey::from_bytes(2, &next_bytes)).expect("new key only");
+    for (patient, name) in [(first, "Alpha1"), (second, "Bravo2"), (third, "Charlie3")] {
+        assert_eq!(store.patient_profile(&tenant, patient).expect("profile").given_name, name);
+    }
+    assert_eq!(store.find_patient(&tenant, "test", "s-2").expect("find"), Some(second));
+    let old_versions: i64 = db(dir.path())
+        .query_row("SELECT count(*) FROM data_keys WHERE master_version <> 2", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(old_versions, 0);
+
+    // The old key alone no longer opens anything.
+    let mut store = SqliteStore::open(dir.path()).expect("reopen");
+    let err =
+        store.set_master_key(MasterKey::from_bytes(1, &[7u8; 32])).expect_err("old key rejected");
+    assert!(matches!(err, StoreError::Crypto(_)), "{err}");
+}
+
+#[test]
+fn finishing_incomplete_rotation_is_rejected() {
+    let dir = TempDir::new().expect("dir");
+    let mut store = store(dir.path());
+    let tenant = store.create_tenant("clinic", "Clinic", ACTOR).expect("tenant");
+    import(&mut store, &tenant, "s-1", "Alpha1");
+    store.begin_master_rotation(2, ACTOR).expect("begin");
+    let err = store.finish_master_rotation(ACTOR).expect_err("keys not re-wrapped");
+    assert!(matches!(err, StoreError::RotationIncomplete { .. }), "{err}");
 }

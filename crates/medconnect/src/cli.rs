@@ -63,6 +63,9 @@ pub enum Command {
     /// Verify and read the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Rotate the master key or a tenant's data key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Build a simulated store from the Synthea sample data and run the whole lifecycle on it.
     Demo(DemoArgs),
 }
@@ -301,4 +304,22 @@ pub struct DemoArgs {
     /// replaced.
     #[arg(long)]
     pub fresh: bool,
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Rotate keys. Both rotations are audited and neither re-encrypts data.
+    Rotate {
+        /// Re-wrap every data key under a new master key, written next to the current key
+        /// file. Run it again to resume an interrupted rotation.
+        #[arg(long, conflicts_with = "tenant", required_unless_present = "tenant")]
+        master: bool,
+        /// Start a new data key version for this tenant's new writes; older versions stay
+        /// readable.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Data keys re-wrapped per transaction.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=5_000))]
+        batch_size: u32,
+    },
 }

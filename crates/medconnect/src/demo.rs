@@ -53,7 +53,7 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
     if std::env::var_os(crate::MASTER_KEY_ENV).is_none() && !key_path.exists() {
         crate::commands::create_key_file(&key_path)?;
     }
-    store.set_master_key(context.key_provider().master_key()?);
+    context.load_keys(&mut store)?;
     store.set_clock(Box::new(FixedClock(today)));
     let policy = context.load_policy()?;
 

@@ -17,6 +17,7 @@ macro_rules! outln {
 mod cli;
 mod commands;
 mod demo;
+mod keys;
 mod logging;
 mod output;
 
@@ -30,7 +31,7 @@ use medconnect_crypto::{EnvKeyProvider, KeyFileProvider, KeyProvider};
 use medconnect_domain::clock::FixedClock;
 use medconnect_domain::policy::{Policy, DEFAULT_POLICY_TOML};
 use medconnect_domain::time::parse_instant;
-use medconnect_store::{ClockMode, SqliteStore};
+use medconnect_store::{ClockMode, SqliteStore, Store};
 
 use cli::{Cli, Command};
 
@@ -71,6 +72,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Hold(command) => commands::hold(&context, command),
         Command::Audit(command) => commands::audit(&context, command),
         Command::Demo(args) => demo::run(&context, args),
+        Command::Keys(command) => keys::run(&context, command),
     }
 }
 
@@ -97,11 +99,27 @@ impl Context {
         Ok(SqliteStore::open(&self.data_dir)?)
     }
 
-    /// Opens the store with the master key, for commands that read or write PHI.
+    /// Opens the store with the master key, for commands that read or write PHI. While a
+    /// master key rotation is under way, the next master key is loaded too.
     pub fn open_store_with_key(&self) -> Result<SqliteStore> {
         let mut store = self.open_store()?;
-        store.set_master_key(self.key_provider().master_key()?);
+        self.load_keys(&mut store)?;
         Ok(store)
+    }
+
+    /// Loads the master key (and the next one during a rotation) into an open store.
+    pub fn load_keys(&self, store: &mut SqliteStore) -> Result<()> {
+        let version = store.master_key_version()?;
+        let master = self.key_provider(version).master_key()?;
+        let next = match store.master_rotation_target()? {
+            Some(target) => {
+                let path = keys::next_key_path(&self.master_key_path());
+                Some(KeyFileProvider::new(&path).with_master_key_version(target).master_key()?)
+            }
+            None => None,
+        };
+        store.set_master_keys(master, next)?;
+        Ok(())
     }
 
     pub fn master_key_path(&self) -> PathBuf {
@@ -110,12 +128,13 @@ impl Context {
             .unwrap_or_else(|| self.data_dir.join("keys").join("master.key"))
     }
 
-    /// Returns the master key source: the environment variable when set, else the key file.
-    pub fn key_provider(&self) -> Box<dyn KeyProvider> {
+    /// Returns the source of master key `version`: the environment variable when set, else
+    /// the key file.
+    pub fn key_provider(&self, version: u32) -> Box<dyn KeyProvider> {
         if std::env::var_os(MASTER_KEY_ENV).is_some() {
-            Box::new(EnvKeyProvider::new(MASTER_KEY_ENV))
+            Box::new(EnvKeyProvider::new(MASTER_KEY_ENV).with_master_key_version(version))
         } else {
-            Box::new(KeyFileProvider::new(self.master_key_path()))
+            Box::new(KeyFileProvider::new(self.master_key_path()).with_master_key_version(version))
         }
     }
 

@@ -199,3 +199,91 @@ fn master_key_from_environment() {
     assert!(stderr.contains("master.key"), "{stderr}");
     assert!(run(&import, true).status.success());
 }
+
+fn first_patient(data: &Path) -> String {
+    let list = ok(data, &["patient", "list", "--tenant", "northwind", "--json"]);
+    let links: serde_json::Value = serde_json::from_slice(&list.stdout).expect("json");
+    links[0]["patient_id"].as_str().expect("id").to_owned()
+}
+
+fn imported_store(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    ok(&data, &["init"]);
+    ok(&data, &["tenant", "create", "northwind"]);
+    ok(
+        &data,
+        &["import", "synthea", synthea_dir().to_str().expect("utf-8"), "--tenant", "northwind"],
+    );
+    data
+}
+
+fn master_versions(data: &Path) -> Vec<i64> {
+    let db = rusqlite::Connection::open(data.join("medconnect.db")).expect("db");
+    let mut statement =
+        db.prepare("SELECT DISTINCT master_version FROM data_keys ORDER BY 1").expect("query");
+    let rows = statement.query_map([], |r| r.get(0)).expect("rows");
+    rows.map(|r| r.expect("row")).collect()
+}
+
+#[test]
+fn master_rotation_rewraps_every_key() {
+    let dir = TempDir::new().expect("dir");
+    let data = imported_store(dir.path());
+    let patient = first_patient(&data);
+    let old_key = std::fs::read_to_string(data.join("keys/master.key")).expect("old key");
+
+    let output = ok(&data, &["keys", "rotate", "--master", "--batch-size", "7"]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("master key version 2 is current"));
+    assert_eq!(master_versions(&data), [2]);
+    assert_eq!(std::fs::read_to_string(data.join("keys/master.key.v1")).expect("retired"), old_key);
+    assert_ne!(std::fs::read_to_string(data.join("keys/master.key")).expect("new"), old_key);
+    let mode =
+        std::fs::metadata(data.join("keys/master.key")).expect("new").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    ok(&data, &["patient", "show", "--tenant", "northwind", "--patient", &patient]);
+    let log = ok(&data, &["audit", "log", "--tail", "5"]);
+    assert!(String::from_utf8_lossy(&log.stdout).contains("keys.rotate_master"));
+}
+
+#[test]
+fn interrupted_master_rotation_resumes() {
+    use medconnect_crypto::{KeyFileProvider, KeyProvider};
+    use medconnect_store::{SqliteStore, Store};
+
+    let dir = TempDir::new().expect("dir");
+    let data = imported_store(dir.path());
+    let patient = first_patient(&data);
+    let current = data.join("keys/master.key");
+    let next = data.join("keys/master.key.next");
+
+    // The first steps of a rotation, stopped after one batch as a crash would leave them.
+    {
+        let mut store = SqliteStore::open(&data).expect("open");
+        KeyFileProvider::create(&next).expect("next key");
+        store.begin_master_rotation(2, "test").expect("begin");
+        let master = KeyFileProvider::new(&current).master_key().expect("current key");
+        let upcoming =
+            KeyFileProvider::new(&next).with_master_key_version(2).master_key().expect("next key");
+        store.set_master_keys(master, Some(upcoming)).expect("keys");
+        assert!(store.rewrap_data_keys(3).expect("one batch") > 0);
+    }
+    assert_eq!(master_versions(&data), [1, 2]);
+    // Reads work in the middle of the rotation.
+    ok(&data, &["patient", "show", "--tenant", "northwind", "--patient", &patient]);
+
+    let output = ok(&data, &["keys", "rotate", "--master"]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("resuming"));
+    assert_eq!(master_versions(&data), [2]);
+    assert!(!next.exists());
+    ok(&data, &["patient", "show", "--tenant", "northwind", "--patient", &patient]);
+}
+
+#[test]
+fn tenant_rotation_through_cli() {
+    let dir = TempDir::new().expect("dir");
+    let data = imported_store(dir.path());
+    let output = ok(&data, &["keys", "rotate", "--tenant", "northwind"]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("data key version 2"), "{output:?}");
+    let missing = medconnect(&data, &["keys", "rotate", "--tenant", "nosuch"]);
+    assert!(!missing.status.success());
+}

@@ -5,6 +5,7 @@ mod audit;
 mod keys;
 mod lifecycle;
 mod records;
+mod rotation;
 mod values;
 
 use std::fs;
@@ -99,8 +100,20 @@ impl SqliteStore {
 
     /// Sets the master key. Commands that write or read PHI fail with
     /// [`StoreError::MasterKeyRequired`] until it is set.
-    pub fn set_master_key(&mut self, master: medconnect_crypto::MasterKey) {
-        self.keys = Some(keys::Keys::new(master));
+    pub fn set_master_key(&mut self, master: medconnect_crypto::MasterKey) -> Result<()> {
+        self.set_master_keys(master, None)
+    }
+
+    /// Sets the master key and, while a master key rotation is under way, the next one.
+    /// Data keys wrapped by either open, and new data keys are wrapped by the next one.
+    pub fn set_master_keys(
+        &mut self,
+        master: medconnect_crypto::MasterKey,
+        next: Option<medconnect_crypto::MasterKey>,
+    ) -> Result<()> {
+        let now = self.now();
+        self.keys = Some(keys::Keys::load(&self.conn, master, next, now)?);
+        Ok(())
     }
 
     fn keys(&self) -> Result<&keys::Keys> {
@@ -294,6 +307,13 @@ impl crate::Store for SqliteStore {
         self.read_id_photo_impl(tenant, photo)
     }
 
+    fn providers(
+        &self,
+        tenant: &medconnect_domain::model::Tenant,
+    ) -> Result<Vec<crate::ProviderView>> {
+        self.providers_impl(tenant)
+    }
+
     fn find_patient(
         &self,
         tenant: &medconnect_domain::model::Tenant,
@@ -382,6 +402,34 @@ impl crate::Store for SqliteStore {
 
     fn applied_policy_version(&self) -> Result<Option<String>> {
         self.applied_policy_version_impl()
+    }
+
+    fn master_key_version(&self) -> Result<u32> {
+        self.master_key_version_impl()
+    }
+
+    fn master_rotation_target(&self) -> Result<Option<u32>> {
+        self.master_rotation_target_impl()
+    }
+
+    fn begin_master_rotation(&mut self, next_version: u32, actor: &str) -> Result<()> {
+        self.begin_master_rotation_impl(next_version, actor)
+    }
+
+    fn rewrap_data_keys(&mut self, limit: u32) -> Result<u64> {
+        self.rewrap_data_keys_impl(limit)
+    }
+
+    fn finish_master_rotation(&mut self, actor: &str) -> Result<u32> {
+        self.finish_master_rotation_impl(actor)
+    }
+
+    fn rotate_tenant_key(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        actor: &str,
+    ) -> Result<u32> {
+        self.rotate_tenant_key_impl(tenant, actor)
     }
 
     fn append_audit(&mut self, event: medconnect_domain::audit::AuditEvent) -> Result<i64> {

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::fs;
 
 use chrono::{DateTime, Utc};
-use medconnect_crypto::{Aad, DataKey};
 use medconnect_domain::audit::AuditEvent;
 use medconnect_domain::model::{
     validate_slug, HoldScope, ImportBatch, ImportCounts, LegalHold, NewPatientProfile, Tenant,
@@ -19,12 +18,12 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::audit::AuditAppender;
-use super::keys::{open_text, seal_bytes, seal_optional, seal_text, KeyScope, Keys, Place};
+use super::keys::{seal_bytes, seal_optional, seal_text, KeyScope, Keys, Place, SealingKey};
 use super::values::{parse_optional_instant, parse_stored_id, parse_stored_instant};
 use super::SqliteStore;
 use crate::{
-    LinkCounts, LinkDetail, LinkSummary, PatientProfileView, RecordCandidate, Result, SessionTimes,
-    StoreError,
+    LinkCounts, LinkDetail, LinkSummary, PatientProfileView, ProviderView, RecordCandidate, Result,
+    SessionTimes, StoreError,
 };
 
 const LINK_COLUMNS: &str =
@@ -338,7 +337,7 @@ impl SqliteStore {
         source_system: &str,
         source_id: &str,
     ) -> Result<Option<PatientId>> {
-        let source_index = self.keys()?.source_index(source_system, source_id);
+        let source_index = self.keys()?.source_index(source_system, source_id)?;
         let found: Option<String> = self
             .conn
             .query_row(
@@ -360,9 +359,6 @@ impl SqliteStore {
         self.require_link(tenant, patient)?;
         let keys = self.keys()?;
         let id = patient.to_string();
-        let key = keys
-            .existing_key(&self.conn, KeyScope::Profile, &id)?
-            .ok_or_else(|| StoreError::Corrupt(format!("core profile {id} has no data key")))?;
         let place = Place { tenant: CORE_TENANT, table: "patient_profiles", record: &id };
         let sql = format!(
             "SELECT {}, sex FROM patient_profiles WHERE id = ?1",
@@ -377,7 +373,9 @@ impl SqliteStore {
             })?;
         let mut opened: Vec<Option<String>> = Vec::with_capacity(sealed.len());
         for (column, value) in PROFILE_COLUMNS.iter().zip(sealed) {
-            opened.push(value.map(|bytes| open_text(&key, place, column, &bytes)).transpose()?);
+            opened.push(
+                value.map(|bytes| keys.open_text(&self.conn, place, column, &bytes)).transpose()?,
+            );
         }
         let mut field = opened.into_iter();
         let mut next = || field.next().flatten();
@@ -400,37 +398,46 @@ impl SqliteStore {
 
     pub(crate) fn read_id_photo_impl(&self, tenant: &Tenant, photo: PhotoId) -> Result<Vec<u8>> {
         let id = photo.to_string();
-        let found: Option<(i64, String)> = self
+        let found: Option<String> = self
             .conn
             .query_row(
-                "SELECT link_id, file_name FROM id_photos WHERE id = ?1 AND tenant_id = ?2",
+                "SELECT file_name FROM id_photos WHERE id = ?1 AND tenant_id = ?2",
                 (&id, tenant.id.to_string()),
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                |row| row.get(0),
             )
             .optional()?;
-        let Some((link, relative)) = found else {
+        let Some(relative) = found else {
             return Err(StoreError::PhotoNotFound { tenant: tenant.slug.clone(), photo: id });
         };
         let path = self.blob_path(&relative);
         let sealed = fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
-        let key = self
-            .keys()?
-            .existing_key(&self.conn, KeyScope::Link, &link.to_string())?
-            .ok_or_else(|| StoreError::Corrupt(format!("ID photo {id} has no data key")))?;
         let tenant_text = tenant.id.to_string();
         let place = Place { tenant: &tenant_text, table: "id_photos", record: &id };
-        let plain = medconnect_crypto::open(
-            &key,
-            &Aad { tenant: place.tenant, table: place.table, column: "file", record: place.record },
-            &sealed,
-        )
-        .map_err(|source| StoreError::Unreadable {
-            table: "id_photos".into(),
-            column: "file".into(),
-            record: id.clone(),
-            source: Box::new(source),
-        })?;
+        let plain = self.keys()?.open_bytes(&self.conn, place, "file", &sealed)?;
         Ok(plain.to_vec())
+    }
+
+    pub(crate) fn providers_impl(&self, tenant: &Tenant) -> Result<Vec<ProviderView>> {
+        let keys = self.keys()?;
+        let tenant_text = tenant.id.to_string();
+        let mut statement = self.conn.prepare(
+            "SELECT id, name, specialty, license_state FROM providers WHERE tenant_id = ?1 ORDER BY id",
+        )?;
+        let mut rows = statement.query([&tenant_text])?;
+        let mut providers = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            let sealed: Vec<u8> = row.get(1)?;
+            let place = Place { tenant: &tenant_text, table: "providers", record: &id };
+            let name = keys.open_text(&self.conn, place, "name", &sealed)?;
+            providers.push(ProviderView {
+                name,
+                specialty: row.get(2)?,
+                license_state: row.get(3)?,
+                id,
+            });
+        }
+        Ok(providers)
     }
 
     pub(crate) fn links_of_patient_impl(&self, patient: PatientId) -> Result<Vec<LinkSummary>> {
@@ -641,19 +648,16 @@ fn same_person(
     patient: &str,
     profile: &NewPatientProfile,
 ) -> Result<bool> {
-    let Some(key) = keys.existing_key(tx, KeyScope::Profile, patient)? else {
-        return Err(StoreError::Corrupt(format!("core profile {patient} has no data key")));
-    };
     let place = Place { tenant: CORE_TENANT, table: "patient_profiles", record: patient };
     let row: (Vec<u8>, Vec<u8>, Vec<u8>, Option<Vec<u8>>) = tx
         .prepare_cached(
             "SELECT given_name, family_name, birth_date, ssn FROM patient_profiles WHERE id = ?1",
         )?
         .query_row([patient], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?;
-    let given = open_text(&key, place, "given_name", &row.0)?;
-    let family = open_text(&key, place, "family_name", &row.1)?;
-    let birth = open_text(&key, place, "birth_date", &row.2)?;
-    let ssn = row.3.map(|sealed| open_text(&key, place, "ssn", &sealed)).transpose()?;
+    let given = keys.open_text(tx, place, "given_name", &row.0)?;
+    let family = keys.open_text(tx, place, "family_name", &row.1)?;
+    let birth = keys.open_text(tx, place, "birth_date", &row.2)?;
+    let ssn = row.3.map(|sealed| keys.open_text(tx, place, "ssn", &sealed)).transpose()?;
     let ssn_differs = matches!((&ssn, &profile.ssn), (Some(a), Some(b)) if a != b);
     Ok(given == profile.given_name
         && family == profile.family_name
@@ -717,11 +721,11 @@ fn write_import(
     let tenant_id = tenant.id.to_string();
 
     let mut links: HashMap<&str, (i64, PatientId)> = HashMap::new();
-    let mut link_keys: HashMap<i64, DataKey> = HashMap::new();
+    let mut link_keys: HashMap<i64, SealingKey> = HashMap::new();
     let mut already_linked = 0usize;
     let mut mismatched = 0usize;
     for profile in &batch.patients {
-        let source_index = keys.source_index(&profile.source_system, &profile.source_id);
+        let source_index = keys.source_index(&profile.source_system, &profile.source_id)?;
         let existing: Option<String> = tx
             .prepare_cached(
                 "SELECT id FROM patient_profiles WHERE source_system = ?1 AND source_index = ?2",
@@ -803,7 +807,7 @@ fn write_import(
             )
         })
     };
-    let key_of = |link: i64| -> Result<&DataKey> {
+    let key_of = |link: i64| -> Result<&SealingKey> {
         link_keys
             .get(&link)
             .ok_or_else(|| StoreError::InconsistentBatch("a link has no data key".into()))
