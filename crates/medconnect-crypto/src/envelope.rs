@@ -86,11 +86,47 @@ pub fn seal(
     aad: &Aad<'_>,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    let mut header = [0u8; HEADER_LEN];
-    header[..2].copy_from_slice(CIPHERTEXT_MAGIC.as_bytes());
-    header[2] = CIPHERTEXT_FORMAT_VERSION;
-    header[3..19].copy_from_slice(&key.id().to_bytes());
-    header[19..23].copy_from_slice(&key_version.to_be_bytes());
+    Sealer::new(key, key_version).seal(aad, plaintext)
+}
+
+/// A data key with its AES key schedule expanded once, for sealing many values. [`seal`]
+/// expands the key on every call; sealing thousands of fields under one key through a
+/// `Sealer` skips that work.
+pub struct Sealer {
+    header: [u8; HEADER_LEN],
+    cipher: Cipher,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(..)")
+    }
+}
+
+impl Sealer {
+    /// Expands `key` for sealing under `key_version`.
+    pub fn new(key: &DataKey, key_version: u32) -> Self {
+        let mut header = [0u8; HEADER_LEN];
+        header[..2].copy_from_slice(CIPHERTEXT_MAGIC.as_bytes());
+        header[2] = CIPHERTEXT_FORMAT_VERSION;
+        header[3..19].copy_from_slice(&key.id().to_bytes());
+        header[19..23].copy_from_slice(&key_version.to_be_bytes());
+        Sealer { header, cipher: Cipher::new(key.bytes()) }
+    }
+
+    /// Encrypts `plaintext` for the place `aad`, exactly as [`seal`] does.
+    pub fn seal(&self, aad: &Aad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        seal_with(&self.cipher, &self.header, aad, plaintext)
+    }
+}
+
+fn seal_with(
+    cipher: &Cipher,
+    header: &[u8; HEADER_LEN],
+    aad: &Aad<'_>,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let header = *header;
 
     let associated = associated_data(&header, aad);
     if plaintext.len() as u64 > MAX_PLAINTEXT_LEN || associated.len() as u64 > MAX_ASSOCIATED_LEN {
@@ -111,7 +147,7 @@ pub fn seal(
     out.extend_from_slice(plaintext);
 
     let body = &mut out[HEADER_LEN + NONCE_LEN..];
-    match Cipher::new(key.bytes()).seal_in_place(nonce, &associated, body) {
+    match cipher.seal_in_place(nonce, &associated, body) {
         Ok(tag) => {
             out.extend_from_slice(&tag);
             Ok(out)

@@ -64,7 +64,7 @@ pub use blind_index::{
     BLIND_INDEX_LABEL, EMAIL_DOMAIN,
 };
 pub use envelope::{
-    open, open_with_keyring, parse_header, seal, Header, CIPHERTEXT_FORMAT_VERSION,
+    open, open_with_keyring, parse_header, seal, Header, Sealer, CIPHERTEXT_FORMAT_VERSION,
     CIPHERTEXT_MAGIC, HEADER_LEN, MIN_CIPHERTEXT_LEN,
 };
 pub use error::CryptoError;

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use medconnect_crypto::{
     blind_index, derive_blind_index_key_from_data_key, open, parse_header,
-    parse_wrapped_key_header, seal, Aad, BlindIndexKey, CryptoError, DataKey, KeyId, MasterKey,
+    parse_wrapped_key_header, Aad, BlindIndexKey, CryptoError, DataKey, KeyId, MasterKey, Sealer,
     Zeroizing, BLIND_INDEX_LABEL,
 };
 use medconnect_domain::time::format_instant;
@@ -18,11 +18,15 @@ use crate::{Result, StoreError};
 /// The version of a data key when it is first created. Rotating a tenant key adds versions.
 const FIRST_VERSION: u32 = 1;
 
-/// A data key with its version, ready to seal.
-#[derive(Clone)]
+/// A data key with its version, expanded once and ready to seal many values.
 pub(crate) struct SealingKey {
-    key: DataKey,
-    version: u32,
+    sealer: Sealer,
+}
+
+impl SealingKey {
+    fn new(key: &DataKey, version: u32) -> Self {
+        SealingKey { sealer: Sealer::new(key, version) }
+    }
 }
 
 /// Scope of a data key.
@@ -72,8 +76,13 @@ impl Keys {
         now: DateTime<Utc>,
     ) -> Result<Self> {
         let mut keys = Keys { master, next, blind: None };
-        let root = keys.data_key(conn, KeyScope::Index, INDEX_KEY_OWNER, now)?;
-        keys.blind = Some(derive_blind_index_key_from_data_key(&root.key, BLIND_INDEX_LABEL));
+        let root = match keys.newest_data_key(conn, KeyScope::Index, INDEX_KEY_OWNER)? {
+            Some((root, _)) => root,
+            None => {
+                keys.create_data_key(conn, KeyScope::Index, INDEX_KEY_OWNER, FIRST_VERSION, now)?
+            }
+        };
+        keys.blind = Some(derive_blind_index_key_from_data_key(&root, BLIND_INDEX_LABEL));
         Ok(keys)
     }
 
@@ -132,6 +141,18 @@ impl Keys {
         version: u32,
         now: DateTime<Utc>,
     ) -> Result<SealingKey> {
+        let key = self.create_data_key(tx, scope, owner, version, now)?;
+        Ok(SealingKey::new(&key, version))
+    }
+
+    fn create_data_key(
+        &self,
+        tx: &Connection,
+        scope: KeyScope,
+        owner: &str,
+        version: u32,
+        now: DateTime<Utc>,
+    ) -> Result<DataKey> {
         let key = DataKey::generate(KeyId::new())?;
         let master = self.wrapping_master();
         let wrapped = master.wrap_key(&key, version)?;
@@ -148,7 +169,7 @@ impl Keys {
             master.version(),
             format_instant(now),
         ))?;
-        Ok(SealingKey { key, version })
+        Ok(key)
     }
 
     /// Returns the newest data key of `(scope, owner)`, if any.
@@ -158,6 +179,16 @@ impl Keys {
         scope: KeyScope,
         owner: &str,
     ) -> Result<Option<SealingKey>> {
+        let newest = self.newest_data_key(conn, scope, owner)?;
+        Ok(newest.map(|(key, version)| SealingKey::new(&key, version)))
+    }
+
+    fn newest_data_key(
+        &self,
+        conn: &Connection,
+        scope: KeyScope,
+        owner: &str,
+    ) -> Result<Option<(DataKey, u32)>> {
         let row: Option<(String, u32, Vec<u8>)> = conn
             .prepare_cached(
                 "SELECT id, version, wrapped FROM data_keys WHERE scope = ?1 AND owner = ?2
@@ -169,7 +200,7 @@ impl Keys {
             return Ok(None);
         };
         let key = self.unwrap(&wrapped, KeyId::parse(&id)?, version)?;
-        Ok(Some(SealingKey { key, version }))
+        Ok(Some((key, version)))
     }
 
     /// Returns the data key a ciphertext names in its header, or `None` when that key was
@@ -283,5 +314,5 @@ pub(crate) fn seal_bytes(
     column: &str,
     value: &[u8],
 ) -> Result<Vec<u8>> {
-    Ok(seal(&key.key, key.version, &place.aad(column), value)?)
+    Ok(key.sealer.seal(&place.aad(column), value)?)
 }
