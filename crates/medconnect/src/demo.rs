@@ -200,6 +200,7 @@ fn print_next_steps(
         outln!(
             "  medconnect --data-dir {dir} lifecycle explain --tenant prairie --patient {patient}"
         );
+        outln!("  medconnect --data-dir {dir} patient show --tenant prairie --patient {patient}");
     }
     outln!("  medconnect --data-dir {dir} hold list");
     outln!("  medconnect --data-dir {dir} audit log --limit 5");
