@@ -97,12 +97,20 @@ pub enum CryptoError {
     )]
     KeyDestroyed { key_id: KeyId },
 
-    /// The key file's mode lets group or other users read or write it.
+    /// The key file's mode lets group or other users read or write it. `key` names the key,
+    /// such as "master key" or "audit signing key".
     #[error(
         "key file {path} has mode {mode:04o}, which gives group or other users access to the \
-         master key: run `chmod 600 {path}` and try again"
+         {key}: run `chmod 600 {path}` and try again"
     )]
-    KeyFilePermissionsTooOpen { path: PathBuf, mode: u32 },
+    KeyFilePermissionsTooOpen { path: PathBuf, mode: u32, key: &'static str },
+
+    /// The audit signing key file does not hold an Ed25519 key in PKCS#8 form.
+    #[error(
+        "audit signing key file {path} is invalid: {reason}. It must hold an Ed25519 key in \
+         PKCS#8 form, as `medconnect init` or `medconnect audit keygen` writes it"
+    )]
+    SigningKeyInvalid { path: PathBuf, reason: String },
 
     /// The key file's content is not a master key in hex.
     #[error(

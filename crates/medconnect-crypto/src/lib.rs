@@ -5,7 +5,8 @@
 //! sealed with AES-256-GCM under a data key, with associated data ([`Aad`]) that binds each
 //! ciphertext to its tenant, table, column and record. Destroying a data key, that is deleting
 //! its wrapped form, leaves its ciphertexts unreadable: this is how a record is crypto-shredded.
-//! Blind indexes allow equality lookups on encrypted values.
+//! Blind indexes allow equality lookups on encrypted values. An Ed25519 key signs checkpoints of
+//! the audit chain.
 //!
 //! ```
 //! use medconnect_crypto::{open, seal, Aad, DataKey, KeyId, MasterKey};
@@ -45,6 +46,8 @@
 //! - `keyring`: the [`Keyring`] lookup of data keys by id and version.
 //! - `blind_index`: [`blind_index`] and [`derive_blind_index_key`].
 //! - `provider`: [`KeyProvider`], [`KeyFileProvider`] and [`EnvKeyProvider`].
+//! - `signing`: the Ed25519 [`AuditSigningKey`] that signs audit checkpoints, behind the
+//!   [`AuditSigner`] trait.
 
 mod aad;
 mod blind_index;
@@ -56,6 +59,7 @@ mod kdf;
 mod key;
 mod keyring;
 mod provider;
+mod signing;
 mod wrap;
 
 pub use aad::Aad;
@@ -71,6 +75,7 @@ pub use error::CryptoError;
 pub use key::{DataKey, KeyId, MasterKey, KEY_LEN};
 pub use keyring::{InMemoryKeyring, Keyring};
 pub use provider::{EnvKeyProvider, KeyFileProvider, KeyProvider};
+pub use signing::{AuditSigner, AuditSigningKey, SIGNATURE_LEN, SIGNING_PUBLIC_KEY_LEN};
 pub use wrap::{
     parse_wrapped_key_header, WrappedKeyHeader, KEY_WRAP_LABEL, WRAPPED_KEY_FORMAT_VERSION,
     WRAPPED_KEY_LEN, WRAPPED_KEY_MAGIC,

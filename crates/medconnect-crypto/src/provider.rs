@@ -86,32 +86,7 @@ impl KeyFileProvider {
             .expect("a 64-byte buffer fits the hex form of 32 bytes");
         content[HEX_KEY_LEN] = b'\n';
 
-        // `create_new` fails if anything, a symbolic link included, exists at `path`. The mode
-        // applies from the moment the file exists, and the umask can only remove bits from it.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|source| io_error("create", &path, source))?;
-        if let Err(source) = file.write_all(&content[..]).and_then(|()| file.sync_all()) {
-            drop(file);
-            // The half-written file is removed so that it is not mistaken for a key. If removal
-            // fails too, the write error is still the one to report.
-            let _ = std::fs::remove_file(&path);
-            return Err(io_error("write", &path, source));
-        }
-        drop(file);
-
-        // Without this, a crash could lose the new directory entry, and with it the key, after
-        // data had already been encrypted under it.
-        let directory = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        File::open(directory)
-            .and_then(|directory| directory.sync_all())
-            .map_err(|source| io_error("sync the directory of", &path, source))?;
+        write_new_private_file(&path, &content[..])?;
         Ok(Self::new(path))
     }
 
@@ -123,22 +98,7 @@ impl KeyFileProvider {
     /// Messages never contain the file's content.
     pub fn load(&self) -> Result<MasterKey, CryptoError> {
         let path = &self.path;
-        // Checked before opening too, because opening a FIFO would block until a writer comes.
-        let metadata = std::fs::metadata(path).map_err(|source| io_error("open", path, source))?;
-        if !metadata.is_file() {
-            return Err(not_regular_file(path));
-        }
-        let mut file = File::open(path).map_err(|source| io_error("open", path, source))?;
-
-        // The checks use the opened file, so the file read is the file checked.
-        let metadata = file.metadata().map_err(|source| io_error("inspect", path, source))?;
-        if !metadata.is_file() {
-            return Err(not_regular_file(path));
-        }
-        let mode = metadata.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(CryptoError::KeyFilePermissionsTooOpen { path: path.clone(), mode });
-        }
+        let mut file = open_private_file(path, "master key")?;
 
         let mut content = Zeroizing::new([0u8; MAX_KEY_FILE_LEN + 1]);
         let len = read_up_to(&mut file, &mut content[..])
@@ -213,6 +173,62 @@ impl KeyProvider for EnvKeyProvider {
     }
 }
 
+/// Writes `content` to a new file at `path` with mode 0600.
+///
+/// Fails if anything exists at `path`, so an existing key is never overwritten. A file left
+/// half written by a failed write is removed. The file and its directory entry are synced to
+/// disk before this returns.
+pub(crate) fn write_new_private_file(path: &Path, content: &[u8]) -> Result<(), CryptoError> {
+    // `create_new` fails if anything, a symbolic link included, exists at `path`. The mode
+    // applies from the moment the file exists, and the umask can only remove bits from it.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| io_error("create", path, source))?;
+    if let Err(source) = file.write_all(content).and_then(|()| file.sync_all()) {
+        drop(file);
+        // The half-written file is removed so that it is not mistaken for a key. If removal
+        // fails too, the write error is still the one to report.
+        let _ = std::fs::remove_file(path);
+        return Err(io_error("write", path, source));
+    }
+    drop(file);
+
+    // Without this, a crash could lose the new directory entry, and with it the key, after
+    // data had already been encrypted or signed under it.
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(directory)
+        .and_then(|directory| directory.sync_all())
+        .map_err(|source| io_error("sync the directory of", path, source))
+}
+
+/// Opens a key file for reading after checking that it is a regular file that only its
+/// owner may access. `key` names the key for the permission error, such as "master key".
+pub(crate) fn open_private_file(path: &Path, key: &'static str) -> Result<File, CryptoError> {
+    // Checked before opening too, because opening a FIFO would block until a writer comes.
+    let metadata = std::fs::metadata(path).map_err(|source| io_error("open", path, source))?;
+    if !metadata.is_file() {
+        return Err(not_regular_file(path));
+    }
+    let file = File::open(path).map_err(|source| io_error("open", path, source))?;
+
+    // The checks use the opened file, so the file read is the file checked.
+    let metadata = file.metadata().map_err(|source| io_error("inspect", path, source))?;
+    if !metadata.is_file() {
+        return Err(not_regular_file(path));
+    }
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(CryptoError::KeyFilePermissionsTooOpen { path: path.to_owned(), mode, key });
+    }
+    Ok(file)
+}
+
 /// Decodes 64 hexadecimal characters, in either case, into a key. The error is a reason for a
 /// message, and never contains the input.
 fn decode_hex_key(text: &[u8]) -> Result<KeyBytes, String> {
@@ -239,7 +255,7 @@ fn strip_line_ending(content: &[u8]) -> &[u8] {
 
 /// Reads until `buffer` is full or the file ends, and returns the number of bytes read. Reads
 /// into a fixed buffer, so no growing buffer leaves copies of the key behind.
-fn read_up_to(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_up_to(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
     let mut len = 0;
     while len < buffer.len() {
         match file.read(&mut buffer[len..]) {
@@ -252,7 +268,7 @@ fn read_up_to(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
     Ok(len)
 }
 
-fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> CryptoError {
+pub(crate) fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> CryptoError {
     CryptoError::KeyFileIo { action, path: path.to_owned(), source }
 }
 

@@ -173,8 +173,10 @@ pub fn chain_hash(prev_hash: &str, canonical_body: &str) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// One audit row as read back from storage.
-#[derive(Debug, Clone)]
+/// One audit row as read back from storage. An export line of type `entry` carries these
+/// fields as they are stored, `body` byte for byte, because the hashes cover it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StoredEntry {
     pub seq: i64,
     /// The `at` column, kept beside the body for queries.
@@ -199,19 +201,53 @@ pub enum Breach {
     Reordered,
     /// Entries after the last one present were removed.
     Truncated,
+    /// A checkpoint's signature does not verify, or another key signed it.
+    Signature,
+    /// Entries after the last signed checkpoint are covered by no signature (export only).
+    Unsigned,
+    /// The export file is not in the expected format, or its header does not match it.
+    Malformed,
 }
 
 /// The result of verifying the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
     pub ok: bool,
     pub entries: u64,
+    /// Sequence number of the first entry present: 1, or the entry after the checkpoint kept
+    /// when retention last removed old entries.
+    pub first_seq: Option<i64>,
     pub head_seq: Option<i64>,
     pub head_hash: Option<String>,
     /// Sequence number of the first damaged entry.
     pub first_bad_seq: Option<i64>,
     pub breach: Option<Breach>,
+    /// Number of signed checkpoints found.
+    pub checkpoints: u64,
+    /// True when checkpoint signatures were checked against a public key.
+    pub signatures_checked: bool,
+    /// Sequence number of the latest checkpoint that matched its entry.
+    pub signed_seq: Option<i64>,
+    /// Sequence number of the checkpoint that failed, when a checkpoint failed.
+    pub bad_checkpoint: Option<i64>,
     pub message: String,
+}
+
+impl VerifyReport {
+    /// Marks the report as failed at an entry or a checkpoint.
+    pub(crate) fn fail(
+        &mut self,
+        breach: Breach,
+        first_bad_seq: Option<i64>,
+        bad_checkpoint: Option<i64>,
+        message: String,
+    ) {
+        self.ok = false;
+        self.breach = Some(breach);
+        self.first_bad_seq = first_bad_seq;
+        self.bad_checkpoint = bad_checkpoint;
+        self.message = message;
+    }
 }
 
 /// Incrementally verifies a chain fed in sequence order.
@@ -221,28 +257,42 @@ pub struct ChainVerifier {
     prev_hash: String,
     recent_hashes: Vec<String>,
     entries: u64,
+    first_seq: Option<i64>,
     failure: Option<(i64, Breach, String)>,
 }
 
 impl Default for ChainVerifier {
     fn default() -> Self {
-        ChainVerifier {
-            expected_seq: 1,
-            prev_hash: GENESIS_HASH.to_owned(),
-            recent_hashes: Vec::new(),
-            entries: 0,
-            failure: None,
-        }
+        ChainVerifier::from_checkpoint(0, GENESIS_HASH)
     }
 }
 
 impl ChainVerifier {
+    /// Starts after entry `seq` whose hash is `hash`, as taken from a trusted checkpoint, so
+    /// the next entry must be `seq + 1` and link to `hash`. The default starts at entry 1.
+    pub fn from_checkpoint(seq: i64, hash: &str) -> Self {
+        ChainVerifier {
+            expected_seq: seq + 1,
+            prev_hash: hash.to_owned(),
+            recent_hashes: Vec::new(),
+            entries: 0,
+            first_seq: None,
+            failure: None,
+        }
+    }
+
+    /// Returns true once an entry failed verification.
+    pub fn failed(&self) -> bool {
+        self.failure.is_some()
+    }
+
     /// Checks the next stored entry. After the first failure further entries are ignored.
     pub fn push(&mut self, entry: &StoredEntry) {
         if self.failure.is_some() {
             return;
         }
         self.entries += 1;
+        self.first_seq.get_or_insert(entry.seq);
         if let Some((breach, message)) = self.check(entry) {
             self.failure = Some((entry.seq, breach, message));
             return;
@@ -318,89 +368,60 @@ impl ChainVerifier {
     /// Finishes verification. `recorded_head` is the head sequence number and hash the store
     /// recorded when it last appended, which detects removal of entries at the end.
     pub fn finish(self, recorded_head: Option<(i64, String)>) -> VerifyReport {
-        let head_seq = if self.entries == 0 { None } else { Some(self.expected_seq - 1) };
-        let head_hash = head_seq.map(|_| self.prev_hash.clone());
-        if let Some((seq, breach, message)) = self.failure {
-            return VerifyReport {
-                ok: false,
-                entries: self.entries,
-                head_seq,
-                head_hash,
-                first_bad_seq: Some(seq),
-                breach: Some(breach),
-                message,
-            };
+        let mut report = self.finish_chain();
+        if !report.ok {
+            return report;
         }
-        if self.entries == 0 {
+        let head_seq = report.head_seq.unwrap_or(0);
+        match recorded_head {
+            None => {
+                let message = "the recorded head of the log is missing although the log has \
+                               entries: entries may have been cut from the end"
+                    .to_owned();
+                report.fail(Breach::Truncated, Some(head_seq + 1), None, message);
+            }
+            Some((recorded_seq, _)) if recorded_seq > head_seq => {
+                let message = format!(
+                    "entries {} to {recorded_seq} were removed from the end of the log",
+                    head_seq + 1
+                );
+                report.fail(Breach::Truncated, Some(head_seq + 1), None, message);
+            }
+            Some((recorded_seq, recorded_hash))
+                if recorded_seq == head_seq
+                    && Some(&recorded_hash) != report.head_hash.as_ref() =>
+            {
+                let message =
+                    format!("entry {head_seq} was altered: it does not match the recorded head");
+                report.fail(Breach::Altered, Some(head_seq), None, message);
+            }
+            Some(_) => {}
+        }
+        report
+    }
+
+    /// Finishes verification without a recorded head, for a log whose end is vouched for
+    /// otherwise, such as an export whose last entry a signed checkpoint covers.
+    pub fn finish_chain(self) -> VerifyReport {
+        let head_seq = if self.entries == 0 { None } else { Some(self.expected_seq - 1) };
+        let mut report = VerifyReport {
+            ok: true,
+            entries: self.entries,
+            first_seq: self.first_seq,
+            head_seq,
+            head_hash: head_seq.map(|_| self.prev_hash.clone()),
+            message: format!("audit chain intact: {} entries", self.entries),
+            ..VerifyReport::default()
+        };
+        if let Some((seq, breach, message)) = self.failure {
+            report.fail(breach, Some(seq), None, message);
+        } else if self.entries == 0 {
             let message = "the audit log is empty, but every store writes an entry when it is \
                            created: the log was cut"
                 .to_owned();
-            return VerifyReport {
-                ok: false,
-                entries: 0,
-                head_seq: None,
-                head_hash: None,
-                first_bad_seq: Some(1),
-                breach: Some(Breach::Truncated),
-                message,
-            };
+            report.fail(Breach::Truncated, Some(self.expected_seq), None, message);
         }
-        if recorded_head.is_none() {
-            let message = "the recorded head of the log is missing although the log has \
-                           entries: entries may have been cut from the end"
-                .to_owned();
-            let next = head_seq.map(|seq| seq + 1);
-            return VerifyReport {
-                ok: false,
-                entries: self.entries,
-                head_seq,
-                head_hash,
-                first_bad_seq: next,
-                breach: Some(Breach::Truncated),
-                message,
-            };
-        }
-        if let Some((recorded_seq, recorded_hash)) = recorded_head {
-            let last = head_seq.unwrap_or(0);
-            if recorded_seq > last {
-                let message = format!(
-                    "entries {} to {recorded_seq} were removed from the end of the log",
-                    last + 1
-                );
-                return VerifyReport {
-                    ok: false,
-                    entries: self.entries,
-                    head_seq,
-                    head_hash,
-                    first_bad_seq: Some(last + 1),
-                    breach: Some(Breach::Truncated),
-                    message,
-                };
-            }
-            if recorded_seq == last && Some(&recorded_hash) != head_hash.as_ref() {
-                let message =
-                    format!("entry {last} was altered: it does not match the recorded head");
-                return VerifyReport {
-                    ok: false,
-                    entries: self.entries,
-                    head_seq,
-                    head_hash,
-                    first_bad_seq: Some(last),
-                    breach: Some(Breach::Altered),
-                    message,
-                };
-            }
-        }
-        let message = format!("audit chain intact: {} entries", self.entries);
-        VerifyReport {
-            ok: true,
-            entries: self.entries,
-            head_seq,
-            head_hash,
-            first_bad_seq: None,
-            breach: None,
-            message,
-        }
+        report
     }
 }
 

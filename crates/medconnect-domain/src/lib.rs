@@ -6,6 +6,7 @@
 //! as tables of cases.
 
 pub mod audit;
+pub mod checkpoint;
 pub mod clock;
 pub mod ids;
 pub mod model;

@@ -243,6 +243,26 @@ impl Policy {
         add_days(ended_at, self.periods_for(tenant_slug).session_days)
     }
 
+    /// Returns the instant from which an audit entry written at `at` may be removed. An entry
+    /// of a tenant follows that tenant's period; an entry of no tenant, or of a tenant this
+    /// policy cannot name, follows the longest period of any tenant, so it is never removed
+    /// early.
+    pub fn audit_entry_until(&self, tenant_slug: Option<&str>, at: DateTime<Utc>) -> DateTime<Utc> {
+        let years = match tenant_slug {
+            Some(slug) => self.periods_for(slug).audit_log_years,
+            None => self.longest_audit_log_years(),
+        };
+        add_years(at, years)
+    }
+
+    /// Returns the longest audit log period over the defaults and every tenant.
+    pub fn longest_audit_log_years(&self) -> u32 {
+        self.tenants
+            .keys()
+            .map(|slug| self.periods_for(slug).audit_log_years)
+            .fold(self.defaults.audit_log_years, u32::max)
+    }
+
     /// Returns the shortest ID photo and session periods across all tenants, used to bound
     /// candidate queries before the per-tenant check.
     pub fn shortest_days(&self) -> (u32, u32) {

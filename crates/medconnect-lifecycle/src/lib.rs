@@ -6,6 +6,11 @@
 //! planning still wins. [`explain`] reports why one patient's records are kept, and until
 //! when.
 //!
+//! A run also removes audit entries past `audit_log_years`, keeping a signed checkpoint where
+//! the log now starts, and signs a checkpoint at the head when it ends. Both need the audit
+//! signing key ([`run_with_signer`]); without it they are skipped with a warning, and the
+//! run disposes of everything else as usual.
+//!
 //! Every job is idempotent: a record's deletion and its receipt commit together, so running
 //! again after a crash disposes of what is left and nothing twice.
 
@@ -15,7 +20,7 @@ mod run;
 
 pub use explain::{explain, Explanation, OtherTenant, TimedRecord};
 pub use plan::{plan, Action, Blocker, Decision, Plan, SkipKind};
-pub use run::{run, RunOptions, RunReport};
+pub use run::{run, run_with_signer, RunOptions, RunReport};
 
 use std::collections::BTreeMap;
 

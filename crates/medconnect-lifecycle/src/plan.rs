@@ -107,6 +107,8 @@ pub struct Plan {
     pub policy_version: String,
     #[serde(flatten)]
     pub tally: Tally,
+    /// Audit entries past `audit_log_years` that a run with the signing key would remove.
+    pub audit_entries_disposed: u64,
     pub actions: Vec<Action>,
 }
 
@@ -149,10 +151,12 @@ pub fn plan(store: &dyn Store, policy: &Policy, as_of: DateTime<Utc>) -> Result<
     planner.plan_records(Category::IdPhoto, photos, &purged_links);
     let sessions = store.session_candidates(sub_days(as_of, session_days))?;
     planner.plan_records(Category::Session, sessions, &purged_links);
+    let audit_entries_disposed = store.audit_disposal_due(policy, as_of)?.entries;
     Ok(Plan {
         as_of,
         policy_version: version.clone(),
         tally: planner.tally,
+        audit_entries_disposed,
         actions: planner.actions,
     })
 }

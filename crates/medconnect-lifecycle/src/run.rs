@@ -1,11 +1,12 @@
 //! Running the lifecycle: plan, then dispose in batches.
 
 use chrono::{DateTime, Utc};
+use medconnect_crypto::AuditSigner;
 use medconnect_domain::audit::AuditEvent;
 use medconnect_domain::model::Category;
 use medconnect_domain::policy::Policy;
 use medconnect_domain::time::format_instant;
-use medconnect_store::{DisposalContext, DisposalOutcome, SkipReason, Store};
+use medconnect_store::{DisposalContext, DisposalOutcome, SkipReason, Store, StoreError};
 use serde::Serialize;
 
 use crate::plan::{plan, Decision};
@@ -36,15 +37,38 @@ pub struct RunReport {
     pub tally: Tally,
     /// Files of earlier runs that were unlinked before this run started.
     pub resumed_file_deletions: u64,
+    /// Audit entries removed because they were past `audit_log_years`.
+    pub audit_entries_disposed: u64,
+    /// Sequence number of the entry the checkpoint signed at the end of the run covers, or
+    /// None when no signing key was available.
+    pub audit_checkpoint_seq: Option<i64>,
 }
 
-/// Disposes of everything expired as of `as_of` that no hold protects. `progress` is called
-/// after each batch with the number of disposals done and the total.
+/// Disposes of everything expired as of `as_of` that no hold protects, without the audit
+/// signing key: audit retention and the closing checkpoint are skipped with a warning.
 pub fn run(
     store: &mut dyn Store,
     policy: &Policy,
     as_of: DateTime<Utc>,
     options: &RunOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<RunReport> {
+    run_with_signer(store, policy, as_of, options, None, progress)
+}
+
+/// Disposes of everything expired as of `as_of` that no hold protects, then removes audit
+/// entries past `audit_log_years` and signs a checkpoint at the head. `progress` is called
+/// after each batch with the number of disposals done and the total.
+///
+/// Without `signer` the two audit steps are skipped with a warning, and records are disposed
+/// of as usual. A chain that fails verification skips them too, with a logged error, because
+/// signing would vouch for a damaged log.
+pub fn run_with_signer(
+    store: &mut dyn Store,
+    policy: &Policy,
+    as_of: DateTime<Utc>,
+    options: &RunOptions,
+    signer: Option<&dyn AuditSigner>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<RunReport> {
     let resumed_file_deletions = store.finish_file_deletions()?;
@@ -74,9 +98,28 @@ pub fn run(
         progress(done, disposals.len());
     }
 
+    let audit_entries_disposed = match signer {
+        Some(signer) => {
+            let cut = store.dispose_audit(policy, as_of, signer, &options.actor);
+            tolerate_broken_chain(cut, "audit entries past retention kept")?
+                .map_or(0, |c| c.entries)
+        }
+        None => {
+            if plan.audit_entries_disposed > 0 {
+                tracing::warn!(
+                    entries = plan.audit_entries_disposed,
+                    "audit entries past audit_log_years kept: no audit signing key, and removing \
+                     them needs a signed checkpoint"
+                );
+            }
+            0
+        }
+    };
+
     let summary = serde_json::to_string(&tally).unwrap_or_default();
     let detail = format!(
-        "run {run_id} as of {}: {} disposed, {} receipts, {} held, {} kept for another tenant",
+        "run {run_id} as of {}: {} disposed, {} receipts, {} held, {} kept for another tenant, \
+         {audit_entries_disposed} audit entries disposed",
         format_instant(as_of),
         tally.purged_total(),
         tally.receipts,
@@ -87,9 +130,20 @@ pub fn run(
         AuditEvent::new(&options.actor, "lifecycle.run").subject(&run_id).detail(detail),
     )?;
     store.finish_run(&run_id, "completed", &summary)?;
+    let audit_checkpoint_seq = match signer {
+        Some(signer) => {
+            let signed = store.sign_audit_checkpoint(signer);
+            tolerate_broken_chain(signed, "audit checkpoint not signed")?.map(|s| s.checkpoint.seq)
+        }
+        None => {
+            tracing::warn!("audit checkpoint not signed: no audit signing key");
+            None
+        }
+    };
     tracing::info!(
         purged = tally.purged_total(),
         receipts = tally.receipts,
+        audit_entries_disposed,
         "lifecycle run finished"
     );
     Ok(RunReport {
@@ -98,7 +152,25 @@ pub fn run(
         policy_version: plan.policy_version,
         tally,
         resumed_file_deletions,
+        audit_entries_disposed,
+        audit_checkpoint_seq,
     })
+}
+
+/// Turns a chain that fails verification into None with a logged error, so the run goes on;
+/// other errors stay errors.
+fn tolerate_broken_chain<T>(
+    result: std::result::Result<T, StoreError>,
+    what: &str,
+) -> Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(err @ StoreError::AuditBroken { .. }) => {
+            tracing::error!(error = %err, "{what}");
+            Ok(None)
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 fn count_outcome(tally: &mut Tally, category: Category, outcome: DisposalOutcome) {

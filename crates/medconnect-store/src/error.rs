@@ -123,6 +123,18 @@ pub enum StoreError {
          data again"
     )]
     PlaintextStore { found: i64 },
+    /// Signing an audit checkpoint failed.
+    #[error("signing the audit checkpoint failed: {0}")]
+    Signing(Box<medconnect_crypto::CryptoError>),
+    /// The audit chain does not verify, so signing its head would vouch for damage.
+    #[error(
+        "refusing to sign audit entry {seq}: {reason}. Run `medconnect audit verify` and \
+         investigate before signing"
+    )]
+    AuditBroken { seq: i64, reason: String },
+    /// The audit log has no entry, although the store writes one when it is created.
+    #[error("the audit log is empty, although every store writes an entry when it is created")]
+    AuditEmpty,
     /// The database reported an error.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),

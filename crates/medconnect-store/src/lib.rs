@@ -6,7 +6,8 @@
 //! - every destructive operation runs in one transaction together with the audit entries
 //!   that record it, so a crash leaves either both or neither;
 //! - the audit log is only ever appended to, through the hash chain in
-//!   [`medconnect_domain::audit`].
+//!   [`medconnect_domain::audit`], except that retention removes entries from its start,
+//!   keeping a signed checkpoint at the last removed entry.
 
 mod error;
 pub mod sqlite;
@@ -17,7 +18,9 @@ pub use sqlite::SqliteStore;
 pub use types::*;
 
 use chrono::{DateTime, Utc};
+use medconnect_crypto::AuditSigner;
 use medconnect_domain::audit::{AuditEvent, VerifyReport};
+use medconnect_domain::checkpoint::{AuditPublicKey, Checkpoint, ExportLine};
 use medconnect_domain::model::{HoldScope, ImportBatch, ImportCounts, LegalHold, Tenant};
 use medconnect_domain::policy::Policy;
 use medconnect_domain::{HoldId, PatientId, PhotoId, SessionId, TenantId};
@@ -189,8 +192,47 @@ pub trait Store {
     /// Appends one entry to the audit log. Returns its sequence number.
     fn append_audit(&mut self, event: AuditEvent) -> Result<i64>;
 
-    /// Verifies the whole audit chain.
-    fn verify_audit(&self) -> Result<VerifyReport>;
+    /// Verifies the whole audit chain, without checking checkpoint signatures.
+    fn verify_audit(&self) -> Result<VerifyReport> {
+        self.verify_audit_with_key(None)
+    }
+
+    /// Verifies the whole audit chain: from entry 1, or, once retention removed older
+    /// entries, from the checkpoint kept at the last removed entry. Every checkpoint must
+    /// match the entry it covers. With `public_key`, every checkpoint's signature must verify
+    /// with it, so a checkpoint signed by another key fails.
+    fn verify_audit_with_key(&self, public_key: Option<&AuditPublicKey>) -> Result<VerifyReport>;
+
+    /// Signs a checkpoint at the last audit entry, after verifying the entries since the
+    /// previous checkpoint. Returns the existing one when the same key already signed it.
+    fn sign_audit_checkpoint(&mut self, signer: &dyn AuditSigner) -> Result<CheckpointSigned>;
+
+    /// Lists the signed checkpoints, oldest first.
+    fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>>;
+
+    /// Writes the audit log as export lines from one consistent snapshot: the header (naming
+    /// `public_key`), every entry, then every checkpoint.
+    fn export_audit(
+        &self,
+        public_key: Option<&AuditPublicKey>,
+        write: &mut dyn FnMut(&ExportLine) -> Result<()>,
+    ) -> Result<AuditExported>;
+
+    /// Counts the audit entries that [`Store::dispose_audit`] would remove at `as_of`.
+    /// Reads only.
+    fn audit_disposal_due(&self, policy: &Policy, as_of: DateTime<Utc>) -> Result<AuditCut>;
+
+    /// Removes the audit entries past their `audit_log_years` at `as_of`: the longest run of
+    /// due entries from the start of the log. In one transaction it signs (or reuses) a
+    /// checkpoint at the last of them, deletes them, keeps that checkpoint and appends an
+    /// `audit.dispose` entry.
+    fn dispose_audit(
+        &mut self,
+        policy: &Policy,
+        as_of: DateTime<Utc>,
+        signer: &dyn AuditSigner,
+        actor: &str,
+    ) -> Result<AuditCut>;
 
     /// Returns audit entries after `after_seq`, oldest first, at most `limit`.
     fn audit_entries(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRecord>>;

@@ -159,6 +159,37 @@ pub struct AuditRecord {
     pub body: serde_json::Value,
 }
 
+/// A checkpoint signed at an entry of the audit log, or the one found there already.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointSigned {
+    #[serde(flatten)]
+    pub checkpoint: medconnect_domain::checkpoint::Checkpoint,
+    /// False when a checkpoint by the same key already covered that entry and was reused.
+    pub created: bool,
+}
+
+/// Audit entries past retention: the longest run of entries from the start of the log that
+/// are all past their period. Entries can only go from the start, because each one commits
+/// to the one before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AuditCut {
+    /// Number of entries removed (or, in a plan, to be removed).
+    pub entries: u64,
+    /// Sequence number of the last of them, where the kept checkpoint is.
+    pub through_seq: Option<i64>,
+}
+
+/// Counts and sequence numbers of a written audit export.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AuditExported {
+    pub entries: u64,
+    pub checkpoints: u64,
+    pub first_seq: Option<i64>,
+    pub head_seq: Option<i64>,
+    /// Sequence number of the latest checkpoint.
+    pub signed_seq: Option<i64>,
+}
+
 /// A lifecycle run as recorded.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {

@@ -22,6 +22,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "MEDCONNECT_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
 
+    /// Audit signing key file (Ed25519, PKCS#8, mode 0600) [default:
+    /// DATA_DIR/keys/audit-signing.key]. Signs audit checkpoints; runs without it skip audit
+    /// retention and the closing checkpoint, with a warning.
+    #[arg(long, global = true, env = "MEDCONNECT_AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key: Option<PathBuf>,
+
     /// Who is acting, recorded in audit entries [default: operator:$USER].
     #[arg(long, global = true, env = "MEDCONNECT_ACTOR")]
     pub actor: Option<String>,
@@ -60,7 +66,7 @@ pub enum Command {
     /// Place, release and list legal holds.
     #[command(subcommand)]
     Hold(HoldCommand),
-    /// Verify and read the audit log.
+    /// Verify, sign, export and read the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Rotate the master key or a tenant's data key.
@@ -274,12 +280,40 @@ pub enum HoldCommand {
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Check the whole hash chain and name the first entry altered, removed or reordered.
+    /// Check the whole hash chain and its signed checkpoints, and name the first entry or
+    /// checkpoint altered, removed or reordered. With --export, verify an exported log
+    /// offline instead, with only that file and the public key.
     Verify {
+        /// Exported log to verify offline, as `audit export` writes it. Needs --public-key.
+        #[arg(long, requires = "public_key")]
+        export: Option<PathBuf>,
+        /// Public key file (64 hex digits) that checkpoint signatures must verify with
+        /// [default without --export: DATA_DIR/audit-public.key, when present].
+        #[arg(long)]
+        public_key: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Sign a checkpoint at the last audit entry now. Needs the audit signing key.
+    Checkpoint {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the audit log, with its checkpoints, to a JSON-lines file that `audit verify
+    /// --export` checks offline. Signs the head first when the signing key is available.
+    Export {
+        /// File to write. An existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the audit signing key, for a store created before audit checkpoints, and write
+    /// its public key to DATA_DIR/audit-public.key.
+    Keygen,
     /// Print audit entries as JSON lines, oldest first.
     Log {
         /// Print entries after this sequence number.

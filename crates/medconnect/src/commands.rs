@@ -1,9 +1,11 @@
 //! One function per top-level command.
 
+use std::io::Write as _;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use medconnect_crypto::{KeyFileProvider, KeyProvider};
+use medconnect_crypto::{AuditSigner, KeyFileProvider, KeyProvider};
 use medconnect_domain::model::HoldScope;
 use medconnect_domain::time::parse_instant;
 use medconnect_domain::{HoldId, PatientId};
@@ -15,7 +17,9 @@ use crate::cli::{
     PolicyCommand, TenantCommand,
 };
 use crate::output::{self, print_json};
-use crate::{as_of_or_now, destructive_as_of, load_policy_file, Context};
+use crate::{
+    as_of_or_now, destructive_as_of, load_policy_file, public_key_of, read_public_key, Context,
+};
 
 pub fn init(context: &Context, simulated_clock: bool) -> Result<ExitCode> {
     let mode = if simulated_clock { ClockMode::Simulated } else { ClockMode::Production };
@@ -42,6 +46,13 @@ pub fn init(context: &Context, simulated_clock: bool) -> Result<ExitCode> {
             "keep a copy of the master key apart from the data: without it the data is unreadable"
         );
     }
+    let (signing_key, created) = context.ensure_signing_key()?;
+    let state = if created { "new" } else { "existing" };
+    outln!("audit signing key: {} ({state})", signing_key.path().display());
+    outln!(
+        "audit public key: {} (hand it to auditors to verify exports)",
+        context.audit_public_key_path().display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -266,12 +277,16 @@ pub fn lifecycle(context: &Context, command: LifecycleCommand) -> Result<ExitCod
             let as_of = destructive_as_of(&mut store, as_of.as_of.as_deref())?;
             let options =
                 RunOptions { batch_size: batch_size as usize, actor: context.actor.clone() };
+            let signer = context.signing_key_or_warn(
+                "this run neither removes audit entries past retention nor signs a checkpoint",
+            );
             let mut progress = output::Progress::new("disposing", !json);
-            let report = medconnect_lifecycle::run(
+            let report = medconnect_lifecycle::run_with_signer(
                 &mut store,
                 &policy,
                 as_of,
                 &options,
+                signer.as_ref().map(|key| key as &dyn AuditSigner),
                 &mut |done, total| progress.update(done, total),
             )?;
             progress.finish();
@@ -335,18 +350,75 @@ pub fn hold(context: &Context, command: HoldCommand) -> Result<ExitCode> {
 }
 
 pub fn audit(context: &Context, command: AuditCommand) -> Result<ExitCode> {
-    let store = context.open_store()?;
     match command {
-        AuditCommand::Verify { json } => {
-            let report = store.verify_audit()?;
-            if json {
-                print_json(&report)?;
-            } else {
-                outln!("{}", report.message);
+        AuditCommand::Verify { export: Some(file), public_key, json } => {
+            let key_file = public_key.context("--export needs --public-key FILE")?;
+            let key = read_public_key(&key_file)?;
+            // TODO: the whole export is read into memory; a log of many millions of entries
+            // needs a streaming reader.
+            let bytes = std::fs::read(&file)
+                .with_context(|| format!("reading export file {}", file.display()))?;
+            let report = medconnect_domain::checkpoint::verify_export(&bytes, &key);
+            print_verify(&report, json)
+        }
+        AuditCommand::Verify { export: None, public_key, json } => {
+            let store = context.open_store()?;
+            let default_path = context.audit_public_key_path();
+            let key = match public_key {
+                Some(path) => Some(read_public_key(&path)?),
+                None if default_path.exists() => Some(read_public_key(&default_path)?),
+                None => None,
+            };
+            let report = store.verify_audit_with_key(key.as_ref())?;
+            if key.is_none() {
+                eprintln!(
+                    "note: checkpoint signatures were not checked: {} does not exist; pass \
+                     --public-key FILE",
+                    default_path.display()
+                );
             }
-            Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            print_verify(&report, json)
+        }
+        AuditCommand::Checkpoint { json } => {
+            let signer = context.load_signing_key()?;
+            let mut store = context.open_store()?;
+            let signed = store.sign_audit_checkpoint(&signer)?;
+            if json {
+                print_json(&signed)?;
+            } else {
+                let checkpoint = &signed.checkpoint;
+                let verb = if signed.created { "signed" } else { "already signed, at" };
+                outln!(
+                    "audit entry {} {verb} {} ({} entries in the log up to it, public key {})",
+                    checkpoint.seq,
+                    checkpoint.at,
+                    checkpoint.entries,
+                    checkpoint.public_key
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export { out, json } => export(context, &out, json),
+        AuditCommand::Keygen => {
+            let path = context.audit_signing_key_path();
+            if path.exists() {
+                bail!(
+                    "audit signing key {} already exists: keep it, since its public key verifies \
+                     the checkpoints signed so far",
+                    path.display()
+                );
+            }
+            context.open_store()?;
+            let (key, _) = context.ensure_signing_key()?;
+            outln!("audit signing key: {} (new)", key.path().display());
+            outln!(
+                "audit public key: {} (hand it to auditors to verify exports)",
+                context.audit_public_key_path().display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Log { after, tail, limit } => {
+            let store = context.open_store()?;
             let after = match tail {
                 Some(count) => store.audit_tail_start(count)?,
                 None => after,
@@ -358,6 +430,74 @@ pub fn audit(context: &Context, command: AuditCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn print_verify(report: &medconnect_domain::audit::VerifyReport, json: bool) -> Result<ExitCode> {
+    if json {
+        print_json(report)?;
+    } else {
+        outln!("{}", report.message);
+    }
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `audit export`: signs the head when the key is available, then writes the log.
+fn export(context: &Context, out: &Path, json: bool) -> Result<ExitCode> {
+    let mut store = context.open_store()?;
+    let signer = context.signing_key_or_warn("the head of the exported log is not signed now");
+    let public_key = match &signer {
+        Some(signer) => {
+            store.sign_audit_checkpoint(signer)?;
+            Some(public_key_of(signer))
+        }
+        None if context.audit_public_key_path().exists() => {
+            Some(read_public_key(&context.audit_public_key_path())?)
+        }
+        None => None,
+    };
+    let file =
+        std::fs::OpenOptions::new().write(true).create_new(true).open(out).with_context(|| {
+            format!("creating export file {} (an existing file is never replaced)", out.display())
+        })?;
+    let mut writer = std::io::BufWriter::new(file);
+    let io_error = |source| StoreError::Io { path: out.to_owned(), source };
+    let written = store
+        .export_audit(public_key.as_ref(), &mut |line| {
+            writeln!(writer, "{}", line.to_json()).map_err(io_error)
+        })
+        .map_err(anyhow::Error::from)
+        .and_then(|summary| {
+            let file = writer.into_inner().map_err(|err| io_error(err.into_error()))?;
+            file.sync_all().map_err(io_error)?;
+            Ok(summary)
+        });
+    let summary = match written {
+        Ok(summary) => summary,
+        Err(err) => {
+            // A partial export would only fail verification later; remove it now.
+            let _ = std::fs::remove_file(out);
+            return Err(err);
+        }
+    };
+    if json {
+        print_json(&serde_json::json!({ "file": out, "export": summary }))?;
+    } else {
+        outln!(
+            "exported {} audit entries (seq {} to {}) and {} checkpoints to {}",
+            summary.entries,
+            summary.first_seq.unwrap_or(0),
+            summary.head_seq.unwrap_or(0),
+            summary.checkpoints,
+            out.display()
+        );
+    }
+    if summary.signed_seq != summary.head_seq {
+        eprintln!(
+            "warning: the last entries of the export are not covered by a signed checkpoint, \
+             so `audit verify --export` fails on it: export again with the audit signing key"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Explains a patient that is not linked to the tenant: purged, with its receipts, or never
@@ -414,15 +554,21 @@ fn explain_disposed(
 }
 
 /// Creates a master key file with mode 0600 in a folder with mode 0700.
-pub fn create_key_file(path: &std::path::Path) -> Result<()> {
+pub fn create_key_file(path: &Path) -> Result<()> {
+    prepare_key_folder(path)?;
+    KeyFileProvider::create(path)?;
+    Ok(())
+}
+
+/// Creates the folder of a key file, if needed, and restricts it to mode 0700.
+pub fn prepare_key_folder(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
 
-    if let Some(folder) = path.parent() {
+    if let Some(folder) = path.parent().filter(|folder| !folder.as_os_str().is_empty()) {
         std::fs::create_dir_all(folder)
             .with_context(|| format!("creating {}", folder.display()))?;
         std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("restricting {}", folder.display()))?;
     }
-    KeyFileProvider::create(path)?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use chrono::{DateTime, Duration, Utc};
+use medconnect_crypto::AuditSigningKey;
 use medconnect_domain::clock::FixedClock;
 use medconnect_domain::model::{HoldScope, Tenant};
 use medconnect_domain::policy::Policy;
@@ -54,6 +55,7 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
         crate::commands::create_key_file(&key_path)?;
     }
     context.load_keys(&mut store)?;
+    let (signing_key, _) = context.ensure_signing_key()?;
     store.set_clock(Box::new(FixedClock(today)));
     let policy = context.load_policy()?;
 
@@ -140,16 +142,17 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
     outln!("- placed legal hold {} on northwind patient {}", hold.id, held.patient_id);
 
     let later = add_years(latest, 8);
-    report_run(&mut store, &policy, today, "today", &context.actor)?;
+    report_run(&mut store, &policy, today, "today", &signing_key, &context.actor)?;
     report_run(
         &mut store,
         &policy,
         later,
         "eight years after the latest encounter",
+        &signing_key,
         &context.actor,
     )?;
 
-    let verify = store.verify_audit()?;
+    let verify = store.verify_audit_with_key(Some(&crate::public_key_of(&signing_key)))?;
     outln!("\naudit verify: {}", verify.message);
     let returning = prairie_links.first().map(|l| l.patient_id);
     print_next_steps(context, &held, returning, later);
@@ -161,15 +164,21 @@ fn report_run(
     policy: &Policy,
     as_of: DateTime<Utc>,
     label: &str,
+    signer: &AuditSigningKey,
     actor: &str,
 ) -> Result<()> {
     store.set_clock(Box::new(FixedClock(as_of)));
     let started = Instant::now();
     let options = RunOptions { batch_size: 500, actor: actor.to_owned() };
     let mut progress = output::Progress::new("disposing", true);
-    let report = medconnect_lifecycle::run(store, policy, as_of, &options, &mut |done, total| {
-        progress.update(done, total)
-    })?;
+    let report = medconnect_lifecycle::run_with_signer(
+        store,
+        policy,
+        as_of,
+        &options,
+        Some(signer),
+        &mut |done, total| progress.update(done, total),
+    )?;
     progress.finish();
     outln!(
         "\nlifecycle run as of {label} ({}), {} ms:",
@@ -184,6 +193,9 @@ fn report_run(
         report.tally.skipped_total(SkipKind::OtherTenantActive),
         report.tally.receipts
     );
+    if let Some(seq) = report.audit_checkpoint_seq {
+        outln!("  audit checkpoint signed at entry {seq}");
+    }
     Ok(())
 }
 
@@ -205,6 +217,11 @@ fn print_next_steps(
     outln!("  medconnect --data-dir {dir} hold list");
     outln!("  medconnect --data-dir {dir} audit log --limit 5");
     outln!("  medconnect --data-dir {dir} audit verify");
+    outln!("  medconnect --data-dir {dir} audit export --out audit-export.jsonl");
+    outln!(
+        "  medconnect audit verify --export audit-export.jsonl --public-key {dir}/{}",
+        crate::AUDIT_PUBLIC_KEY_FILE
+    );
 }
 
 fn add_photos_and_sessions(
@@ -336,13 +353,14 @@ const DEMO_MARKER: &str = ".medconnect-demo";
 
 /// Entries of a data directory that the demo creates and `--fresh` removes. Anything else
 /// in the directory is left alone.
-const DEMO_ENTRIES: [&str; 7] = [
+const DEMO_ENTRIES: [&str; 8] = [
     "medconnect.db",
     "medconnect.db-wal",
     "medconnect.db-shm",
     "policy.toml",
     "blobs",
     "keys",
+    crate::AUDIT_PUBLIC_KEY_FILE,
     DEMO_MARKER,
 ];
 

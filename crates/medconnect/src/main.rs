@@ -27,7 +27,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use chrono::{DateTime, Utc};
 use clap::Parser;
-use medconnect_crypto::{EnvKeyProvider, KeyFileProvider, KeyProvider};
+use medconnect_crypto::{
+    AuditSigner, AuditSigningKey, CryptoError, EnvKeyProvider, KeyFileProvider, KeyProvider,
+};
+use medconnect_domain::checkpoint::AuditPublicKey;
 use medconnect_domain::clock::FixedClock;
 use medconnect_domain::policy::{Policy, DEFAULT_POLICY_TOML};
 use medconnect_domain::time::parse_instant;
@@ -59,6 +62,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         data_dir: cli.data_dir,
         policy: cli.policy,
         master_key_file: cli.master_key_file,
+        audit_signing_key: cli.audit_signing_key,
         actor,
     };
     match cli.command {
@@ -81,9 +85,13 @@ pub struct Context {
     pub data_dir: PathBuf,
     pub policy: Option<PathBuf>,
     pub master_key_file: Option<PathBuf>,
+    pub audit_signing_key: Option<PathBuf>,
     /// Who is acting, recorded in audit entries.
     pub actor: String,
 }
+
+/// File name of the audit public key inside the data directory.
+pub const AUDIT_PUBLIC_KEY_FILE: &str = "audit-public.key";
 
 /// Environment variable that holds the master key itself, as 64 hex digits.
 pub const MASTER_KEY_ENV: &str = "MEDCONNECT_MASTER_KEY";
@@ -138,6 +146,69 @@ impl Context {
         }
     }
 
+    pub fn audit_signing_key_path(&self) -> PathBuf {
+        self.audit_signing_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys").join("audit-signing.key"))
+    }
+
+    pub fn audit_public_key_path(&self) -> PathBuf {
+        self.data_dir.join(AUDIT_PUBLIC_KEY_FILE)
+    }
+
+    /// Loads the audit signing key. The error for a missing file names the command that
+    /// creates one.
+    pub fn load_signing_key(&self) -> Result<AuditSigningKey> {
+        let path = self.audit_signing_key_path();
+        match AuditSigningKey::load(&path) {
+            Ok(key) => Ok(key),
+            Err(CryptoError::KeyFileIo { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                bail!(
+                    "audit signing key {} not found: create one with `medconnect audit keygen`, \
+                     or pass --audit-signing-key FILE (environment \
+                     MEDCONNECT_AUDIT_SIGNING_KEY_FILE)",
+                    path.display()
+                )
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Loads the audit signing key for a command that can go on without it. When the key is
+    /// unusable, prints a warning with the reason and with `skipped`, what goes undone.
+    pub fn signing_key_or_warn(&self, skipped: &str) -> Option<AuditSigningKey> {
+        match self.load_signing_key() {
+            Ok(key) => Some(key),
+            Err(err) => {
+                eprintln!("warning: {skipped}: {err:#}");
+                None
+            }
+        }
+    }
+
+    /// Loads the audit signing key, creating it when its file does not exist, and writes its
+    /// public key to DATA_DIR/audit-public.key. Returns the key and whether it is new.
+    pub fn ensure_signing_key(&self) -> Result<(AuditSigningKey, bool)> {
+        let path = self.audit_signing_key_path();
+        let (key, created) = if path.exists() {
+            (self.load_signing_key()?, false)
+        } else {
+            commands::prepare_key_folder(&path)?;
+            (AuditSigningKey::create(&path)?, true)
+        };
+        self.write_public_key(&key)?;
+        Ok((key, created))
+    }
+
+    /// Writes the signing key's public key, 64 hex digits and a newline, for auditors.
+    pub fn write_public_key(&self, key: &AuditSigningKey) -> Result<()> {
+        let path = self.audit_public_key_path();
+        std::fs::write(&path, format!("{}\n", key.public_key_hex()))
+            .with_context(|| format!("writing the audit public key to {}", path.display()))
+    }
+
     pub fn policy_path(&self) -> PathBuf {
         self.policy.clone().unwrap_or_else(|| self.data_dir.join(POLICY_FILE))
     }
@@ -161,6 +232,18 @@ impl Context {
         }
         Ok(())
     }
+}
+
+/// Reads a public key file: 64 hex digits, optionally followed by a newline.
+pub fn read_public_key(path: &Path) -> Result<AuditPublicKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading public key file {}", path.display()))?;
+    AuditPublicKey::from_hex(&text).with_context(|| format!("public key file {}", path.display()))
+}
+
+/// Returns the public key of a signer.
+pub fn public_key_of(signer: &dyn AuditSigner) -> AuditPublicKey {
+    AuditPublicKey::from_bytes(signer.public_key())
 }
 
 pub fn load_policy_file(path: &Path) -> Result<Policy> {

@@ -130,6 +130,10 @@ pub fn print_plan(plan: &Plan) {
     );
     print_tally(&plan.tally, "would purge");
     outln!("  receipts that a run would write: {}", plan.tally.receipts);
+    outln!(
+        "  audit entries past audit_log_years that a run would remove: {}",
+        plan.audit_entries_disposed
+    );
     let skips: Vec<_> = plan.actions.iter().filter(|a| a.decision == Decision::Skip).collect();
     if !skips.is_empty() {
         outln!("kept although expired:");
@@ -163,6 +167,11 @@ pub fn print_run(report: &RunReport) {
     );
     print_tally(&report.tally, "purged");
     outln!("  disposal receipts written: {}", report.tally.receipts);
+    outln!("  audit entries past audit_log_years removed: {}", report.audit_entries_disposed);
+    match report.audit_checkpoint_seq {
+        Some(seq) => outln!("  audit checkpoint signed at entry {seq}"),
+        None => outln!("  audit checkpoint not signed (see the warning above)"),
+    }
 }
 
 pub fn print_runs(runs: &[RunRecord]) {

@@ -32,6 +32,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
     ("link_activity_index", include_str!("../../migrations/sqlite/0002_link_activity_index.sql")),
     ("encryption", include_str!("../../migrations/sqlite/0003_encryption.sql")),
+    ("audit_checkpoints", include_str!("../../migrations/sqlite/0004_audit_checkpoints.sql")),
 ];
 
 /// The first schema version whose PHI columns hold ciphertexts.
@@ -436,8 +437,48 @@ impl crate::Store for SqliteStore {
         self.append_audit_impl(event)
     }
 
-    fn verify_audit(&self) -> Result<medconnect_domain::audit::VerifyReport> {
-        self.verify_audit_impl()
+    fn verify_audit_with_key(
+        &self,
+        public_key: Option<&medconnect_domain::checkpoint::AuditPublicKey>,
+    ) -> Result<medconnect_domain::audit::VerifyReport> {
+        self.verify_audit_impl(public_key)
+    }
+
+    fn sign_audit_checkpoint(
+        &mut self,
+        signer: &dyn medconnect_crypto::AuditSigner,
+    ) -> Result<crate::CheckpointSigned> {
+        self.sign_audit_checkpoint_impl(signer)
+    }
+
+    fn audit_checkpoints(&self) -> Result<Vec<medconnect_domain::checkpoint::Checkpoint>> {
+        self.audit_checkpoints_impl()
+    }
+
+    fn export_audit(
+        &self,
+        public_key: Option<&medconnect_domain::checkpoint::AuditPublicKey>,
+        write: &mut dyn FnMut(&medconnect_domain::checkpoint::ExportLine) -> Result<()>,
+    ) -> Result<crate::AuditExported> {
+        self.export_audit_impl(public_key, write)
+    }
+
+    fn audit_disposal_due(
+        &self,
+        policy: &medconnect_domain::policy::Policy,
+        as_of: DateTime<Utc>,
+    ) -> Result<crate::AuditCut> {
+        self.audit_disposal_due_impl(policy, as_of)
+    }
+
+    fn dispose_audit(
+        &mut self,
+        policy: &medconnect_domain::policy::Policy,
+        as_of: DateTime<Utc>,
+        signer: &dyn medconnect_crypto::AuditSigner,
+        actor: &str,
+    ) -> Result<crate::AuditCut> {
+        self.dispose_audit_impl(policy, as_of, signer, actor)
     }
 
     fn audit_entries(&self, after_seq: i64, limit: u32) -> Result<Vec<crate::AuditRecord>> {
