@@ -3,8 +3,10 @@
 
 mod audit;
 mod keys;
+mod ledger;
 mod lifecycle;
 mod records;
+mod snapshot;
 mod values;
 
 use std::fs;
@@ -18,6 +20,7 @@ use medconnect_domain::time::format_instant;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{ClockMode, Result, StoreError, StoreInfo};
+pub use snapshot::{Snapshot, SnapshotFacts};
 use values::parse_stored_instant;
 
 /// File name of the database inside the data directory.
@@ -410,5 +413,9 @@ impl crate::Store for SqliteStore {
 
     fn runs(&self, limit: u32) -> Result<Vec<crate::RunRecord>> {
         self.runs_impl(limit)
+    }
+
+    fn reapply_disposal(&mut self, entry: &crate::LedgerEntry) -> Result<crate::ReapplyOutcome> {
+        self.reapply_disposal_impl(entry)
     }
 }
