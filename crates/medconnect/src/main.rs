@@ -14,6 +14,7 @@ macro_rules! outln {
     }};
 }
 
+mod backup;
 mod cli;
 mod commands;
 mod demo;
@@ -59,6 +60,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         policy: cli.policy,
         master_key_file: cli.master_key_file,
         actor,
+        ledger: cli.ledger,
     };
     match cli.command {
         Command::Init { simulated_clock } => commands::init(&context, simulated_clock),
@@ -71,6 +73,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Hold(command) => commands::hold(&context, command),
         Command::Audit(command) => commands::audit(&context, command),
         Command::Demo(args) => demo::run(&context, args),
+        Command::Backup(command) => backup::backup(&context, command),
     }
 }
 
@@ -81,6 +84,8 @@ pub struct Context {
     pub master_key_file: Option<PathBuf>,
     /// Who is acting, recorded in audit entries.
     pub actor: String,
+    /// Disposal ledger file given with `--ledger`, else [`Context::ledger_path`]'s default.
+    pub ledger: Option<PathBuf>,
 }
 
 /// Environment variable that holds the master key itself, as 64 hex digits.
