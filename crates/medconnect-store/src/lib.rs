@@ -4,16 +4,20 @@
 //! Invariants every backend keeps:
 //! - every query on tenant-owned data takes a tenant id;
 //! - every destructive operation runs in one transaction together with the audit entries
-//!   that record it, so a crash leaves either both or neither;
+//!   that record it, so a crash leaves either both or neither. The exception is
+//!   [`Store::reapply_disposal`], which runs only on a restored store before it takes its final
+//!   name, and whose caller records one audit entry for all the entries it re-applied;
 //! - the audit log is only ever appended to, through the hash chain in
 //!   [`medconnect_domain::audit`], except that retention removes entries from its start,
 //!   keeping a signed checkpoint at the last removed entry.
 
 mod error;
+pub mod ledger;
 pub mod sqlite;
 mod types;
 
 pub use error::StoreError;
+pub use ledger::{LedgerEntry, ReapplyOutcome};
 pub use sqlite::SqliteStore;
 pub use types::*;
 
@@ -248,4 +252,12 @@ pub trait Store {
 
     /// Lists recent lifecycle runs, newest first.
     fn runs(&self, limit: u32) -> Result<Vec<RunRecord>>;
+
+    /// Re-applies one disposal ledger entry to a store restored from a backup, in one
+    /// transaction: deletes the patient link and everything under it (and the core profile
+    /// when no link remains), the core profile, or the ID photo (row and file) or session it
+    /// names, and the data keys it lists. Checks no retention or hold, and writes no audit
+    /// entry, because the caller records one for the whole ledger. Returns
+    /// [`ReapplyOutcome::Absent`] when nothing it names is left.
+    fn reapply_disposal(&mut self, entry: &LedgerEntry) -> Result<ReapplyOutcome>;
 }

@@ -32,6 +32,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "MEDCONNECT_ACTOR")]
     pub actor: Option<String>,
 
+    /// Disposal ledger file, best kept on another disk than the data directory
+    /// [default: DATA_DIR/ledger/disposals.jsonl].
+    #[arg(long, global = true, env = "MEDCONNECT_LEDGER", value_name = "FILE")]
+    pub ledger: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -74,6 +79,9 @@ pub enum Command {
     Keys(KeysCommand),
     /// Build a simulated store from the Synthea sample data and run the whole lifecycle on it.
     Demo(DemoArgs),
+    /// Create, list, verify and restore encrypted backups in several destinations.
+    #[command(subcommand)]
+    Backup(BackupCommand),
 }
 
 #[derive(Subcommand)]
@@ -355,5 +363,67 @@ pub enum KeysCommand {
         /// Data keys re-wrapped per transaction.
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=5_000))]
         batch_size: u32,
+    },
+}
+
+#[derive(Args)]
+pub struct Destinations {
+    /// Backup destination folder, such as one per region; repeat the option for each
+    /// [default: the folders in MEDCONNECT_BACKUP_DESTINATIONS, separated by colons].
+    #[arg(long = "destination", value_name = "DIR")]
+    pub destinations: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum BackupCommand {
+    /// Write an encrypted snapshot of the store (database, policy and ID photo files) into
+    /// every destination, at least two. Needs the master key.
+    Create {
+        #[command(flatten)]
+        destinations: Destinations,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the backups in every destination, with their size and whether they are complete.
+    List {
+        #[command(flatten)]
+        destinations: Destinations,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every destination's copy: manifest, SHA-256 of every file, backup key and
+    /// decryption. Exits with 1 when any destination fails. Needs the master key.
+    Verify {
+        /// Backup id, as `backup list` prints it [default: every complete backup found].
+        id: Option<String>,
+        #[command(flatten)]
+        destinations: Destinations,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into a new data directory from the first destination whose copy
+    /// verifies, then re-apply every disposal recorded in the ledger after the backup. Needs
+    /// the master key, which the restored store keeps using.
+    Restore {
+        /// Backup id, as `backup list` prints it.
+        id: String,
+        /// New data directory: must not exist or must be empty, and must not be the live one.
+        #[arg(long, value_name = "NEWDIR")]
+        into: PathBuf,
+        #[command(flatten)]
+        destinations: Destinations,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Append the disposal receipts of the audit log that the ledger lacks. `lifecycle run`
+    /// and `backup create` do this themselves.
+    SyncLedger {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }

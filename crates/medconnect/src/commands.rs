@@ -295,6 +295,7 @@ pub fn lifecycle(context: &Context, command: LifecycleCommand) -> Result<ExitCod
             } else {
                 output::print_run(&report);
             }
+            crate::backup::sync_ledger_after_run(context, &store)?;
         }
         LifecycleCommand::Status { limit, json } => {
             let store = context.open_store()?;

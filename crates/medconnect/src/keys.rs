@@ -18,7 +18,7 @@ pub fn next_key_path(current: &Path) -> PathBuf {
 }
 
 /// Returns where a retired master key is kept after a rotation.
-fn retired_key_path(current: &Path, version: u32) -> PathBuf {
+pub fn retired_key_path(current: &Path, version: u32) -> PathBuf {
     with_suffix(current, &format!(".v{version}"))
 }
 

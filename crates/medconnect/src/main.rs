@@ -14,6 +14,7 @@ macro_rules! outln {
     }};
 }
 
+mod backup;
 mod cli;
 mod commands;
 mod demo;
@@ -64,6 +65,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         master_key_file: cli.master_key_file,
         audit_signing_key: cli.audit_signing_key,
         actor,
+        ledger: cli.ledger,
     };
     match cli.command {
         Command::Init { simulated_clock } => commands::init(&context, simulated_clock),
@@ -77,6 +79,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Audit(command) => commands::audit(&context, command),
         Command::Demo(args) => demo::run(&context, args),
         Command::Keys(command) => keys::run(&context, command),
+        Command::Backup(command) => backup::backup(&context, command),
     }
 }
 
@@ -88,6 +91,8 @@ pub struct Context {
     pub audit_signing_key: Option<PathBuf>,
     /// Who is acting, recorded in audit entries.
     pub actor: String,
+    /// Disposal ledger file given with `--ledger`, else [`Context::ledger_path`]'s default.
+    pub ledger: Option<PathBuf>,
 }
 
 /// File name of the audit public key inside the data directory.
@@ -134,6 +139,18 @@ impl Context {
         self.master_key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("keys").join("master.key"))
+    }
+
+    /// Loads master key `version`: from the environment variable when set, else from the
+    /// retired key file of that version when one exists (after a rotation), else from the
+    /// current key file.
+    pub fn master_key_for(&self, version: u32) -> Result<medconnect_crypto::MasterKey> {
+        if std::env::var_os(MASTER_KEY_ENV).is_some() {
+            return Ok(self.key_provider(version).master_key()?);
+        }
+        let retired = keys::retired_key_path(&self.master_key_path(), version);
+        let path = if retired.exists() { retired } else { self.master_key_path() };
+        Ok(KeyFileProvider::new(path).with_master_key_version(version).master_key()?)
     }
 
     /// Returns the source of master key `version`: the environment variable when set, else

@@ -30,10 +30,10 @@ const LINK_CHILD_TABLES: [&str; 5] =
     ["consultations", "prescriptions", "medical_history", "intake_forms", "sessions"];
 
 /// Running totals of what one disposal destroyed.
-struct Shredder {
+pub(super) struct Shredder {
     hasher: Sha256,
-    destroyed: Destroyed,
-    keys_destroyed: Vec<String>,
+    pub(super) destroyed: Destroyed,
+    pub(super) keys_destroyed: Vec<String>,
 }
 
 impl Shredder {
@@ -407,15 +407,17 @@ fn dispose_session(
     if let Some(skip) = skip_for_hold(tx, disposal.tenant_id, patient)? {
         return Ok(skip);
     }
-    let mut shredder = Shredder::new();
-    shredder.delete_rows(
-        tx,
-        "DELETE FROM sessions WHERE id = ?1 RETURNING *",
-        &disposal.record_id,
-    )?;
+    let shredder = shred_session(tx, &disposal.record_id)?;
     let receipt =
         shredder.receipt(Category::Session, disposal.record_id.clone(), until, context.policy);
     Ok(DisposalOutcome::Disposed { receipts: vec![receipt] })
+}
+
+/// Deletes one session row.
+pub(super) fn shred_session(tx: &Connection, id: &str) -> Result<Shredder> {
+    let mut shredder = Shredder::new();
+    shredder.delete_rows(tx, "DELETE FROM sessions WHERE id = ?1 RETURNING *", &id)?;
+    Ok(shredder)
 }
 
 fn dispose_patient_records(
@@ -439,6 +441,28 @@ fn dispose_patient_records(
         return Ok(skip);
     }
 
+    let shredder = shred_link(tx, blob_root, key)?;
+    let mut receipts = vec![shredder.receipt(
+        Category::PatientRecords,
+        patient.to_string(),
+        until,
+        context.policy,
+    )];
+
+    if let Some(profile) = shred_unlinked_profile(tx, patient)? {
+        receipts.push(profile.receipt(
+            Category::PatientProfile,
+            patient.to_string(),
+            until,
+            context.policy,
+        ));
+    }
+    Ok(DisposalOutcome::Disposed { receipts })
+}
+
+/// Deletes a patient link (by its integer key), everything under it, its ID photo files
+/// (queued for unlinking after commit) and the link's data keys.
+pub(super) fn shred_link(tx: &Connection, blob_root: &Path, key: i64) -> Result<Shredder> {
     let mut shredder = Shredder::new();
     for table in LINK_CHILD_TABLES {
         shredder.delete_rows(
@@ -459,32 +483,29 @@ fn dispose_patient_records(
     // Destroying the link's data key in this transaction leaves any other copy of its
     // ciphertexts (a stray page, an old backup) unreadable.
     shredder.keys_destroyed = destroy_keys(tx, KeyScope::Link, &key.to_string())?;
-    let mut receipts = vec![shredder.receipt(
-        Category::PatientRecords,
-        patient.to_string(),
-        until,
-        context.policy,
-    )];
+    Ok(shredder)
+}
 
+/// Deletes a patient's core profile and its data keys when no tenant link to it remains.
+/// Returns None, deleting nothing, while a link remains.
+pub(super) fn shred_unlinked_profile(
+    tx: &Connection,
+    patient: PatientId,
+) -> Result<Option<Shredder>> {
     let remaining: i64 = tx
         .prepare_cached("SELECT count(*) FROM patient_links WHERE patient_id = ?1")?
         .query_row([patient.to_string()], |row| row.get(0))?;
-    if remaining == 0 {
-        let mut profile = Shredder::new();
-        profile.delete_rows(
-            tx,
-            "DELETE FROM patient_profiles WHERE id = ?1 RETURNING *",
-            &patient.to_string(),
-        )?;
-        profile.keys_destroyed = destroy_keys(tx, KeyScope::Profile, &patient.to_string())?;
-        receipts.push(profile.receipt(
-            Category::PatientProfile,
-            patient.to_string(),
-            until,
-            context.policy,
-        ));
+    if remaining > 0 {
+        return Ok(None);
     }
-    Ok(DisposalOutcome::Disposed { receipts })
+    let mut profile = Shredder::new();
+    profile.delete_rows(
+        tx,
+        "DELETE FROM patient_profiles WHERE id = ?1 RETURNING *",
+        &patient.to_string(),
+    )?;
+    profile.keys_destroyed = destroy_keys(tx, KeyScope::Profile, &patient.to_string())?;
+    Ok(Some(profile))
 }
 
 fn dispose_id_photo(
@@ -513,16 +534,22 @@ fn dispose_id_photo(
     if let Some(skip) = skip_for_hold(tx, disposal.tenant_id, Some(parse_stored_id(&patient)?))? {
         return Ok(skip);
     }
+    let shredder = shred_id_photo(tx, blob_root, &disposal.record_id)?;
+    let receipt =
+        shredder.receipt(Category::IdPhoto, disposal.record_id.clone(), until, context.policy);
+    Ok(DisposalOutcome::Disposed { receipts: vec![receipt] })
+}
+
+/// Deletes one ID photo row and queues its file for unlinking after commit.
+pub(super) fn shred_id_photo(tx: &Connection, blob_root: &Path, id: &str) -> Result<Shredder> {
     let mut shredder = Shredder::new();
     let photos = shredder.delete_rows(
         tx,
         "DELETE FROM id_photos WHERE id = ?1 RETURNING file_name, *",
-        &disposal.record_id,
+        &id,
     )?;
     for photo in photos {
         shredder.delete_file(tx, blob_root, &photo[0])?;
     }
-    let receipt =
-        shredder.receipt(Category::IdPhoto, disposal.record_id.clone(), until, context.policy);
-    Ok(DisposalOutcome::Disposed { receipts: vec![receipt] })
+    Ok(shredder)
 }

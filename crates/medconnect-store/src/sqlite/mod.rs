@@ -3,9 +3,11 @@
 
 mod audit;
 mod keys;
+mod ledger;
 mod lifecycle;
 mod records;
 mod rotation;
+mod snapshot;
 mod values;
 
 use std::fs;
@@ -19,6 +21,7 @@ use medconnect_domain::time::format_instant;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{ClockMode, Result, StoreError, StoreInfo};
+pub use snapshot::{Snapshot, SnapshotFacts};
 use values::parse_stored_instant;
 
 /// File name of the database inside the data directory.
@@ -499,5 +502,9 @@ impl crate::Store for SqliteStore {
 
     fn runs(&self, limit: u32) -> Result<Vec<crate::RunRecord>> {
         self.runs_impl(limit)
+    }
+
+    fn reapply_disposal(&mut self, entry: &crate::LedgerEntry) -> Result<crate::ReapplyOutcome> {
+        self.reapply_disposal_impl(entry)
     }
 }

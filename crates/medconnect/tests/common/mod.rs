@@ -109,6 +109,8 @@ impl TestStore {
             .env_remove("MEDCONNECT_POLICY")
             .env_remove("MEDCONNECT_LOG")
             .env_remove("MEDCONNECT_SYNTHEA_DIR")
+            .env_remove("MEDCONNECT_LEDGER")
+            .env_remove("MEDCONNECT_BACKUP_DESTINATIONS")
             .output()
             .expect("starting the medconnect binary");
         CliOutput {
