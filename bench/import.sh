@@ -26,7 +26,7 @@ reference=$out/ref-target/release/medconnect
 prepare() {
     echo "rm -rf $out/$1 && $2 --data-dir $out/$1 init >/dev/null && $2 --data-dir $out/$1 tenant create bench >/dev/null"
 }
-hyperfine --runs "$RUNS" --warmup 1 --export-markdown "$out/import.md" \
+hyperfine --runs "$RUNS" --warmup 3 --export-markdown "$out/import.md" \
     --prepare "$(prepare enc "$current")" -n "import, encrypted" \
     "$current --data-dir $out/enc import synthea $synthea --tenant bench" \
     --prepare "$(prepare plain "$reference")" -n "import, plaintext ($REF)" \

@@ -86,7 +86,19 @@ pub fn seal(
     aad: &Aad<'_>,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    Sealer::new(key, key_version).seal(aad, plaintext)
+    let mut nonce = [0u8; NONCE_LEN];
+    fill_random(&mut nonce)?;
+    seal_with(&Cipher::new(key.bytes()), &header_for(key, key_version), nonce, aad, plaintext)
+}
+
+/// Returns the ciphertext header for `key` at `key_version`.
+fn header_for(key: &DataKey, key_version: u32) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[..2].copy_from_slice(CIPHERTEXT_MAGIC.as_bytes());
+    header[2] = CIPHERTEXT_FORMAT_VERSION;
+    header[3..19].copy_from_slice(&key.id().to_bytes());
+    header[19..23].copy_from_slice(&key_version.to_be_bytes());
+    header
 }
 
 /// A data key with its AES key schedule expanded once, for sealing many values. [`seal`]
@@ -95,6 +107,40 @@ pub fn seal(
 pub struct Sealer {
     header: [u8; HEADER_LEN],
     cipher: Cipher,
+    nonces: std::cell::RefCell<NoncePool>,
+}
+
+/// Random nonces drawn from the operating system many at a time, so that sealing thousands of
+/// fields makes one system call per batch instead of one per field. Every nonce is still
+/// independent and uniformly random; each is handed out once and then overwritten.
+struct NoncePool {
+    bytes: Zeroizing<Vec<u8>>,
+    next: usize,
+}
+
+/// Nonces fetched per system call.
+const NONCES_PER_BATCH: usize = 256;
+
+impl NoncePool {
+    fn new() -> Self {
+        NoncePool {
+            bytes: Zeroizing::new(vec![0; NONCE_LEN * NONCES_PER_BATCH]),
+            next: NONCES_PER_BATCH,
+        }
+    }
+
+    fn take(&mut self) -> Result<[u8; NONCE_LEN], CryptoError> {
+        if self.next == NONCES_PER_BATCH {
+            fill_random(&mut self.bytes)?;
+            self.next = 0;
+        }
+        let start = self.next * NONCE_LEN;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&self.bytes[start..start + NONCE_LEN]);
+        self.bytes[start..start + NONCE_LEN].fill(0);
+        self.next += 1;
+        Ok(nonce)
+    }
 }
 
 impl std::fmt::Debug for Sealer {
@@ -106,23 +152,25 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// Expands `key` for sealing under `key_version`.
     pub fn new(key: &DataKey, key_version: u32) -> Self {
-        let mut header = [0u8; HEADER_LEN];
-        header[..2].copy_from_slice(CIPHERTEXT_MAGIC.as_bytes());
-        header[2] = CIPHERTEXT_FORMAT_VERSION;
-        header[3..19].copy_from_slice(&key.id().to_bytes());
-        header[19..23].copy_from_slice(&key_version.to_be_bytes());
-        Sealer { header, cipher: Cipher::new(key.bytes()) }
+        let header = header_for(key, key_version);
+        Sealer {
+            header,
+            cipher: Cipher::new(key.bytes()),
+            nonces: std::cell::RefCell::new(NoncePool::new()),
+        }
     }
 
     /// Encrypts `plaintext` for the place `aad`, exactly as [`seal`] does.
     pub fn seal(&self, aad: &Aad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        seal_with(&self.cipher, &self.header, aad, plaintext)
+        let nonce = self.nonces.borrow_mut().take()?;
+        seal_with(&self.cipher, &self.header, nonce, aad, plaintext)
     }
 }
 
 fn seal_with(
     cipher: &Cipher,
     header: &[u8; HEADER_LEN],
+    nonce: [u8; NONCE_LEN],
     aad: &Aad<'_>,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
@@ -135,9 +183,6 @@ fn seal_with(
             aad_len: associated.len(),
         });
     }
-
-    let mut nonce = [0u8; NONCE_LEN];
-    fill_random(&mut nonce)?;
 
     // Exact capacity: the buffer is never reallocated, so no stray copy of the plaintext is
     // left in freed memory.
