@@ -193,11 +193,27 @@ fn short(hex_value: &str) -> String {
     format!("{head}...")
 }
 
+/// Action of the audit entry that records a retention cut.
+pub const CUT_ACTION: &str = "audit.dispose";
+
+/// Returns the subject that names a retention cut through entry `seq`, carried by the
+/// `audit.dispose` entry so that verification can tell a real cut from deleted entries.
+pub fn cut_subject(seq: i64) -> String {
+    format!("audit-cut:{seq}")
+}
+
+/// Returns true when `entry`, an `audit.dispose` entry, names a cut through `anchor`.
+fn names_cut(entry: &StoredEntry, anchor: i64) -> bool {
+    let expected = cut_subject(anchor);
+    serde_json::from_str::<crate::audit::AuditBody>(&entry.body)
+        .is_ok_and(|body| body.subjects.iter().any(|subject| *subject == expected))
+}
+
 /// Verifies a log fed in sequence order together with its checkpoints.
 ///
 /// It extends [`ChainVerifier`] in three ways. When the first entry is not entry 1, the chain
 /// starts from the checkpoint at the entry before it, which retention keeps when it removes
-/// older entries. Every checkpoint must match the entry it covers. With a public key, every
+/// older entries, and a signed `audit.dispose` entry must name that cut. Every checkpoint must match the entry it covers. With a public key, every
 /// checkpoint's signature must verify with that key.
 #[derive(Debug)]
 pub struct LogVerifier {
@@ -205,6 +221,10 @@ pub struct LogVerifier {
     checkpoints: BTreeMap<i64, Checkpoint>,
     key: Option<AuditPublicKey>,
     anchor: Option<i64>,
+    /// Whether an `audit.dispose` entry names the anchor as a retention cut.
+    cut_recorded: bool,
+    /// Whether a log that starts after entry 1 must show the cut that removed the rest.
+    require_cut: bool,
     signed_seq: Option<i64>,
     failure: Option<(Breach, Option<i64>, Option<i64>, String)>,
 }
@@ -218,6 +238,8 @@ impl LogVerifier {
             checkpoints: BTreeMap::new(),
             key,
             anchor: None,
+            cut_recorded: false,
+            require_cut: true,
             signed_seq: None,
             failure: None,
         };
@@ -236,6 +258,13 @@ impl LogVerifier {
         verifier
     }
 
+    /// Trusts the checkpoint the entries start after, for checking only the entries written
+    /// since a checkpoint the store itself signed. A full verification never does this.
+    pub fn trusting_anchor(mut self) -> Self {
+        self.require_cut = false;
+        self
+    }
+
     /// Checks the next entry. After the first failure further entries are ignored.
     pub fn push(&mut self, entry: &StoredEntry) {
         if self.failure.is_some() {
@@ -246,9 +275,8 @@ impl LogVerifier {
                 ChainVerifier::default()
             } else {
                 let anchor = entry.seq - 1;
-                // TODO: any signed checkpoint serves as the anchor, so someone who deletes the
-                // entries before an ordinary checkpoint mimics a retention cut. The
-                // `audit.dispose` entry that records the real cut is not checked yet.
+                // A checkpoint alone does not prove a retention cut: `finish` also requires the
+                // signed `audit.dispose` entry that names this cut.
                 let Some(checkpoint) = self.checkpoints.get(&anchor) else {
                     let message = format!(
                         "entries 1 to {anchor} are missing and no signed checkpoint at entry \
@@ -270,6 +298,10 @@ impl LogVerifier {
         chain.push(entry);
         if chain.failed() {
             return;
+        }
+        if entry.action == CUT_ACTION && self.anchor.is_some_and(|anchor| names_cut(entry, anchor))
+        {
+            self.cut_recorded = true;
         }
         if let Some(checkpoint) = self.checkpoints.get(&entry.seq) {
             if checkpoint.head_hash != entry.hash {
@@ -312,6 +344,14 @@ impl LogVerifier {
         let first = report.first_seq.unwrap_or(1);
         let last = report.head_seq.unwrap_or(0);
         let anchor = self.anchor.unwrap_or(0);
+        if self.require_cut && self.anchor.is_some() && !self.cut_recorded {
+            let message = format!(
+                "entries 1 to {anchor} are missing, and no `{CUT_ACTION}` entry records a \
+                 retention cut at entry {anchor}: entries were removed from the start of the log"
+            );
+            report.fail(Breach::Removed, Some(anchor + 1), None, message);
+            return report;
+        }
         if let Some(seq) = self.checkpoints.keys().copied().find(|&seq| seq < anchor.max(1)) {
             let message = format!(
                 "checkpoint {seq} covers entry {seq}, which precedes the log's first entry \
@@ -540,20 +580,29 @@ mod tests {
     }
 
     fn chain(from: i64, to: i64) -> Vec<StoredEntry> {
+        chain_with_cut(from, to, None)
+    }
+
+    /// Builds entries 1 to `to` and keeps those from `from`. With `cut`, the entry after the
+    /// cut is the `audit.dispose` entry that records it, as the store writes it.
+    fn chain_with_cut(from: i64, to: i64, cut: Option<i64>) -> Vec<StoredEntry> {
         let at = parse_instant("2026-12-04T10:00:00Z").expect("instant");
         let mut prev = GENESIS_HASH.to_owned();
         let mut entries = Vec::new();
         for seq in 1..=to {
-            let body = AuditEvent::new("operator", "test.event")
-                .detail(format!("event {seq}"))
-                .into_body(seq, at, false, &prev)
-                .to_canonical_json();
+            let records_cut = cut.filter(|c| c + 1 == seq);
+            let action = if records_cut.is_some() { CUT_ACTION } else { "test.event" };
+            let mut event = AuditEvent::new("operator", action).detail(format!("event {seq}"));
+            if let Some(c) = records_cut {
+                event = event.subject(cut_subject(c));
+            }
+            let body = event.into_body(seq, at, false, &prev).to_canonical_json();
             let hash = chain_hash(&prev, &body);
             entries.push(StoredEntry {
                 seq,
                 at: "2026-12-04T10:00:00Z".into(),
                 tenant_id: None,
-                action: "test.event".into(),
+                action: action.into(),
                 body,
                 prev_hash: prev.clone(),
                 hash: hash.clone(),
@@ -618,15 +667,30 @@ mod tests {
     #[test]
     fn export_after_cut_verifies_from_kept_checkpoint() {
         let pair = key_pair();
-        let full = chain(1, 8);
+        let full = chain_with_cut(1, 8, Some(4));
         let cut = sign(&pair, &full[3], 4);
         let head = sign(&pair, &full[7], 4);
-        let entries = chain(5, 8);
+        let entries = chain_with_cut(5, 8, Some(4));
         let file = export(&entries, &[cut, head], &public(&pair).to_hex());
         let report = verify_export(file.as_bytes(), &public(&pair));
         assert!(report.ok, "{}", report.message);
         assert_eq!(report.first_seq, Some(5));
         assert!(report.message.contains("after the signed checkpoint at entry 4"), "{report:?}");
+    }
+
+    #[test]
+    fn ordinary_checkpoint_is_not_a_cut() {
+        // Entries before a checkpoint deleted by hand, with no audit.dispose entry recording
+        // a retention cut there.
+        let pair = key_pair();
+        let full = chain(1, 8);
+        let checkpoint = sign(&pair, &full[3], 4);
+        let head = sign(&pair, &full[7], 8);
+        let file = export(&chain(5, 8), &[checkpoint, head], &public(&pair).to_hex());
+        let report = verify_export(file.as_bytes(), &public(&pair));
+        assert!(!report.ok, "{}", report.message);
+        assert_eq!(report.breach, Some(Breach::Removed), "{}", report.message);
+        assert!(report.message.contains("no `audit.dispose` entry"), "{}", report.message);
     }
 
     #[test]

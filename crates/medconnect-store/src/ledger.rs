@@ -20,7 +20,7 @@
 //! from a backup continues the audit chain from the backup's head, so its sequence numbers
 //! repeat numbers that the old store used. The hash tells such entries apart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -137,17 +137,22 @@ pub fn sync(store: &dyn Store, path: &Path) -> Result<LedgerSync> {
         file.seek(SeekFrom::End(0)).map_err(|e| StoreError::io(path, e))?;
     }
     let existing = parse(path, &text[..complete_len])?;
-    let start = last_matching_seq(store, &existing)?;
+    // Every receipt of the audit log that the ledger lacks is appended, wherever it is missing:
+    // a ledger that lost lines in the middle is repaired too, not only one that fell behind.
+    let known: HashSet<(i64, &str)> = existing.iter().map(|e| (e.seq, e.hash.as_str())).collect();
 
     let mut lines = String::new();
     let mut appended = 0u64;
-    let mut after = start;
+    let mut after = 0;
     loop {
         let page = store.audit_entries(after, SYNC_PAGE)?;
         let Some(last) = page.last() else { break };
         after = last.seq;
         for record in &page {
             if record.body["action"].as_str() != Some(DISPOSE_ACTION) {
+                continue;
+            }
+            if known.contains(&(record.seq, record.hash.as_str())) {
                 continue;
             }
             let entry = entry_from_audit(record.seq, &record.hash, &record.body)?;
@@ -163,7 +168,7 @@ pub fn sync(store: &dyn Store, path: &Path) -> Result<LedgerSync> {
         file.write_all(lines.as_bytes()).map_err(|e| StoreError::io(path, e))?;
     }
     file.sync_all().map_err(|e| StoreError::io(path, e))?;
-    tracing::info!(appended, after_seq = start, "disposal ledger synced");
+    tracing::info!(appended, "disposal ledger synced");
     Ok(LedgerSync { appended, entries: existing.len() as u64 + appended })
 }
 
@@ -188,19 +193,6 @@ fn open_for_append(path: &Path) -> Result<File> {
             .map_err(|e| StoreError::io(&folder, e))?;
     }
     Ok(file)
-}
-
-/// Returns the sequence number of the last entry that `store`'s audit log contains with the
-/// same hash, or 0 when no entry matches.
-fn last_matching_seq(store: &dyn Store, entries: &[LedgerEntry]) -> Result<i64> {
-    for entry in entries.iter().rev() {
-        let found = store.audit_entries(entry.seq - 1, 1)?;
-        if found.first().is_some_and(|record| record.seq == entry.seq && record.hash == entry.hash)
-        {
-            return Ok(entry.seq);
-        }
-    }
-    Ok(0)
 }
 
 /// Builds a ledger entry from a `lifecycle.dispose` audit entry's body.

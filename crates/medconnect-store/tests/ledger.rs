@@ -201,3 +201,32 @@ fn sync_keeps_both_lineages() {
     let second_id = second.to_string();
     assert_eq!(selected_ids, [second_id.as_str(), second_id.as_str()]);
 }
+
+#[test]
+fn sync_repairs_lines_lost_mid_file() {
+    let dir = TempDir::new().expect("dir");
+    let mut store = store(dir.path());
+    let tenant = store.create_tenant("clinic", "Clinic", "test").expect("tenant");
+    for index in 0..4 {
+        let patient = import(&mut store, &tenant, &format!("s-{index}"));
+        dispose(&mut store, &tenant, patient);
+    }
+    let path = dir.path().join("ledger/disposals.jsonl");
+    let first = ledger::sync(&store, &path).expect("sync");
+    let all = ledger::read(&path).expect("read").expect("ledger exists");
+    assert_eq!(all.len() as u64, first.entries);
+    assert!(all.len() >= 4, "one receipt per purged patient, at least");
+
+    // Keep only the last line: every earlier receipt is missing from the middle of history.
+    let text = fs::read_to_string(&path).expect("ledger text");
+    let last = text.lines().last().expect("a line");
+    fs::write(&path, format!("{last}\n")).expect("truncate ledger");
+    let repaired = ledger::sync(&store, &path).expect("sync again");
+    assert_eq!(repaired.appended as usize, all.len() - 1);
+    let mut seqs: Vec<i64> =
+        ledger::read(&path).expect("read").expect("ledger").iter().map(|e| e.seq).collect();
+    seqs.sort();
+    let mut expected: Vec<i64> = all.iter().map(|e| e.seq).collect();
+    expected.sort();
+    assert_eq!(seqs, expected);
+}

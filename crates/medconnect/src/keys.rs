@@ -77,6 +77,13 @@ fn rotate_master(context: &Context, batch_size: u32) -> Result<()> {
         }
     };
     let retired_path = retired_key_path(&current_path, version);
+    if !current_path.exists() && next_path.exists() && retired_path.exists() {
+        // The process stopped between the two renames: the old key is retired and the new
+        // one not yet in place.
+        fs::rename(&next_path, &current_path).with_context(|| {
+            format!("moving {} to {}", next_path.display(), current_path.display())
+        })?;
+    }
     if !next_path.exists() && retired_path.exists() {
         // The files were already moved; only the version is left to record.
         let done = store.finish_master_rotation(&context.actor)?;

@@ -287,3 +287,29 @@ fn tenant_rotation_through_cli() {
     let missing = medconnect(&data, &["keys", "rotate", "--tenant", "nosuch"]);
     assert!(!missing.status.success());
 }
+
+#[test]
+fn rotation_resumes_between_renames() {
+    let dir = TempDir::new().expect("dir");
+    let data = imported_store(dir.path());
+    let patient = first_patient(&data);
+    let keys = data.join("keys");
+    ok(&data, &["keys", "rotate", "--master"]);
+
+    // Rebuild the state a crash between the two renames leaves: the old key retired, the
+    // new key still under its temporary name, the rotation still recorded.
+    std::fs::rename(keys.join("master.key"), keys.join("master.key.next")).expect("undo rename");
+    let db = rusqlite::Connection::open(data.join("medconnect.db")).expect("db");
+    db.execute_batch(
+        "UPDATE store_meta SET value = '1' WHERE key = 'master_key_version';
+         INSERT INTO store_meta (key, value) VALUES ('master_rotation', '2');",
+    )
+    .expect("rotation state");
+    drop(db);
+
+    let output = ok(&data, &["keys", "rotate", "--master"]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("version 2 is current"), "{output:?}");
+    assert!(keys.join("master.key").is_file());
+    assert!(!keys.join("master.key.next").exists());
+    ok(&data, &["patient", "show", "--tenant", "northwind", "--patient", &patient]);
+}

@@ -213,7 +213,10 @@ impl SqliteStore {
         );
         appender.append(
             &tx,
-            AuditEvent::new(actor, "audit.dispose").subject("audit_log").detail(detail),
+            AuditEvent::new(actor, "audit.dispose")
+                .subject("audit_log")
+                .subject(medconnect_domain::checkpoint::cut_subject(through))
+                .detail(detail),
         )?;
         appender.finish(&tx)?;
         tx.commit()?;
@@ -355,7 +358,8 @@ fn check_chain_up_to(tx: &Connection, key: &AuditPublicKey, seq: i64) -> Result<
     let previous = checkpoint_before(tx, seq)?;
     let from = previous.as_ref().map_or(0, |c| c.seq);
     let same_key = previous.as_ref().is_some_and(|c| c.public_key == key.to_hex());
-    let mut verifier = LogVerifier::new(previous.into_iter().collect(), same_key.then_some(*key));
+    let mut verifier = LogVerifier::new(previous.into_iter().collect(), same_key.then_some(*key))
+        .trusting_anchor();
     let mut statement = tx.prepare(&format!(
         "SELECT {ENTRY_COLUMNS} FROM audit_log WHERE seq > ?1 AND seq <= ?2 ORDER BY seq"
     ))?;
