@@ -206,7 +206,7 @@ pub fn cut_subject(seq: i64) -> String {
 fn names_cut(entry: &StoredEntry, anchor: i64) -> bool {
     let expected = cut_subject(anchor);
     serde_json::from_str::<crate::audit::AuditBody>(&entry.body)
-        .is_ok_and(|body| body.subjects.iter().any(|subject| *subject == expected))
+        .is_ok_and(|body| body.subjects.contains(&expected))
 }
 
 /// Verifies a log fed in sequence order together with its checkpoints.
