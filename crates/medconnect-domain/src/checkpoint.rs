@@ -7,7 +7,7 @@
 //! database. When retention removes old entries, the checkpoint at the last removed entry is
 //! kept, and verification starts from it.
 //!
-//! This module holds the pure parts: the signed message ([`checkpoint_message`]), signature
+//! This module contains the pure parts: the signed message ([`checkpoint_message`]), signature
 //! checks against a public key ([`AuditPublicKey`]), the [`LogVerifier`] shared by the store
 //! and by offline verification, and the export format ([`ExportLine`], [`verify_export`]).
 //!

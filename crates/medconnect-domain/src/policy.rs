@@ -244,7 +244,7 @@ impl Policy {
     }
 
     /// Returns the instant from which an audit entry written at `at` may be removed. An entry
-    /// of a tenant follows that tenant's period; an entry of no tenant, or of a tenant this
+    /// of a tenant follows that tenant's period. An entry of no tenant, or of a tenant this
     /// policy cannot name, follows the longest period of any tenant, so it is never removed
     /// early.
     pub fn audit_entry_until(&self, tenant_slug: Option<&str>, at: DateTime<Utc>) -> DateTime<Utc> {

@@ -414,9 +414,8 @@ impl Reader {
                     .map_err(|_| row.error("column DISPENSES is not a whole number"))?,
                 None => 0,
             };
-            // NOTE: medication rows are accepted with STOP before START, because Synthea
-            // exports such rows (two in the shared sample set); the stored stop time is kept
-            // as given.
+            // NOTE: medication rows with STOP before START are accepted, because Synthea exports
+            // such rows (two in the sample set). The stop time is stored as exported.
             prescriptions.push(NewPrescription {
                 patient_source_id: patient,
                 consultation_source_id: encounter,

@@ -522,7 +522,7 @@ fn plan_uses_policy_in_force() {
         at("2025-01-01T00:00:00Z")
     );
 
-    // Back to the 7-year default: the plan sees it at once, before anything is applied.
+    // Back to the 7-year default: the plan uses it at once, before anything is applied.
     fx.policy = Policy::builtin();
     assert_eq!(fx.planned("2023-06-01T00:00:00Z", Category::PatientRecords), 1);
 }

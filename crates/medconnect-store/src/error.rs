@@ -116,7 +116,7 @@ pub enum StoreError {
     /// Key material could not be created, wrapped or unwrapped.
     #[error("encryption failed: {0}")]
     Crypto(#[from] medconnect_crypto::CryptoError),
-    /// The store predates encryption at rest and holds plaintext records.
+    /// The store predates encryption at rest and contains plaintext records.
     #[error(
         "this store (schema version {found}) holds plaintext patient records from a version \
          without encryption at rest: create a new store with `medconnect init` and import the \

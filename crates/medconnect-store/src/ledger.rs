@@ -18,7 +18,7 @@
 //!
 //! `seq` and `hash` are the audit entry's sequence number and chain hash. A store restored
 //! from a backup continues the audit chain from the backup's head, so its sequence numbers
-//! repeat numbers that the old store used. The hash tells such entries apart.
+//! repeat numbers that the old store used. The hash distinguishes such entries.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};

@@ -211,7 +211,7 @@ pub fn rule_for(category: Category) -> Rule {
     }
 }
 
-/// A decrypted core profile, as `patient show` prints it. It holds PHI, so it has no `Debug`.
+/// A decrypted core profile, as `patient show` prints it. It contains PHI, so it has no `Debug`.
 #[derive(Clone, Serialize)]
 pub struct PatientProfileView {
     pub patient_id: PatientId,

@@ -18,7 +18,7 @@ pub struct Cli {
     pub policy: Option<PathBuf>,
 
     /// Master key file [default: DATA_DIR/keys/master.key]. Ignored when MEDCONNECT_MASTER_KEY
-    /// holds the key itself (64 hex digits).
+    /// contains the key itself (64 hex digits).
     #[arg(long, global = true, env = "MEDCONNECT_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
 
@@ -28,7 +28,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "MEDCONNECT_AUDIT_SIGNING_KEY_FILE")]
     pub audit_signing_key: Option<PathBuf>,
 
-    /// Who is acting, recorded in audit entries [default: operator:$USER].
+    /// Actor name recorded in audit entries [default: operator:$USER].
     #[arg(long, global = true, env = "MEDCONNECT_ACTOR")]
     pub actor: Option<String>,
 
@@ -266,7 +266,7 @@ pub enum HoldCommand {
         /// Matter reference, such as a case number.
         #[arg(long)]
         matter: String,
-        /// Why the hold is placed.
+        /// Reason for the hold, recorded in the audit log.
         #[arg(long)]
         reason: String,
     },
@@ -274,7 +274,7 @@ pub enum HoldCommand {
     Release { id: String },
     /// List holds.
     List {
-        /// Only holds of this tenant.
+        /// List only the holds of this tenant.
         #[arg(long)]
         tenant: Option<String>,
         /// Include released holds.

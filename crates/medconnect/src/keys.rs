@@ -48,8 +48,8 @@ pub fn run(context: &Context, command: KeysCommand) -> Result<ExitCode> {
 /// version. Running it again resumes from the step it reached.
 fn rotate_master(context: &Context, batch_size: u32) -> Result<()> {
     if std::env::var_os(crate::MASTER_KEY_ENV).is_some() {
-        // TODO: rotation with a master key from the environment needs a way to pass the next
-        // key (a second variable) and a way to retire the old one; only key files rotate now.
+        // TODO: only key files rotate. A key from the environment needs a second variable for
+        // the next key and a way to retire the old one.
         bail!(
             "master key rotation works with key files only: unset {} and use --master-key-file",
             crate::MASTER_KEY_ENV

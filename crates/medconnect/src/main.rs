@@ -89,7 +89,7 @@ pub struct Context {
     pub policy: Option<PathBuf>,
     pub master_key_file: Option<PathBuf>,
     pub audit_signing_key: Option<PathBuf>,
-    /// Who is acting, recorded in audit entries.
+    /// Actor name recorded in audit entries.
     pub actor: String,
     /// Disposal ledger file given with `--ledger`, else [`Context::ledger_path`]'s default.
     pub ledger: Option<PathBuf>,
@@ -98,7 +98,7 @@ pub struct Context {
 /// File name of the audit public key inside the data directory.
 pub const AUDIT_PUBLIC_KEY_FILE: &str = "audit-public.key";
 
-/// Environment variable that holds the master key itself, as 64 hex digits.
+/// Environment variable that contains the master key itself, as 64 hex digits.
 pub const MASTER_KEY_ENV: &str = "MEDCONNECT_MASTER_KEY";
 
 /// Returns `operator:` followed by the login name, the actor when `--actor` is not given.

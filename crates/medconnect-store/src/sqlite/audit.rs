@@ -232,18 +232,8 @@ impl SqliteStore {
         let mut statement = self.conn.prepare(
             "SELECT seq, hash, body FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = statement.query_map((after_seq, limit), |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
-        })?;
-        let mut records = Vec::new();
-        for row in rows {
-            let (seq, hash, body) = row?;
-            let body = serde_json::from_str(&body).map_err(|_| {
-                StoreError::Corrupt(format!("audit entry {seq} has an invalid body"))
-            })?;
-            records.push(AuditRecord { seq, hash, body });
-        }
-        Ok(records)
+        let rows = statement.query((after_seq, limit))?;
+        audit_records(rows)
     }
 }
 
@@ -256,18 +246,8 @@ impl SqliteStore {
             "SELECT seq, hash, body FROM audit_log
              WHERE action = 'lifecycle.dispose' AND body LIKE ?1 ORDER BY seq",
         )?;
-        let rows = statement.query_map([needle], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
-        })?;
-        let mut records = Vec::new();
-        for row in rows {
-            let (seq, hash, body) = row?;
-            let body = serde_json::from_str(&body).map_err(|_| {
-                StoreError::Corrupt(format!("audit entry {seq} has an invalid body"))
-            })?;
-            records.push(AuditRecord { seq, hash, body });
-        }
-        Ok(records)
+        let rows = statement.query([needle])?;
+        audit_records(rows)
     }
 
     pub(crate) fn audit_tail_start_impl(&self, count: u32) -> Result<i64> {
@@ -425,4 +405,17 @@ fn parse_head(value: &str) -> Result<(i64, String)> {
     let corrupt = || StoreError::Corrupt(format!("invalid recorded audit head {value:?}"));
     let (seq, hash) = value.split_once(':').ok_or_else(corrupt)?;
     Ok((seq.parse().map_err(|_| corrupt())?, hash.to_owned()))
+}
+
+/// Reads `seq, hash, body` rows into audit records, parsing each body.
+fn audit_records(mut rows: rusqlite::Rows<'_>) -> Result<Vec<AuditRecord>> {
+    let mut records = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let body: String = row.get(2)?;
+        let body = serde_json::from_str(&body)
+            .map_err(|_| StoreError::Corrupt(format!("audit entry {seq} has an invalid body")))?;
+        records.push(AuditRecord { seq, hash: row.get(1)?, body });
+    }
+    Ok(records)
 }

@@ -534,7 +534,7 @@ impl SqliteStore {
         let simulated = self.simulated();
         let tx = self.write_tx()?;
         // Checked inside the transaction, so a run that purges the patient concurrently
-        // either finishes first (and the hold is rejected) or sees the hold.
+        // either finishes first (and the hold is rejected) or finds the hold in its own check.
         if let HoldScope::Patient(patient) = scope {
             if link_key(&tx, tenant.id, patient)?.is_none() {
                 return Err(StoreError::PatientNotFound {
