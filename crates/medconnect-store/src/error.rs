@@ -138,6 +138,49 @@ pub enum StoreError {
     /// The database reported an error.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error. The text holds the SQLSTATE and the server's message,
+    /// never the DETAIL line, which can quote stored values.
+    #[error("PostgreSQL error: {message}")]
+    Postgres { code: Option<String>, message: String },
+    /// The PostgreSQL server could not be reached, or went away and did not come back.
+    #[error(
+        "cannot reach PostgreSQL at {target} after {attempts} attempts ({reason}): check that \
+         the server runs and that database_url in medconnect.toml (or MEDCONNECT_DATABASE_URL) \
+         names it"
+    )]
+    PostgresUnreachable { target: String, attempts: u32, reason: String },
+    /// `init` was asked to create a store in a schema that holds one.
+    #[error(
+        "PostgreSQL schema {0:?} already holds a MedConnect store: use it, or set another \
+         database_schema"
+    )]
+    PostgresStoreExists(String),
+    /// The schema holds no store yet.
+    #[error(
+        "PostgreSQL schema {0:?} holds no MedConnect store: create one with `medconnect init`"
+    )]
+    PostgresNotInitialized(String),
+    /// The schema was written by an older MedConnect and needs migrating first.
+    #[error(
+        "PostgreSQL schema version {found} is older than this medconnect ({supported}): run \
+         `medconnect db migrate` once, from one node, then start the nodes again"
+    )]
+    PostgresSchemaBehind { found: i64, supported: i64 },
+    /// The configuration of the PostgreSQL backend cannot be used.
+    #[error("PostgreSQL configuration: {0}")]
+    PostgresConfig(String),
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(error: postgres::Error) -> Self {
+        match error.as_db_error() {
+            Some(db) => StoreError::Postgres {
+                code: Some(db.code().code().to_owned()),
+                message: format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+            },
+            None => StoreError::Postgres { code: None, message: error.to_string() },
+        }
+    }
 }
 
 impl StoreError {

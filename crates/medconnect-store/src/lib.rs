@@ -13,11 +13,13 @@
 
 mod error;
 pub mod ledger;
+pub mod postgres;
 pub mod sqlite;
 mod types;
 
 pub use error::StoreError;
 pub use ledger::{LedgerEntry, ReapplyOutcome};
+pub use postgres::{PgConfig, PgStore};
 pub use sqlite::SqliteStore;
 pub use types::*;
 
@@ -38,6 +40,19 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub trait Store {
     /// Returns facts about the store: schema version, clock mode, creation time.
     fn info(&self) -> Result<StoreInfo>;
+
+    /// Sets the master key and, while a master key rotation is under way, the next one.
+    /// Data keys wrapped by either open, and new data keys are wrapped by the next one.
+    /// Commands that write or read PHI fail with [`StoreError::MasterKeyRequired`] until
+    /// it is set.
+    fn set_master_keys(
+        &mut self,
+        master: medconnect_crypto::MasterKey,
+        next: Option<medconnect_crypto::MasterKey>,
+    ) -> Result<()>;
+
+    /// Replaces the clock that stamps audit entries and new records.
+    fn set_clock(&mut self, clock: Box<dyn medconnect_domain::clock::Clock>);
 
     /// Creates a tenant. Fails if the slug is taken.
     fn create_tenant(&mut self, slug: &str, name: &str, actor: &str) -> Result<Tenant>;

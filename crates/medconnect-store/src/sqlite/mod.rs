@@ -2,13 +2,13 @@
 //! the data directory.
 
 mod audit;
-mod keys;
+pub(crate) mod keys;
 mod ledger;
 mod lifecycle;
 mod records;
 mod rotation;
 mod snapshot;
-mod values;
+pub(crate) mod values;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -216,6 +216,18 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 impl crate::Store for SqliteStore {
     fn info(&self) -> Result<StoreInfo> {
         self.read_info()
+    }
+
+    fn set_master_keys(
+        &mut self,
+        master: medconnect_crypto::MasterKey,
+        next: Option<medconnect_crypto::MasterKey>,
+    ) -> Result<()> {
+        SqliteStore::set_master_keys(self, master, next)
+    }
+
+    fn set_clock(&mut self, clock: Box<dyn Clock>) {
+        SqliteStore::set_clock(self, clock)
     }
 
     fn create_tenant(

@@ -1,0 +1,839 @@
+//! The scale-out backend: one PostgreSQL schema shared by several `medconnect` nodes.
+//!
+//! A store holds two connections. Work on one tenant's rows runs on the application
+//! connection, as `medconnect_app`, in a transaction that names the tenant in the setting
+//! `medconnect.tenant`; row-level security then hides every other tenant's rows, so a bug in
+//! a query cannot reach across tenants. Jobs that span tenants (lifecycle runs, policy
+//! application, key rotation, audit maintenance, tenant administration) run on the operator
+//! connection, as `medconnect_operator`, and record what they did in the audit log. Neither
+//! role may be a superuser or bypass row-level security; [`PgStore::open`] checks both.
+//!
+//! Several nodes coordinate through the database alone: appends to the audit chain queue on
+//! the row of `audit_head`, and disposals claim rows with `FOR UPDATE SKIP LOCKED`, so a row
+//! one node is disposing of is skipped by the others and released if that node dies.
+
+mod audit;
+mod chain;
+mod ledger;
+mod lifecycle;
+mod records;
+mod rotation;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use medconnect_domain::audit::{AuditEvent, GENESIS_HASH};
+use medconnect_domain::clock::{Clock, SystemClock};
+use medconnect_domain::time::format_instant;
+use medconnect_domain::TenantId;
+use postgres::{Client, NoTls, Transaction};
+
+pub(crate) use chain::PgAudit;
+
+use crate::sqlite::values::parse_stored_instant;
+use crate::{ClockMode, Result, StoreError, StoreInfo};
+
+/// Schema that holds the store when the configuration names none.
+pub const DEFAULT_SCHEMA: &str = "medconnect";
+
+/// Role of the application connection. Row-level security confines it to one tenant.
+pub const APP_ROLE: &str = "medconnect_app";
+
+/// Role of the operator connection, for jobs that span tenants.
+pub const OPERATOR_ROLE: &str = "medconnect_operator";
+
+/// Schema migrations in order. The version of each is its position plus one.
+const MIGRATIONS: &[(&str, &str)] = &[("initial", include_str!("../../migrations/postgres/0001_initial.sql"))];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Key of the advisory lock that serializes creating roles and migrating schemas.
+const MIGRATION_LOCK: i64 = 0x6d65_6463_6f6e_6e01;
+
+/// How often a connection or a transaction is tried before its error is returned.
+const ATTEMPTS: u32 = 5;
+
+/// Wait before the second attempt; it doubles for each attempt after that.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A transaction left idle this long is ended by the server, which releases the rows a
+/// stuck node had claimed.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+
+/// Where a PostgreSQL store lives and how the nodes reach it.
+#[derive(Clone)]
+pub struct PgConfig {
+    /// URL of the application connection. Without a user name it connects as
+    /// [`APP_ROLE`].
+    pub database_url: String,
+    /// URL of the operator connection. Without it, `database_url` with the user
+    /// [`OPERATOR_ROLE`].
+    pub operator_database_url: Option<String>,
+    /// Schema that holds the store's tables.
+    pub schema: String,
+    /// Name of this node in lifecycle runs and connection listings.
+    pub node: String,
+}
+
+impl PgConfig {
+    /// A configuration with the default schema and the host name as node name.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        PgConfig {
+            database_url: database_url.into(),
+            operator_database_url: None,
+            schema: DEFAULT_SCHEMA.to_owned(),
+            node: default_node_name(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let valid = !self.schema.is_empty()
+            && self.schema.len() <= 63
+            && self.schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && self.schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(StoreError::PostgresConfig(format!(
+                "database_schema {:?} is not usable: use 1 to 63 lower-case letters, digits \
+                 and underscores, starting with a letter or underscore",
+                self.schema
+            )));
+        }
+        Ok(())
+    }
+
+    fn app_config(&self) -> Result<postgres::Config> {
+        role_config(&self.database_url, "database_url", APP_ROLE)
+    }
+
+    fn operator_config(&self) -> Result<postgres::Config> {
+        match &self.operator_database_url {
+            Some(url) => role_config(url, "operator_database_url", OPERATOR_ROLE),
+            None => {
+                let mut config = parse_url(&self.database_url, "database_url")?;
+                config.user(OPERATOR_ROLE);
+                Ok(config)
+            }
+        }
+    }
+}
+
+/// URLs can carry passwords, so only the schema and node are shown.
+impl fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("schema", &self.schema)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() { "node".to_owned() } else { host };
+    format!("{host}:{}", std::process::id())
+}
+
+fn parse_url(url: &str, setting: &str) -> Result<postgres::Config> {
+    postgres::Config::from_str(url).map_err(|_| {
+        StoreError::PostgresConfig(format!(
+            "{setting} is not a PostgreSQL URL: write it as \
+             postgres://USER@HOST:PORT/DATABASE (the value is not shown because it may hold \
+             a password)"
+        ))
+    })
+}
+
+fn role_config(url: &str, setting: &str, default_user: &str) -> Result<postgres::Config> {
+    let mut config = parse_url(url, setting)?;
+    if config.get_user().is_none() {
+        config.user(default_user);
+    }
+    Ok(config)
+}
+
+/// Host, port and database of a connection, for messages. Never the password.
+fn target(config: &postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("?");
+    let dbname = config.get_dbname().unwrap_or(user);
+    format!("{user}@{host}:{port}/{dbname}")
+}
+
+/// Connects, retrying with backoff while the server cannot be reached.
+fn connect(config: &postgres::Config) -> Result<Client> {
+    let mut wait = FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match config.connect(NoTls) {
+            Ok(client) => return Ok(client),
+            // A server that answers with an error (unknown role or database, refused
+            // authentication) will answer the same way again.
+            Err(error) if error.as_db_error().is_some() => return Err(error.into()),
+            Err(error) if attempt >= ATTEMPTS => {
+                return Err(StoreError::PostgresUnreachable {
+                    target: target(config),
+                    attempts: attempt,
+                    reason: error.to_string(),
+                })
+            }
+            Err(error) => {
+                tracing::warn!(attempt, target = %target(config), %error, "PostgreSQL not reachable, retrying");
+                std::thread::sleep(wait);
+                wait *= 2;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// One role's connection, reopened when the server drops it.
+struct RoleConnection {
+    client: Client,
+    config: postgres::Config,
+    schema: String,
+    node: String,
+}
+
+impl RoleConnection {
+    fn open(config: postgres::Config, schema: &str, node: &str) -> Result<Self> {
+        let client = Self::prepare(connect(&config)?, schema, node)?;
+        Ok(RoleConnection { client, config, schema: schema.to_owned(), node: node.to_owned() })
+    }
+
+    fn prepare(mut client: Client, schema: &str, node: &str) -> Result<Client> {
+        client.batch_execute(&format!(
+            "SET search_path TO {};
+             SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}';",
+            quote_ident(schema)
+        ))?;
+        client.execute("SELECT set_config('application_name', $1, false)", &[&node])?;
+        Ok(client)
+    }
+
+    fn ensure_open(&mut self) -> Result<()> {
+        if self.client.is_closed() {
+            tracing::warn!(target = %target(&self.config), "PostgreSQL connection lost, reconnecting");
+            self.client = Self::prepare(connect(&self.config)?, &self.schema, &self.node)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a role that would see past row-level security.
+    fn check_role(&mut self) -> Result<String> {
+        let row = self.client.query_one(
+            "SELECT current_user::text, rolsuper, rolbypassrls FROM pg_roles
+             WHERE rolname = current_user",
+            &[],
+        )?;
+        let (role, superuser, bypass): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        if superuser || bypass {
+            return Err(StoreError::PostgresConfig(format!(
+                "role {role} is a superuser or may bypass row-level security, so tenant \
+                 isolation would rest on the application alone: connect as {APP_ROLE} and \
+                 {OPERATOR_ROLE} (created by `medconnect init`)"
+            )));
+        }
+        Ok(role)
+    }
+}
+
+/// Errors worth running the whole transaction again for: a lost connection, a deadlock, a
+/// serialization failure, or a server shutting down.
+fn retryable(error: &StoreError) -> bool {
+    match error {
+        StoreError::Postgres { code: None, .. } => true,
+        StoreError::Postgres { code: Some(code), .. } => {
+            code == "40001" || code == "40P01" || code.starts_with("08") || code == "57P01"
+        }
+        _ => false,
+    }
+}
+
+/// A store in one PostgreSQL schema.
+pub struct PgStore {
+    app: RefCell<RoleConnection>,
+    operator: RefCell<RoleConnection>,
+    config: PgConfig,
+    clock: Box<dyn Clock>,
+    clock_mode: ClockMode,
+    keys: Option<crate::sqlite::keys::Keys>,
+}
+
+impl PgStore {
+    /// Creates the roles (when missing), the schema and a new store in it, connecting with
+    /// `admin_url` as a role that may create roles and schemas. Fails if the schema already
+    /// holds a store.
+    pub fn create(
+        config: &PgConfig,
+        admin_url: &str,
+        clock_mode: ClockMode,
+        clock: Box<dyn Clock>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let mut admin = connect(&parse_url(admin_url, "admin database URL")?)?;
+        let now = clock.now();
+        let mut tx = admin.transaction()?;
+        migrate_in(&mut tx, &config.schema)?;
+        let exists = tx.query_opt("SELECT 1 FROM store_meta WHERE key = 'created_at'", &[])?;
+        if exists.is_some() {
+            return Err(StoreError::PostgresStoreExists(config.schema.clone()));
+        }
+        tx.execute(
+            "INSERT INTO store_meta (key, value) VALUES ('clock_mode', $1), ('created_at', $2)",
+            &[&clock_mode.as_str(), &format_instant(now)],
+        )?;
+        tx.execute("INSERT INTO audit_head (seq, hash) VALUES (0, $1)", &[&GENESIS_HASH])?;
+        // The first entry makes an emptied log detectable.
+        let mut audit = PgAudit::begin(&mut tx, now, clock_mode == ClockMode::Simulated)?;
+        let event = AuditEvent::new("medconnect", "store.create").detail(format!(
+            "{} clock, PostgreSQL schema version {SCHEMA_VERSION}",
+            clock_mode.as_str()
+        ));
+        audit.append(&mut tx, event)?;
+        audit.finish(&mut tx)?;
+        tx.commit()?;
+        let mut store = PgStore::open(config)?;
+        store.clock = clock;
+        Ok(store)
+    }
+
+    /// Applies pending migrations to an existing store, connecting with `admin_url`.
+    /// Returns the schema version before and after.
+    pub fn migrate(config: &PgConfig, admin_url: &str) -> Result<(i64, i64)> {
+        config.validate()?;
+        let mut admin = connect(&parse_url(admin_url, "admin database URL")?)?;
+        let mut tx = admin.transaction()?;
+        let before = migrate_in(&mut tx, &config.schema)?;
+        tx.commit()?;
+        Ok((before, SCHEMA_VERSION))
+    }
+
+    /// Opens the store in the configured schema as the application and operator roles.
+    pub fn open(config: &PgConfig) -> Result<Self> {
+        config.validate()?;
+        let mut app = RoleConnection::open(config.app_config()?, &config.schema, &config.node)?;
+        let mut operator =
+            RoleConnection::open(config.operator_config()?, &config.schema, &config.node)?;
+        app.check_role()?;
+        operator.check_role()?;
+        let found = schema_version(&mut operator.client, &config.schema)?;
+        match found {
+            0 => return Err(StoreError::PostgresNotInitialized(config.schema.clone())),
+            found if found > SCHEMA_VERSION => {
+                return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION })
+            }
+            found if found < SCHEMA_VERSION => {
+                return Err(StoreError::PostgresSchemaBehind { found, supported: SCHEMA_VERSION })
+            }
+            _ => {}
+        }
+        let clock_mode = match meta_value(&mut operator.client, "clock_mode")?.as_deref() {
+            Some("simulated") => ClockMode::Simulated,
+            Some("production") => ClockMode::Production,
+            other => return Err(StoreError::Corrupt(format!("unknown clock mode {other:?}"))),
+        };
+        Ok(PgStore {
+            app: RefCell::new(app),
+            operator: RefCell::new(operator),
+            config: config.clone(),
+            clock: Box::new(SystemClock),
+            clock_mode,
+            keys: None,
+        })
+    }
+
+    /// Drops the schema and everything in it. Tests use it to remove their stores.
+    pub fn drop_schema(admin_url: &str, schema: &str) -> Result<()> {
+        let mut admin = connect(&parse_url(admin_url, "admin database URL")?)?;
+        admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)))?;
+        Ok(())
+    }
+
+    /// Replaces the clock that stamps audit entries and new records.
+    pub fn set_clock(&mut self, clock: Box<dyn Clock>) {
+        self.clock = clock;
+    }
+
+    pub fn clock_mode(&self) -> ClockMode {
+        self.clock_mode
+    }
+
+    pub fn config(&self) -> &PgConfig {
+        &self.config
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn simulated(&self) -> bool {
+        self.clock_mode == ClockMode::Simulated
+    }
+
+    fn keys(&self) -> Result<&crate::sqlite::keys::Keys> {
+        self.keys.as_ref().ok_or(StoreError::MasterKeyRequired)
+    }
+
+    /// Runs `work` in a transaction on the application connection with `tenant` as the
+    /// tenant that row-level security lets it see, and commits.
+    pub(crate) fn tenant_tx<T>(
+        &self,
+        tenant: TenantId,
+        work: impl FnMut(&mut Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        run_tx(&self.app, Some(tenant), work)
+    }
+
+    /// Runs `work` in a transaction on the operator connection, which sees every tenant.
+    pub(crate) fn operator_tx<T>(
+        &self,
+        work: impl FnMut(&mut Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        run_tx(&self.operator, None, work)
+    }
+
+    fn read_info(&self) -> Result<StoreInfo> {
+        let created = self.operator_tx(|tx| {
+            let row = tx.query_opt("SELECT value FROM store_meta WHERE key = 'created_at'", &[])?;
+            row.map(|row| row.get::<_, String>(0))
+                .ok_or_else(|| StoreError::Corrupt("store_meta has no created_at".into()))
+        })?;
+        Ok(StoreInfo {
+            schema_version: SCHEMA_VERSION,
+            clock: self.clock_mode,
+            created_at: parse_stored_instant(&created)?,
+            backend: "postgres",
+            location: format!(
+                "{} schema {}",
+                target(&self.operator.borrow().config),
+                self.config.schema
+            ),
+        })
+    }
+}
+
+/// Runs `work` in one transaction and commits. A lost connection, a deadlock or a
+/// serialization failure before the commit rolls everything back, so the whole transaction
+/// runs again, after a backoff, up to [`ATTEMPTS`] times. An error during the commit itself
+/// is returned as it is, because the transaction may have committed.
+fn run_tx<T>(
+    connection: &RefCell<RoleConnection>,
+    tenant: Option<TenantId>,
+    mut work: impl FnMut(&mut Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    let mut connection = connection.borrow_mut();
+    let mut wait = FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        connection.ensure_open()?;
+        let mut tx = connection.client.transaction()?;
+        let outcome = match tenant {
+            Some(tenant) => tx
+                .execute("SELECT set_config('medconnect.tenant', $1, true)", &[&tenant.to_string()])
+                .map_err(StoreError::from)
+                .and_then(|_| work(&mut tx)),
+            None => work(&mut tx),
+        };
+        match outcome {
+            Ok(value) => {
+                tx.commit()?;
+                return Ok(value);
+            }
+            Err(error) if retryable(&error) && attempt < ATTEMPTS => {
+                drop(tx);
+                tracing::warn!(attempt, %error, "transaction failed, retrying");
+                std::thread::sleep(wait);
+                wait *= 2;
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+fn meta_value(client: &mut Client, key: &str) -> Result<Option<String>> {
+    Ok(client
+        .query_opt("SELECT value FROM store_meta WHERE key = $1", &[&key])?
+        .map(|row| row.get(0)))
+}
+
+/// Returns the schema version, or 0 when the schema holds no store.
+fn schema_version(client: &mut Client, schema: &str) -> Result<i64> {
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables
+                            WHERE schemaname = $1 AND tablename = 'schema_migrations')",
+            &[&schema],
+        )?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    let version: Option<i64> =
+        client.query_one("SELECT max(version) FROM schema_migrations", &[])?.get(0);
+    Ok(version.unwrap_or(0))
+}
+
+/// Creates the roles when missing, then the schema and its tables up to
+/// [`SCHEMA_VERSION`], inside the caller's transaction. Returns the version found.
+fn migrate_in(tx: &mut Transaction<'_>, schema: &str) -> Result<i64> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    for role in [APP_ROLE, OPERATOR_ROLE] {
+        let exists = tx.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])?;
+        if exists.is_none() {
+            tracing::info!(role, "creating PostgreSQL role");
+            tx.batch_execute(&format!("CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS"))?;
+        }
+    }
+    let quoted = quote_ident(schema);
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {quoted};
+         SET LOCAL search_path TO {quoted};
+         CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    BIGINT PRIMARY KEY,
+             name       TEXT NOT NULL,
+             applied_at TEXT NOT NULL
+         );
+         GRANT USAGE ON SCHEMA {quoted} TO {APP_ROLE}, {OPERATOR_ROLE};
+         GRANT SELECT ON schema_migrations TO {APP_ROLE}, {OPERATOR_ROLE};"
+    ))?;
+    let found: Option<i64> =
+        tx.query_one("SELECT max(version) FROM schema_migrations", &[])?.get(0);
+    let found = found.unwrap_or(0);
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+    }
+    for (index, (name, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = index as i64 + 1;
+        tracing::info!(version, migration = name, schema, "applying PostgreSQL migration");
+        tx.batch_execute(&sql.replace("@SCHEMA@", &quoted))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            &[&version, name, &format_instant(Utc::now())],
+        )?;
+    }
+    Ok(found)
+}
+
+impl crate::Store for PgStore {
+    fn info(&self) -> Result<StoreInfo> {
+        self.read_info()
+    }
+
+    fn set_master_keys(
+        &mut self,
+        master: medconnect_crypto::MasterKey,
+        next: Option<medconnect_crypto::MasterKey>,
+    ) -> Result<()> {
+        self.set_master_keys_impl(master, next)
+    }
+
+    fn set_clock(&mut self, clock: Box<dyn Clock>) {
+        self.clock = clock;
+    }
+
+    fn create_tenant(
+        &mut self,
+        slug: &str,
+        name: &str,
+        actor: &str,
+    ) -> Result<medconnect_domain::model::Tenant> {
+        self.create_tenant_impl(slug, name, actor)
+    }
+
+    fn tenant_by_slug(&self, slug: &str) -> Result<medconnect_domain::model::Tenant> {
+        self.tenant_by_slug_impl(slug)
+    }
+
+    fn tenant(&self, id: medconnect_domain::TenantId) -> Result<medconnect_domain::model::Tenant> {
+        self.tenant_impl(id)
+    }
+
+    fn tenants(&self) -> Result<Vec<medconnect_domain::model::Tenant>> {
+        self.tenants_impl()
+    }
+
+    fn import(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        batch: &medconnect_domain::model::ImportBatch,
+        policy: &medconnect_domain::policy::Policy,
+        actor: &str,
+    ) -> Result<medconnect_domain::model::ImportCounts> {
+        self.import_impl(tenant, batch, policy, actor)
+    }
+
+    fn record_encounter(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        at: DateTime<Utc>,
+        policy: &medconnect_domain::policy::Policy,
+        actor: &str,
+    ) -> Result<DateTime<Utc>> {
+        self.record_encounter_impl(tenant, patient, at, policy, actor)
+    }
+
+    fn add_id_photo(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        bytes: &[u8],
+        uploaded_at: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<medconnect_domain::PhotoId> {
+        self.add_id_photo_impl(tenant, patient, bytes, uploaded_at, actor)
+    }
+
+    fn add_session(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: Option<medconnect_domain::PatientId>,
+        times: crate::SessionTimes,
+    ) -> Result<medconnect_domain::SessionId> {
+        self.add_session_impl(tenant, patient, times)
+    }
+
+    fn patient_links(
+        &self,
+        tenant: &medconnect_domain::model::Tenant,
+    ) -> Result<Vec<crate::LinkSummary>> {
+        self.patient_links_impl(tenant)
+    }
+
+    fn patient_link(
+        &self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+    ) -> Result<crate::LinkDetail> {
+        self.patient_link_impl(tenant, patient)
+    }
+
+    fn patient_profile(
+        &self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+    ) -> Result<crate::PatientProfileView> {
+        self.patient_profile_impl(tenant, patient)
+    }
+
+    fn read_id_photo(
+        &self,
+        tenant: &medconnect_domain::model::Tenant,
+        photo: medconnect_domain::PhotoId,
+    ) -> Result<Vec<u8>> {
+        self.read_id_photo_impl(tenant, photo)
+    }
+
+    fn providers(
+        &self,
+        tenant: &medconnect_domain::model::Tenant,
+    ) -> Result<Vec<crate::ProviderView>> {
+        self.providers_impl(tenant)
+    }
+
+    fn find_patient(
+        &self,
+        tenant: &medconnect_domain::model::Tenant,
+        source_system: &str,
+        source_id: &str,
+    ) -> Result<Option<medconnect_domain::PatientId>> {
+        self.find_patient_impl(tenant, source_system, source_id)
+    }
+
+    fn receipts_for(&self, record_id: &str) -> Result<Vec<crate::AuditRecord>> {
+        self.receipts_for_impl(record_id)
+    }
+
+    fn links_of_patient(
+        &self,
+        patient: medconnect_domain::PatientId,
+    ) -> Result<Vec<crate::LinkSummary>> {
+        self.links_of_patient_impl(patient)
+    }
+
+    fn place_hold(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        scope: medconnect_domain::model::HoldScope,
+        matter: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<medconnect_domain::model::LegalHold> {
+        self.place_hold_impl(tenant, scope, matter, reason, actor)
+    }
+
+    fn release_hold(
+        &mut self,
+        id: medconnect_domain::HoldId,
+        actor: &str,
+    ) -> Result<medconnect_domain::model::LegalHold> {
+        self.release_hold_impl(id, actor)
+    }
+
+    fn holds(
+        &self,
+        tenant: Option<medconnect_domain::TenantId>,
+        include_released: bool,
+    ) -> Result<Vec<medconnect_domain::model::LegalHold>> {
+        self.holds_impl(tenant, include_released)
+    }
+
+    fn phi_candidates(&self, active_before: DateTime<Utc>) -> Result<Vec<crate::PhiCandidate>> {
+        self.phi_candidates_impl(active_before)
+    }
+
+    fn id_photo_candidates(
+        &self,
+        uploaded_before: DateTime<Utc>,
+    ) -> Result<Vec<crate::RecordCandidate>> {
+        self.id_photo_candidates_impl(uploaded_before)
+    }
+
+    fn session_candidates(
+        &self,
+        ended_before: DateTime<Utc>,
+    ) -> Result<Vec<crate::RecordCandidate>> {
+        self.session_candidates_impl(ended_before)
+    }
+
+    fn dispose(
+        &mut self,
+        disposals: &[crate::Disposal],
+        context: &crate::DisposalContext<'_>,
+    ) -> Result<Vec<crate::DisposalOutcome>> {
+        self.dispose_impl(disposals, context)
+    }
+
+    fn finish_file_deletions(&mut self) -> Result<u64> {
+        self.finish_file_deletions_impl()
+    }
+
+    fn apply_policy(
+        &mut self,
+        policy: &medconnect_domain::policy::Policy,
+        actor: &str,
+        allow_shorter: bool,
+    ) -> Result<crate::PolicyApplied> {
+        self.apply_policy_impl(policy, actor, allow_shorter)
+    }
+
+    fn applied_policy_version(&self) -> Result<Option<String>> {
+        self.applied_policy_version_impl()
+    }
+
+    fn master_key_version(&self) -> Result<u32> {
+        self.master_key_version_impl()
+    }
+
+    fn master_rotation_target(&self) -> Result<Option<u32>> {
+        self.master_rotation_target_impl()
+    }
+
+    fn begin_master_rotation(&mut self, next_version: u32, actor: &str) -> Result<()> {
+        self.begin_master_rotation_impl(next_version, actor)
+    }
+
+    fn rewrap_data_keys(&mut self, limit: u32) -> Result<u64> {
+        self.rewrap_data_keys_impl(limit)
+    }
+
+    fn finish_master_rotation(&mut self, actor: &str) -> Result<u32> {
+        self.finish_master_rotation_impl(actor)
+    }
+
+    fn rotate_tenant_key(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        actor: &str,
+    ) -> Result<u32> {
+        self.rotate_tenant_key_impl(tenant, actor)
+    }
+
+    fn append_audit(&mut self, event: medconnect_domain::audit::AuditEvent) -> Result<i64> {
+        self.append_audit_impl(event)
+    }
+
+    fn verify_audit_with_key(
+        &self,
+        public_key: Option<&medconnect_domain::checkpoint::AuditPublicKey>,
+    ) -> Result<medconnect_domain::audit::VerifyReport> {
+        self.verify_audit_impl(public_key)
+    }
+
+    fn sign_audit_checkpoint(
+        &mut self,
+        signer: &dyn medconnect_crypto::AuditSigner,
+    ) -> Result<crate::CheckpointSigned> {
+        self.sign_audit_checkpoint_impl(signer)
+    }
+
+    fn audit_checkpoints(&self) -> Result<Vec<medconnect_domain::checkpoint::Checkpoint>> {
+        self.audit_checkpoints_impl()
+    }
+
+    fn export_audit(
+        &self,
+        public_key: Option<&medconnect_domain::checkpoint::AuditPublicKey>,
+        write: &mut dyn FnMut(&medconnect_domain::checkpoint::ExportLine) -> Result<()>,
+    ) -> Result<crate::AuditExported> {
+        self.export_audit_impl(public_key, write)
+    }
+
+    fn audit_disposal_due(
+        &self,
+        policy: &medconnect_domain::policy::Policy,
+        as_of: DateTime<Utc>,
+    ) -> Result<crate::AuditCut> {
+        self.audit_disposal_due_impl(policy, as_of)
+    }
+
+    fn dispose_audit(
+        &mut self,
+        policy: &medconnect_domain::policy::Policy,
+        as_of: DateTime<Utc>,
+        signer: &dyn medconnect_crypto::AuditSigner,
+        actor: &str,
+    ) -> Result<crate::AuditCut> {
+        self.dispose_audit_impl(policy, as_of, signer, actor)
+    }
+
+    fn audit_entries(&self, after_seq: i64, limit: u32) -> Result<Vec<crate::AuditRecord>> {
+        self.audit_entries_impl(after_seq, limit)
+    }
+
+    fn audit_tail_start(&self, count: u32) -> Result<i64> {
+        self.audit_tail_start_impl(count)
+    }
+
+    fn start_run(&mut self, as_of: DateTime<Utc>) -> Result<String> {
+        self.start_run_impl(as_of)
+    }
+
+    fn finish_run(&mut self, run_id: &str, status: &str, summary: &str) -> Result<()> {
+        self.finish_run_impl(run_id, status, summary)
+    }
+
+    fn runs(&self, limit: u32) -> Result<Vec<crate::RunRecord>> {
+        self.runs_impl(limit)
+    }
+
+    fn reapply_disposal(&mut self, entry: &crate::LedgerEntry) -> Result<crate::ReapplyOutcome> {
+        self.reapply_disposal_impl(entry)
+    }
+}
