@@ -15,6 +15,8 @@ mod error;
 pub mod ledger;
 pub mod postgres;
 pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod types;
 
 pub use error::StoreError;

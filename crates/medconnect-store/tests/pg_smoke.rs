@@ -1,14 +1,13 @@
-use medconnect_domain::clock::SystemClock;
-use medconnect_store::{ClockMode, PgConfig, PgStore, Store};
+//! A store of each backend can be created, described and dropped.
 
-#[test]
-fn create_open_and_drop() {
-    let admin = "postgres://postgres@127.0.0.1:5432/test";
-    let mut config = PgConfig::new("postgres://127.0.0.1:5432/test");
-    config.schema = format!("mc_smoke_{}", std::process::id());
-    let store = PgStore::create(&config, admin, ClockMode::Simulated, Box::new(SystemClock)).expect("create");
+use medconnect_domain::clock::SystemClock;
+use medconnect_store::backend_tests;
+use medconnect_store::testing::Backend;
+
+backend_tests!(created_store_describes_itself);
+
+fn created_store_describes_itself(backend: Backend) {
+    let store = backend.create(Box::new(SystemClock));
     let info = store.info().expect("info");
-    assert_eq!(info.backend, "postgres");
-    drop(store);
-    PgStore::drop_schema(admin, &config.schema).expect("drop");
+    assert_eq!(info.backend, backend.name());
 }
