@@ -13,6 +13,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "MEDCONNECT_DATA_DIR", default_value = "./medconnect-data")]
     pub data_dir: PathBuf,
 
+    /// Configuration file [default: DATA_DIR/medconnect.toml when it exists]. Without one,
+    /// or without database_url in it, the store is the embedded one in DATA_DIR.
+    #[arg(long, global = true, env = "MEDCONNECT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Retention policy file [default: DATA_DIR/policy.toml].
     #[arg(long, global = true, env = "MEDCONNECT_POLICY")]
     pub policy: Option<PathBuf>,
@@ -49,7 +54,14 @@ pub enum Command {
         /// a store is marked as written on a simulated clock.
         #[arg(long)]
         simulated_clock: bool,
+        /// PostgreSQL only: URL of a role that may create roles and schemas, used once to
+        /// create them [default: database_url with the user postgres].
+        #[arg(long, env = "MEDCONNECT_ADMIN_DATABASE_URL", value_name = "URL")]
+        admin_url: Option<String>,
     },
+    /// Inspect and migrate the database of the store.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Show or check the retention policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -425,5 +437,23 @@ pub enum BackupCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DbCommand {
+    /// Show the backend, schema version and location of the store.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply pending schema migrations to a PostgreSQL store. Run it from one node while the
+    /// others are stopped.
+    Migrate {
+        /// URL of the role that owns the schema [default: database_url with the user
+        /// postgres].
+        #[arg(long, env = "MEDCONNECT_ADMIN_DATABASE_URL", value_name = "URL")]
+        admin_url: Option<String>,
     },
 }

@@ -10,28 +10,41 @@ use medconnect_domain::model::HoldScope;
 use medconnect_domain::time::parse_instant;
 use medconnect_domain::{HoldId, PatientId};
 use medconnect_lifecycle::RunOptions;
-use medconnect_store::{ClockMode, SqliteStore, Store, StoreError};
+use medconnect_store::{ClockMode, PgStore, SqliteStore, Store, StoreError};
 
 use crate::cli::{
-    AuditCommand, EncounterCommand, HoldCommand, ImportCommand, LifecycleCommand, PatientCommand,
-    PolicyCommand, TenantCommand,
+    AuditCommand, DbCommand, EncounterCommand, HoldCommand, ImportCommand, LifecycleCommand,
+    PatientCommand, PolicyCommand, TenantCommand,
 };
+use crate::config::StoreLocation;
 use crate::output::{self, print_json};
 use crate::{
     as_of_or_now, destructive_as_of, load_policy_file, public_key_of, read_public_key, Context,
 };
 
-pub fn init(context: &Context, simulated_clock: bool) -> Result<ExitCode> {
+pub fn init(context: &Context, simulated_clock: bool, admin_url: Option<&str>) -> Result<ExitCode> {
     let mode = if simulated_clock { ClockMode::Simulated } else { ClockMode::Production };
-    let store = SqliteStore::create(
-        &context.data_dir,
-        mode,
-        Box::new(medconnect_domain::clock::SystemClock),
-    )?;
+    let clock = Box::new(medconnect_domain::clock::SystemClock);
+    let place = match &context.location {
+        StoreLocation::Embedded => {
+            SqliteStore::create(&context.data_dir, mode, clock)?;
+            context.data_dir.display().to_string()
+        }
+        StoreLocation::Postgres(config) => {
+            std::fs::create_dir_all(&context.data_dir)
+                .with_context(|| format!("creating {}", context.data_dir.display()))?;
+            let admin = admin_url_or_default(&config.database_url, admin_url)?;
+            PgStore::create(config, &admin, mode, clock)?;
+            format!(
+                "PostgreSQL schema {} (keys and policy in {})",
+                config.schema,
+                context.data_dir.display()
+            )
+        }
+    };
     context.write_default_policy()?;
     context.load_policy()?;
-    drop(store);
-    outln!("created a {} store in {}", mode.as_str(), context.data_dir.display());
+    outln!("created a {} store in {place}", mode.as_str());
     outln!("policy: {}", context.policy_path().display());
     let key_path = context.master_key_path();
     if std::env::var_os(crate::MASTER_KEY_ENV).is_some() {
@@ -53,6 +66,68 @@ pub fn init(context: &Context, simulated_clock: bool) -> Result<ExitCode> {
         "audit public key: {} (hand it to auditors to verify exports)",
         context.audit_public_key_path().display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Returns the admin URL given, else `database_url` with the user `postgres`.
+fn admin_url_or_default(database_url: &str, given: Option<&str>) -> Result<String> {
+    if let Some(url) = given {
+        return Ok(url.to_owned());
+    }
+    let Some(rest) = database_url
+        .strip_prefix("postgres://")
+        .or_else(|| database_url.strip_prefix("postgresql://"))
+    else {
+        bail!(
+            "pass --admin-url postgres://USER@HOST:PORT/DATABASE, naming a role that may \
+             create roles and schemas (database_url is not in URL form, so no default can be \
+             derived from it)"
+        );
+    };
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    Ok(format!("postgres://postgres@{host}"))
+}
+
+pub fn db(context: &Context, command: DbCommand) -> Result<ExitCode> {
+    match command {
+        DbCommand::Status { json } => {
+            let store = context.open_store()?;
+            let info = store.info()?;
+            if json {
+                print_json(&serde_json::json!({
+                    "backend": info.backend,
+                    "schema_version": info.schema_version,
+                    "clock": info.clock,
+                    "created_at": info.created_at,
+                    "location": info.location,
+                    "applied_policy_version": store.applied_policy_version()?,
+                }))?;
+            } else {
+                outln!("backend: {}", info.backend);
+                outln!("location: {}", info.location);
+                outln!("schema version: {}", info.schema_version);
+                outln!("clock: {}", info.clock.as_str());
+            }
+        }
+        DbCommand::Migrate { admin_url } => match &context.location {
+            StoreLocation::Embedded => {
+                let store = SqliteStore::open(&context.data_dir)?;
+                outln!(
+                    "the embedded store migrates itself when opened: schema version {}",
+                    store.info()?.schema_version
+                );
+            }
+            StoreLocation::Postgres(config) => {
+                let admin = admin_url_or_default(&config.database_url, admin_url.as_deref())?;
+                let (before, after) = PgStore::migrate(config, &admin)?;
+                if before == after {
+                    outln!("schema {} is at version {after}: nothing to do", config.schema);
+                } else {
+                    outln!("schema {} migrated from version {before} to {after}", config.schema);
+                }
+            }
+        },
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -174,10 +249,10 @@ pub fn import(context: &Context, command: ImportCommand) -> Result<ExitCode> {
     // A production store accepts only encounters that happened; a simulated one may hold
     // encounters ahead of the real clock.
     let not_after =
-        (store.clock_mode() == ClockMode::Production).then(|| as_of_or_now(None)).transpose()?;
+        (store.info()?.clock == ClockMode::Production).then(|| as_of_or_now(None)).transpose()?;
     let options = medconnect_import::synthea::ReadOptions { not_after };
     let (counts, files) = medconnect_import::synthea::import_dir(
-        &mut store,
+        &mut *store,
         &tenant,
         &dir,
         &options,
@@ -221,7 +296,7 @@ pub fn encounter(context: &Context, command: EncounterCommand) -> Result<ExitCod
         Some(value) => parse_instant(&value)?,
         None => now,
     };
-    if at > now && store.clock_mode() == ClockMode::Production {
+    if at > now && store.info()?.clock == ClockMode::Production {
         bail!(
             "--at {} is in the future: a production store records only encounters that happened",
             output::instant(at)
@@ -238,7 +313,7 @@ pub fn lifecycle(context: &Context, command: LifecycleCommand) -> Result<ExitCod
             let store = context.open_store()?;
             let policy = context.load_policy()?;
             let as_of = as_of_or_now(as_of.as_of.as_deref())?;
-            let plan = medconnect_lifecycle::plan(&store, &policy, as_of)?;
+            let plan = medconnect_lifecycle::plan(&*store, &policy, as_of)?;
             if json {
                 print_json(&plan)?;
             } else {
@@ -259,10 +334,10 @@ pub fn lifecycle(context: &Context, command: LifecycleCommand) -> Result<ExitCod
             let tenant = store.tenant_by_slug(&tenant)?;
             let patient = PatientId::parse(&patient)?;
             let explanation =
-                match medconnect_lifecycle::explain(&store, &policy, &tenant, patient, as_of) {
+                match medconnect_lifecycle::explain(&*store, &policy, &tenant, patient, as_of) {
                     Err(medconnect_lifecycle::LifecycleError::Store(
                         StoreError::PatientNotFound { .. },
-                    )) => return explain_disposed(&store, &tenant, patient, json),
+                    )) => return explain_disposed(&*store, &tenant, patient, json),
                     other => other?,
                 };
             if json {
@@ -274,7 +349,7 @@ pub fn lifecycle(context: &Context, command: LifecycleCommand) -> Result<ExitCod
         LifecycleCommand::Run { as_of, batch_size, json } => {
             let mut store = context.open_store()?;
             let policy = context.load_policy()?;
-            let as_of = destructive_as_of(&mut store, as_of.as_of.as_deref())?;
+            let as_of = destructive_as_of(&mut *store, as_of.as_of.as_deref())?;
             let options =
                 RunOptions { batch_size: batch_size as usize, actor: context.actor.clone() };
             let signer = context.signing_key_or_warn(
@@ -282,7 +357,7 @@ pub fn lifecycle(context: &Context, command: LifecycleCommand) -> Result<ExitCod
             );
             let mut progress = output::Progress::new("disposing", !json);
             let report = medconnect_lifecycle::run_with_signer(
-                &mut store,
+                &mut *store,
                 &policy,
                 as_of,
                 &options,
@@ -295,7 +370,7 @@ pub fn lifecycle(context: &Context, command: LifecycleCommand) -> Result<ExitCod
             } else {
                 output::print_run(&report);
             }
-            crate::backup::sync_ledger_after_run(context, &store)?;
+            crate::backup::sync_ledger_after_run(context, &*store)?;
         }
         LifecycleCommand::Status { limit, json } => {
             let store = context.open_store()?;
@@ -504,7 +579,7 @@ fn export(context: &Context, out: &Path, json: bool) -> Result<ExitCode> {
 /// Explains a patient that is not linked to the tenant: purged, with its receipts, or never
 /// linked.
 fn explain_disposed(
-    store: &SqliteStore,
+    store: &dyn Store,
     tenant: &medconnect_domain::model::Tenant,
     patient: PatientId,
     json: bool,

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use medconnect_crypto::{KeyFileProvider, KeyProvider};
-use medconnect_store::Store;
 
 use crate::cli::KeysCommand;
 use crate::Context;

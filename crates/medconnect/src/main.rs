@@ -17,6 +17,7 @@ macro_rules! outln {
 mod backup;
 mod cli;
 mod commands;
+mod config;
 mod demo;
 mod keys;
 mod logging;
@@ -35,9 +36,10 @@ use medconnect_domain::checkpoint::AuditPublicKey;
 use medconnect_domain::clock::FixedClock;
 use medconnect_domain::policy::{Policy, DEFAULT_POLICY_TOML};
 use medconnect_domain::time::parse_instant;
-use medconnect_store::{ClockMode, SqliteStore, Store};
+use medconnect_store::{ClockMode, PgStore, SqliteStore, Store};
 
 use cli::{Cli, Command};
+use config::StoreLocation;
 
 /// File name of the policy inside the data directory.
 pub const POLICY_FILE: &str = "policy.toml";
@@ -59,7 +61,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     if actor.trim().is_empty() {
         bail!("--actor must not be empty: pass who is acting, such as operator:jdoe");
     }
+    let location = config::load(&cli.data_dir, cli.config.as_deref())?;
     let context = Context {
+        location,
         data_dir: cli.data_dir,
         policy: cli.policy,
         master_key_file: cli.master_key_file,
@@ -68,7 +72,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         ledger: cli.ledger,
     };
     match cli.command {
-        Command::Init { simulated_clock } => commands::init(&context, simulated_clock),
+        Command::Init { simulated_clock, admin_url } => {
+            commands::init(&context, simulated_clock, admin_url.as_deref())
+        }
+        Command::Db(command) => commands::db(&context, command),
         Command::Policy(command) => commands::policy(&context, command),
         Command::Tenant(command) => commands::tenant(&context, command),
         Command::Patient(command) => commands::patient(&context, command),
@@ -85,6 +92,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 
 /// Locations of the store and its policy.
 pub struct Context {
+    /// The backend that holds the store, from `medconnect.toml` and the environment.
+    pub location: StoreLocation,
     pub data_dir: PathBuf,
     pub policy: Option<PathBuf>,
     pub master_key_file: Option<PathBuf>,
@@ -108,20 +117,43 @@ fn default_actor() -> String {
 }
 
 impl Context {
-    pub fn open_store(&self) -> Result<SqliteStore> {
+    /// Opens the store where the configuration puts it.
+    pub fn open_store(&self) -> Result<Box<dyn Store>> {
+        Ok(match &self.location {
+            StoreLocation::Embedded => Box::new(SqliteStore::open(&self.data_dir)?),
+            StoreLocation::Postgres(config) => Box::new(PgStore::open(config)?),
+        })
+    }
+
+    /// Opens the embedded store, for the commands that work on its files (backups). A
+    /// PostgreSQL store is refused with what to use instead.
+    pub fn open_embedded_store(&self) -> Result<SqliteStore> {
+        self.open_embedded_store_check()?;
         Ok(SqliteStore::open(&self.data_dir)?)
+    }
+
+    /// Fails when the store is not the embedded one, saying what to use instead.
+    pub fn open_embedded_store_check(&self) -> Result<()> {
+        if let StoreLocation::Postgres(_) = self.location {
+            bail!(
+                "this command works on the embedded store's files, and this store is on \
+                 PostgreSQL: back it up with PostgreSQL's own tools (pg_dump or a base backup \
+                 with WAL archiving), together with the master key file"
+            );
+        }
+        Ok(())
     }
 
     /// Opens the store with the master key, for commands that read or write PHI. While a
     /// master key rotation is under way, the next master key is loaded too.
-    pub fn open_store_with_key(&self) -> Result<SqliteStore> {
+    pub fn open_store_with_key(&self) -> Result<Box<dyn Store>> {
         let mut store = self.open_store()?;
-        self.load_keys(&mut store)?;
+        self.load_keys(&mut *store)?;
         Ok(store)
     }
 
     /// Loads the master key (and the next one during a rotation) into an open store.
-    pub fn load_keys(&self, store: &mut SqliteStore) -> Result<()> {
+    pub fn load_keys(&self, store: &mut dyn Store) -> Result<()> {
         let version = store.master_key_version()?;
         let master = self.key_provider(version).master_key()?;
         let next = match store.master_rotation_target()? {
@@ -235,7 +267,7 @@ impl Context {
     pub fn load_policy(&self) -> Result<Policy> {
         let path = self.policy_path();
         if self.policy.is_none() && !path.exists() {
-            SqliteStore::open(&self.data_dir)?;
+            self.open_store()?;
         }
         load_policy_file(&path)
     }
@@ -289,11 +321,11 @@ pub fn as_of_or_now(value: Option<&str>) -> Result<DateTime<Utc>> {
 
 /// Parses `--as-of` for a command that destroys data, which only a simulated store allows.
 /// The store's clock is set to that instant so audit entries carry it.
-pub fn destructive_as_of(store: &mut SqliteStore, value: Option<&str>) -> Result<DateTime<Utc>> {
+pub fn destructive_as_of(store: &mut dyn Store, value: Option<&str>) -> Result<DateTime<Utc>> {
     let Some(value) = value else {
         return as_of_or_now(None);
     };
-    if store.clock_mode() == ClockMode::Production {
+    if store.info()?.clock == ClockMode::Production {
         bail!(
             "--as-of {value:?} rejected: this store runs on the production clock, and a \
              simulated instant could purge records before their retention ends; run without \

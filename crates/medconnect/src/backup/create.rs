@@ -112,7 +112,7 @@ struct CreateReport {
 // deletes its folder.
 pub fn create(context: &Context, destinations: &[PathBuf], json: bool) -> Result<ExitCode> {
     let destinations = check_destinations(context, destinations)?;
-    let mut store = context.open_store()?;
+    let mut store = context.open_embedded_store()?;
     let master = context.master_key_for(store.master_key_version()?)?;
 
     // The sync brings the ledger up to date, so that the copy written beside this backup

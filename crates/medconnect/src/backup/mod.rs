@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use medconnect_store::{ledger, SqliteStore};
+use medconnect_store::{ledger, Store};
 
 use crate::cli::BackupCommand;
 use crate::output::print_json;
@@ -38,6 +38,14 @@ impl Context {
 }
 
 pub fn backup(context: &Context, command: BackupCommand) -> Result<ExitCode> {
+    let on_files = matches!(
+        command,
+        BackupCommand::Create { .. } | BackupCommand::Verify { .. } | BackupCommand::Restore { .. }
+    );
+    if on_files {
+        // Refuses a PostgreSQL store with what to use instead.
+        context.open_embedded_store_check()?;
+    }
     match command {
         BackupCommand::Create { destinations, json } => {
             create::create(context, &destinations_or_env(destinations.destinations)?, json)
@@ -56,7 +64,7 @@ pub fn backup(context: &Context, command: BackupCommand) -> Result<ExitCode> {
         BackupCommand::SyncLedger { json } => {
             let store = context.open_store()?;
             let path = context.ledger_path();
-            let synced = sync_ledger(&store, &path)?;
+            let synced = sync_ledger(&*store, &path)?;
             if json {
                 print_json(&serde_json::json!({ "ledger": path, "sync": synced }))?;
             } else {
@@ -75,7 +83,7 @@ pub fn backup(context: &Context, command: BackupCommand) -> Result<ExitCode> {
 /// Brings the disposal ledger up to date after `lifecycle run`. The run's receipts are
 /// already committed to the audit log, so a failure here loses nothing: the next sync
 /// appends them.
-pub fn sync_ledger_after_run(context: &Context, store: &SqliteStore) -> Result<()> {
+pub fn sync_ledger_after_run(context: &Context, store: &dyn Store) -> Result<()> {
     let path = context.ledger_path();
     sync_ledger(store, &path).with_context(|| {
         format!(
@@ -88,7 +96,7 @@ pub fn sync_ledger_after_run(context: &Context, store: &SqliteStore) -> Result<(
     Ok(())
 }
 
-fn sync_ledger(store: &SqliteStore, path: &Path) -> Result<ledger::LedgerSync> {
+fn sync_ledger(store: &dyn Store, path: &Path) -> Result<ledger::LedgerSync> {
     ledger::sync(store, path)
         .with_context(|| format!("syncing the disposal ledger {}", path.display()))
 }

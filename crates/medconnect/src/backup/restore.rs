@@ -267,7 +267,7 @@ fn load_ledger(
     if context.data_dir.join(DATABASE_FILE).is_file() {
         let synced = context
             .open_store()
-            .and_then(|store| ledger::sync(&store, &live).map_err(anyhow::Error::from));
+            .and_then(|store| ledger::sync(&*store, &live).map_err(anyhow::Error::from));
         if let Err(err) = synced {
             eprintln!(
                 "warning: the disposal ledger {} could not be brought up to date from the live \
