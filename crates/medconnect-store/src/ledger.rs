@@ -121,10 +121,12 @@ fn parse(path: &Path, text: &str) -> Result<Vec<LedgerEntry>> {
 /// The sync starts after the last ledger entry whose sequence number and hash match an audit
 /// entry of `store`, so entries of another store lineage, such as the store a restored store
 /// was copied from, never hide this store's receipts.
-// NOTE: two syncs of one ledger running at the same moment may both append the same
-// entries. Readers tolerate duplicates, because re-applying an entry twice finds it absent.
+///
+/// Nodes that share a ledger file take turns: each sync holds an exclusive lock on the file
+/// while it reads and appends, so two syncs never append the same entries.
 pub fn sync(store: &dyn Store, path: &Path) -> Result<LedgerSync> {
     let mut file = open_for_append(path)?;
+    file.lock().map_err(|e| StoreError::io(path, e))?;
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(|e| StoreError::io(path, e))?;
     let complete_len = text.rfind('\n').map_or(0, |end| end + 1);
