@@ -87,6 +87,53 @@ impl SealingKey {
     }
 }
 
+/// A data key generated and wrapped but not stored yet.
+///
+/// Some inserts may turn out to be duplicates, such as a core profile that another
+/// transaction creates at the same time. Such a row is sealed with an unstored key, and the
+/// key is stored only once the row is in, so a duplicate leaves no key behind.
+pub(crate) struct UnstoredKey {
+    key: DataKey,
+    id: String,
+    scope: KeyScope,
+    owner: String,
+    version: u32,
+    wrapped: Vec<u8>,
+    master_version: u32,
+    created_at: String,
+}
+
+impl UnstoredKey {
+    pub(crate) fn sealing_key(&self) -> SealingKey {
+        SealingKey::new(&self.key, self.version)
+    }
+
+    /// Stores the key. Fails when its owner already has a key of this version.
+    pub(crate) fn store(self, mut rows: impl KeyRows) -> Result<()> {
+        if rows.insert_key_row(&self.row())? {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt(format!(
+            "{} {} already has a data key of version {}",
+            self.scope.as_str(),
+            self.owner,
+            self.version
+        )))
+    }
+
+    fn row(&self) -> NewKeyRow<'_> {
+        NewKeyRow {
+            id: &self.id,
+            scope: self.scope,
+            owner: &self.owner,
+            version: self.version,
+            wrapped: &self.wrapped,
+            master_version: self.master_version,
+            created_at: &self.created_at,
+        }
+    }
+}
+
 /// Scope of a data key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyScope {
@@ -260,19 +307,40 @@ impl Keys {
         version: u32,
         now: DateTime<Utc>,
     ) -> Result<Option<DataKey>> {
+        let new = self.wrap_new_key(scope, owner, version, now)?;
+        let inserted = rows.insert_key_row(&new.row())?;
+        Ok(inserted.then_some(new.key))
+    }
+
+    /// Generates the first data key of a new owner without storing it; see [`UnstoredKey`].
+    pub(crate) fn unstored_key(
+        &self,
+        scope: KeyScope,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<UnstoredKey> {
+        self.wrap_new_key(scope, owner, FIRST_VERSION, now)
+    }
+
+    fn wrap_new_key(
+        &self,
+        scope: KeyScope,
+        owner: &str,
+        version: u32,
+        now: DateTime<Utc>,
+    ) -> Result<UnstoredKey> {
         let key = DataKey::generate(KeyId::new())?;
         let master = self.wrapping_master();
-        let wrapped = master.wrap_key(&key, version)?;
-        let inserted = rows.insert_key_row(&NewKeyRow {
-            id: &key.id().to_string(),
+        Ok(UnstoredKey {
+            wrapped: master.wrap_key(&key, version)?,
+            id: key.id().to_string(),
+            key,
             scope,
-            owner,
+            owner: owner.to_owned(),
             version,
-            wrapped: &wrapped,
             master_version: master.version(),
-            created_at: &format_instant(now),
-        })?;
-        Ok(inserted.then_some(key))
+            created_at: format_instant(now),
+        })
     }
 
     fn newest_data_key(

@@ -32,10 +32,13 @@ impl KeyRows for Transaction<'_> {
 
     fn insert_key_row(&mut self, row: &NewKeyRow<'_>) -> Result<bool> {
         let tenant = owning_tenant(self, row.scope, row.owner)?;
+        // The conflict clause names no target because, with a target, PostgreSQL also checks
+        // the new row against the SELECT policy, which hides a profile key until a link to
+        // its profile exists. The only other unique column is the new random id.
         let inserted = self.execute(
             "INSERT INTO data_keys (id, scope, owner, tenant_id, version, wrapped,
              master_version, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (scope, owner, version) DO NOTHING",
+             ON CONFLICT DO NOTHING",
             &[
                 &row.id,
                 &row.scope.as_str(),
