@@ -53,6 +53,12 @@ pub(crate) trait KeyRows {
 
     /// Deletes every key of `(scope, owner)` and returns their ids.
     fn delete_key_rows(&mut self, scope: KeyScope, owner: &str) -> Result<Vec<String>>;
+
+    /// Returns true when other tenants' keys are invisible here, so that a key missing from
+    /// [`Self::key_row`] may exist for another tenant rather than be destroyed.
+    fn hides_other_tenants(&self) -> bool {
+        false
+    }
 }
 
 impl<T: KeyRows + ?Sized> KeyRows for &mut T {
@@ -70,6 +76,10 @@ impl<T: KeyRows + ?Sized> KeyRows for &mut T {
 
     fn delete_key_rows(&mut self, scope: KeyScope, owner: &str) -> Result<Vec<String>> {
         (**self).delete_key_rows(scope, owner)
+    }
+
+    fn hides_other_tenants(&self) -> bool {
+        (**self).hides_other_tenants()
     }
 }
 
@@ -261,8 +271,8 @@ impl Keys {
             if self.insert_data_key(&mut rows, scope, owner, version, now)?.is_some() {
                 return Ok(version);
             }
-            // Another transaction stored this version first; go one above it, unless it is
-            // not visible here, which would repeat forever.
+            // Another transaction stored this version first, so try one above it. A version
+            // that is taken but not visible here would make this loop forever.
             let seen = rows.newest_key_row(scope, owner)?.map(|row| row.version);
             if seen < Some(version) {
                 return Err(StoreError::Corrupt(format!(
@@ -357,7 +367,7 @@ impl Keys {
     }
 
     /// Returns the data key a ciphertext names in its header, or `None` when that key was
-    /// destroyed.
+    /// destroyed or, on a backend that hides other tenants' keys, is not visible.
     fn key_for(&self, mut rows: impl KeyRows, sealed: &[u8]) -> Result<Option<DataKey>> {
         let header = parse_header(sealed)?;
         let Some((version, wrapped)) = rows.key_row(&header.key_id.to_string())? else {
@@ -381,8 +391,16 @@ impl Keys {
             record: place.record.to_owned(),
             source: Box::new(source),
         };
+        let hides_other_tenants = rows.hides_other_tenants();
         let key = match self.key_for(rows, sealed) {
             Ok(Some(key)) => key,
+            Ok(None) if hides_other_tenants => {
+                return Err(StoreError::KeyUnavailable {
+                    table: place.table.to_owned(),
+                    column: column.to_owned(),
+                    record: place.record.to_owned(),
+                })
+            }
             Ok(None) => {
                 return Err(StoreError::KeyDestroyed {
                     table: place.table.to_owned(),

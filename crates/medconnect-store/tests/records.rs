@@ -142,6 +142,8 @@ backend_tests!(
     holds_place_release_list,
     person_shared_between_tenants,
     concurrent_imports_share_profile,
+    concurrent_imports_into_one_tenant,
+    concurrent_same_import_runs_once,
     tenant_reads_stay_in_tenant,
     master_rotation_keeps_profiles,
     tenant_rotation_adds_versions,
@@ -469,22 +471,18 @@ fn open_in_thread(store: &TestStore) -> impl Fn() -> Box<dyn Store> + Send + Clo
     }
 }
 
-fn concurrent_imports_share_profile(backend: Backend) {
-    let mut store = store(backend);
-    let tenants = [
-        store.create_tenant("first", "First", ACTOR).expect("tenant"),
-        store.create_tenant("second", "Second", ACTOR).expect("tenant"),
-    ];
-    let people: Vec<NewPatientProfile> =
-        (0..20).map(|i| person(&format!("s-{i}"), &format!("Given{i}"))).collect();
-    let open = open_in_thread(&store);
-    let barrier = Arc::new(Barrier::new(tenants.len()));
-
-    let handles: Vec<_> = tenants
-        .iter()
-        .cloned()
-        .map(|tenant| {
-            let (open, barrier, batch) = (open.clone(), barrier.clone(), batch_of(people.clone()));
+/// Runs each import on a node of its own, all starting at once. Returns their results in
+/// the order given.
+fn import_at_once(
+    store: &TestStore,
+    imports: Vec<(Tenant, ImportBatch)>,
+) -> Vec<Result<ImportCounts, StoreError>> {
+    let open = open_in_thread(store);
+    let barrier = Arc::new(Barrier::new(imports.len()));
+    let handles: Vec<_> = imports
+        .into_iter()
+        .map(|(tenant, batch)| {
+            let (open, barrier) = (open.clone(), barrier.clone());
             std::thread::spawn(move || {
                 let mut node = open();
                 barrier.wait();
@@ -492,9 +490,24 @@ fn concurrent_imports_share_profile(backend: Backend) {
             })
         })
         .collect();
+    handles.into_iter().map(|handle| handle.join().expect("import thread")).collect()
+}
+
+fn people(prefix: &str, count: usize) -> Vec<NewPatientProfile> {
+    (0..count).map(|i| person(&format!("{prefix}-{i}"), &format!("Given{i}"))).collect()
+}
+
+fn concurrent_imports_share_profile(backend: Backend) {
+    let mut store = store(backend);
+    let tenants = [
+        store.create_tenant("first", "First", ACTOR).expect("tenant"),
+        store.create_tenant("second", "Second", ACTOR).expect("tenant"),
+    ];
+    let imports = tenants.iter().map(|t| (t.clone(), batch_of(people("s", 20)))).collect();
+
     let mut created = 0;
-    for handle in handles {
-        let counts = handle.join().expect("import thread").expect("concurrent import");
+    for result in import_at_once(&store, imports) {
+        let counts = result.expect("concurrent import");
         assert_eq!(counts.links_created, 20);
         assert_eq!(counts.profiles_created + counts.profiles_linked, 20);
         created += counts.profiles_created;
@@ -508,6 +521,52 @@ fn concurrent_imports_share_profile(backend: Backend) {
         assert!(first.is_some(), "{source} linked to the first tenant");
         assert_eq!(first, second, "{source} has one core profile");
     }
+}
+
+fn concurrent_imports_into_one_tenant(backend: Backend) {
+    let mut store = store(backend);
+    let tenant = store.create_tenant("clinic", "Clinic", ACTOR).expect("tenant");
+    // Both imports need the tenant key, which neither finds, so both create it at once.
+    let with_provider = |prefix: &str| ImportBatch {
+        providers: vec![NewProvider {
+            source_id: format!("prov-{prefix}"),
+            name: format!("Doctor {prefix}"),
+            specialty: "GENERAL PRACTICE".into(),
+            license_state: "NE".into(),
+            ..NewProvider::default()
+        }],
+        ..batch_of(people(prefix, 10))
+    };
+    let imports = vec![(tenant.clone(), with_provider("a")), (tenant.clone(), with_provider("b"))];
+
+    for result in import_at_once(&store, imports) {
+        let counts = result.expect("concurrent import");
+        assert_eq!(counts.links_created, 10);
+        assert_eq!(counts.providers, 1);
+    }
+    assert_eq!(store.patient_links(&tenant).expect("links").len(), 20);
+    let mut names: Vec<String> =
+        store.providers(&tenant).expect("providers").into_iter().map(|p| p.name).collect();
+    names.sort();
+    assert_eq!(names, ["Doctor a", "Doctor b"], "both sealed under the one tenant key");
+    assert_eq!(store.rotate_tenant_key(&tenant, ACTOR).expect("rotate"), 2, "one version 1");
+}
+
+fn concurrent_same_import_runs_once(backend: Backend) {
+    let mut store = store(backend);
+    let tenant = store.create_tenant("clinic", "Clinic", ACTOR).expect("tenant");
+    let imports = vec![(tenant.clone(), full_batch()), (tenant.clone(), full_batch())];
+
+    let results = import_at_once(&store, imports);
+    let succeeded: Vec<&ImportCounts> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(succeeded.len(), 1, "one import wins");
+    assert_eq!(succeeded[0].links_created, 2);
+    let failed = results.iter().find_map(|r| r.as_ref().err()).expect("one import fails");
+    assert!(matches!(failed, StoreError::AlreadyImported { .. }), "{failed}");
+    assert_eq!(store.patient_links(&tenant).expect("links").len(), 2);
+    let first = store.find_patient(&tenant, "test", "s-1").expect("find").expect("s-1");
+    let detail = store.patient_link(&tenant, first).expect("link");
+    assert_eq!(detail.counts.consultations, 2, "the losing import wrote no rows");
 }
 
 fn tenant_reads_stay_in_tenant(backend: Backend) {

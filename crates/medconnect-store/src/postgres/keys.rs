@@ -60,6 +60,11 @@ impl KeyRows for Transaction<'_> {
         )?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
+
+    /// Row-level security shows an application transaction only its own tenant's keys.
+    fn hides_other_tenants(&self) -> bool {
+        true
+    }
 }
 
 /// Returns the tenant a key of `(scope, owner)` belongs to: the owner itself for a tenant
