@@ -11,7 +11,7 @@ use medconnect_domain::model::{ImportBatch, ImportCounts, NewPatientProfile, Ten
 use medconnect_domain::policy::Policy;
 use medconnect_domain::time::format_instant;
 use medconnect_domain::{ConsultationId, PatientId, ProviderId};
-use postgres::Transaction;
+use postgres::{Statement, Transaction};
 use uuid::Uuid;
 
 use super::records::link_key;
@@ -67,8 +67,8 @@ pub(super) fn write_import(
 ) -> Result<ImportCounts> {
     let mut counts = ImportCounts::default();
     let tenant_id = tenant.id.to_string();
-    let initial_retention = format_instant(policy.phi_retention_until(&tenant.slug, now));
-    let new_link = NewLink { tenant_id: &tenant_id, now, retention_until: &initial_retention };
+    let retention_until = format_instant(policy.phi_retention_until(&tenant.slug, now));
+    let rows = PatientRows::prepare(tx, &tenant_id, now, &retention_until)?;
 
     let mut links: HashMap<&str, (i64, PatientId)> = HashMap::new();
     let mut link_keys: HashMap<i64, SealingKey> = HashMap::new();
@@ -76,14 +76,14 @@ pub(super) fn write_import(
     let mut mismatched = 0usize;
     for profile in &batch.patients {
         let source_index = keys.source_index(&profile.source_system, &profile.source_id)?;
-        let (patient, created) = match profile_by_source(tx, profile, &source_index)? {
+        let (patient, created) = match rows.find_profile(tx, profile, &source_index)? {
             Some(patient) => (patient, false),
-            None => match insert_profile(tx, keys, profile, &source_index, now)? {
+            None => match rows.insert_profile(tx, keys, profile, &source_index)? {
                 Some(patient) => (patient, true),
                 // Another transaction created this person's profile after the lookup above
                 // and has committed it, so the lookup now finds it.
                 None => {
-                    let found = profile_by_source(tx, profile, &source_index)?;
+                    let found = rows.find_profile(tx, profile, &source_index)?;
                     let patient = found.ok_or_else(|| {
                         StoreError::Corrupt(
                             "a core profile exists for a source id but cannot be found".into(),
@@ -99,7 +99,7 @@ pub(super) fn write_import(
         let linked_before = if created { None } else { link_key(tx, tenant.id, patient)? };
         let link = match linked_before {
             Some(_) => None,
-            None => new_link.insert(tx, patient)?,
+            None => rows.insert_link(tx, patient)?,
         };
         if created {
             counts.profiles_created += 1;
@@ -113,7 +113,7 @@ pub(super) fn write_import(
             already_linked += 1;
             continue;
         };
-        // The link is new, so its key is too: no need to look for a stored one.
+        // A new link has no stored key yet, so there is none to look up.
         let key = keys.unstored_key(KeyScope::Link, &link.to_string(), now)?;
         link_keys.insert(link, key.sealing_key());
         key.store(&mut *tx)?;
@@ -145,6 +145,11 @@ pub(super) fn write_import(
 
     let mut last_encounter: HashMap<i64, DateTime<Utc>> = HashMap::new();
     let mut consultations: HashMap<&str, String> = HashMap::new();
+    let insert_consultation = tx.prepare(
+        "INSERT INTO consultations (id, tenant_id, link_id, provider_id, status,
+         encounter_class, reason, notes, started_at, ended_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )?;
     for consultation in &batch.consultations {
         let (link, key) = link_of(&consultation.patient_source_id)?;
         let provider = consultation.provider_source_id.as_deref().and_then(|p| providers.get(p));
@@ -152,9 +157,7 @@ pub(super) fn write_import(
         let place = Place { tenant: &tenant_id, table: "consultations", record: &id };
         // The source system's encounter id is not kept: it identifies the patient's visit.
         tx.execute(
-            "INSERT INTO consultations (id, tenant_id, link_id, provider_id, status,
-             encounter_class, reason, notes, started_at, ended_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &insert_consultation,
             &[
                 &id,
                 &tenant_id,
@@ -175,6 +178,11 @@ pub(super) fn write_import(
         counts.consultations += 1;
     }
 
+    let insert_prescription = tx.prepare(
+        "INSERT INTO prescriptions (id, tenant_id, link_id, consultation_id, code,
+         description, dispenses, controlled, started_at, stopped_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )?;
     for prescription in &batch.prescriptions {
         let (link, key) = link_of(&prescription.patient_source_id)?;
         let consultation =
@@ -182,9 +190,7 @@ pub(super) fn write_import(
         let id = Uuid::new_v4().to_string();
         let place = Place { tenant: &tenant_id, table: "prescriptions", record: &id };
         tx.execute(
-            "INSERT INTO prescriptions (id, tenant_id, link_id, consultation_id, code,
-             description, dispenses, controlled, started_at, stopped_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &insert_prescription,
             &[
                 &id,
                 &tenant_id,
@@ -201,6 +207,11 @@ pub(super) fn write_import(
         counts.prescriptions += 1;
     }
 
+    let insert_history = tx.prepare(
+        "INSERT INTO medical_history (id, tenant_id, link_id, consultation_id, kind, code,
+         description, started_at, stopped_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )?;
     for entry in &batch.history {
         let (link, key) = link_of(&entry.patient_source_id)?;
         let consultation =
@@ -208,9 +219,7 @@ pub(super) fn write_import(
         let id = Uuid::new_v4().to_string();
         let place = Place { tenant: &tenant_id, table: "medical_history", record: &id };
         tx.execute(
-            "INSERT INTO medical_history (id, tenant_id, link_id, consultation_id, kind, code,
-             description, started_at, stopped_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &insert_history,
             &[
                 &id,
                 &tenant_id,
@@ -226,33 +235,122 @@ pub(super) fn write_import(
         counts.history_entries += 1;
     }
 
+    let set_retention = tx.prepare(
+        "UPDATE patient_links SET last_medical_encounter_at = $1, phi_retention_until = $2
+         WHERE id = $3",
+    )?;
     for (link, last) in last_encounter {
         let until = policy.phi_retention_until(&tenant.slug, last);
-        tx.execute(
-            "UPDATE patient_links SET last_medical_encounter_at = $1, phi_retention_until = $2
-             WHERE id = $3",
-            &[&format_instant(last), &format_instant(until), &link],
-        )?;
+        tx.execute(&set_retention, &[&format_instant(last), &format_instant(until), &link])?;
     }
     Ok(counts)
 }
 
-/// Values every new patient link of one import starts with. Retention is set again once
-/// every consultation is known.
-struct NewLink<'a> {
+/// The statements that write one patient of an import, prepared once per import.
+struct PatientRows<'a> {
+    find_profile: Statement,
+    insert_profile: Statement,
+    insert_link: Statement,
     tenant_id: &'a str,
     now: DateTime<Utc>,
+    /// Retention of a new link until it is set again once every consultation is known.
     retention_until: &'a str,
 }
 
-impl NewLink<'_> {
-    /// Inserts the link and returns its key, or None when another transaction linked the
-    /// patient to this tenant first.
-    fn insert(&self, tx: &mut Transaction<'_>, patient: PatientId) -> Result<Option<i64>> {
+impl<'a> PatientRows<'a> {
+    fn prepare(
+        tx: &mut Transaction<'_>,
+        tenant_id: &'a str,
+        now: DateTime<Utc>,
+        retention_until: &'a str,
+    ) -> Result<Self> {
+        // The profile insert's conflict clause names no target because, with a target,
+        // PostgreSQL also checks the new row against the SELECT policy, which hides a profile
+        // until a link to it exists. The only other unique column is the new random id.
+        Ok(PatientRows {
+            find_profile: tx.prepare("SELECT profile_by_source($1, $2)")?,
+            insert_profile: tx.prepare(
+                "INSERT INTO patient_profiles (id, source_system, source_index, given_name,
+                 family_name, birth_date, death_date, ssn, phone, email, address_line, city,
+                 state, postal_code, sex, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                 ON CONFLICT DO NOTHING",
+            )?,
+            insert_link: tx.prepare(
+                "INSERT INTO patient_links (tenant_id, patient_id, created_at,
+                 phi_retention_until) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (tenant_id, patient_id) DO NOTHING RETURNING id",
+            )?,
+            tenant_id,
+            now,
+            retention_until,
+        })
+    }
+
+    /// Finds the core profile of a person in any tenant.
+    fn find_profile(
+        &self,
+        tx: &mut Transaction<'_>,
+        profile: &NewPatientProfile,
+        source_index: &str,
+    ) -> Result<Option<PatientId>> {
+        let row = tx.query_one(&self.find_profile, &[&profile.source_system, &source_index])?;
+        row.get::<_, Option<&str>>(0).map(parse_stored_id).transpose()
+    }
+
+    /// Inserts a core profile sealed under a new profile key. Returns None, writing nothing,
+    /// when another transaction inserted a profile with the same source first. That insert
+    /// makes this one wait until it commits or rolls back, so two imports of one person
+    /// never create two profiles.
+    fn insert_profile(
+        &self,
+        tx: &mut Transaction<'_>,
+        keys: &Keys,
+        profile: &NewPatientProfile,
+        source_index: &str,
+    ) -> Result<Option<PatientId>> {
+        let id = PatientId::new();
+        let id_text = id.to_string();
+        let key = keys.unstored_key(KeyScope::Profile, &id_text, self.now)?;
+        let sealing = key.sealing_key();
+        let place = Place { tenant: CORE_TENANT, table: "patient_profiles", record: &id_text };
+        let mut sealed: Vec<Option<Vec<u8>>> = Vec::with_capacity(PROFILE_COLUMNS.len());
+        for (column, value) in PROFILE_COLUMNS.iter().zip(profile_values(profile)) {
+            sealed.push(seal_optional(&sealing, place, column, value)?);
+        }
+        let inserted = tx.execute(
+            &self.insert_profile,
+            &[
+                &id_text,
+                &profile.source_system,
+                &source_index,
+                &sealed[0],
+                &sealed[1],
+                &sealed[2],
+                &sealed[3],
+                &sealed[4],
+                &sealed[5],
+                &sealed[6],
+                &sealed[7],
+                &sealed[8],
+                &sealed[9],
+                &sealed[10],
+                &sealed[11],
+                &format_instant(self.now),
+            ],
+        )?;
+        if inserted == 0 {
+            return Ok(None);
+        }
+        key.store(&mut *tx)?;
+        Ok(Some(id))
+    }
+
+    /// Inserts the patient's link to the tenant and returns its key, or None when another
+    /// transaction linked the patient to this tenant first.
+    fn insert_link(&self, tx: &mut Transaction<'_>, patient: PatientId) -> Result<Option<i64>> {
         let row = tx.query_opt(
-            "INSERT INTO patient_links (tenant_id, patient_id, created_at, phi_retention_until)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (tenant_id, patient_id) DO NOTHING RETURNING id",
+            &self.insert_link,
             &[
                 &self.tenant_id,
                 &patient.to_string(),
@@ -262,73 +360,6 @@ impl NewLink<'_> {
         )?;
         Ok(row.map(|row| row.get(0)))
     }
-}
-
-/// Finds the core profile of a person in any tenant.
-fn profile_by_source(
-    tx: &mut Transaction<'_>,
-    profile: &NewPatientProfile,
-    source_index: &str,
-) -> Result<Option<PatientId>> {
-    let row =
-        tx.query_one("SELECT profile_by_source($1, $2)", &[&profile.source_system, &source_index])?;
-    row.get::<_, Option<&str>>(0).map(parse_stored_id).transpose()
-}
-
-/// Inserts a core profile sealed under a new profile key. Returns None, writing nothing,
-/// when another transaction inserted a profile with the same source first. That insert
-/// makes this one wait until it commits or rolls back, so two imports of one person never
-/// create two profiles.
-///
-/// The conflict clause names no target because, with a target, PostgreSQL also checks the
-/// new row against the SELECT policy, which hides a profile until a link to it exists. The
-/// only other unique column is the new random id.
-fn insert_profile(
-    tx: &mut Transaction<'_>,
-    keys: &Keys,
-    profile: &NewPatientProfile,
-    source_index: &str,
-    now: DateTime<Utc>,
-) -> Result<Option<PatientId>> {
-    let id = PatientId::new();
-    let id_text = id.to_string();
-    let key = keys.unstored_key(KeyScope::Profile, &id_text, now)?;
-    let sealing = key.sealing_key();
-    let place = Place { tenant: CORE_TENANT, table: "patient_profiles", record: &id_text };
-    let mut sealed: Vec<Option<Vec<u8>>> = Vec::with_capacity(PROFILE_COLUMNS.len());
-    for (column, value) in PROFILE_COLUMNS.iter().zip(profile_values(profile)) {
-        sealed.push(seal_optional(&sealing, place, column, value)?);
-    }
-    let inserted = tx.execute(
-        "INSERT INTO patient_profiles (id, source_system, source_index, given_name,
-         family_name, birth_date, death_date, ssn, phone, email, address_line, city, state,
-         postal_code, sex, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-         ON CONFLICT DO NOTHING",
-        &[
-            &id_text,
-            &profile.source_system,
-            &source_index,
-            &sealed[0],
-            &sealed[1],
-            &sealed[2],
-            &sealed[3],
-            &sealed[4],
-            &sealed[5],
-            &sealed[6],
-            &sealed[7],
-            &sealed[8],
-            &sealed[9],
-            &sealed[10],
-            &sealed[11],
-            &format_instant(now),
-        ],
-    )?;
-    if inserted == 0 {
-        return Ok(None);
-    }
-    key.store(&mut *tx)?;
-    Ok(Some(id))
 }
 
 /// Returns true when a stored profile and an imported one name the same person: given name,
