@@ -138,32 +138,15 @@ fn hash_row(hasher: &mut Sha256, row: &Row) -> Result<u64> {
     Ok(bytes)
 }
 
-/// Takes the lock that orders disposals against the placing of legal holds in `tenant`,
-/// until the transaction ends. A disposal takes it shared before it looks for holds. Placing
-/// a hold must take it exclusive before it checks the patient and inserts the hold. Then a
-/// hold either commits before a disposal looks for it, or finds the records already gone.
-pub(crate) fn lock_tenant_holds(
-    tx: &mut Transaction<'_>,
-    tenant: TenantId,
-    exclusive: bool,
-) -> Result<()> {
-    let sql = if exclusive {
-        "SELECT pg_advisory_xact_lock(hashtext('medconnect.holds.' || current_schema()), \
-         hashtext($1))"
-    } else {
-        "SELECT pg_advisory_xact_lock_shared(hashtext('medconnect.holds.' || current_schema()), \
-         hashtext($1))"
-    };
-    tx.execute(sql, &[&tenant.to_string()])?;
-    Ok(())
-}
-
+/// Returns a skip when an active hold covers the tenant's records of `patient`. Holds are
+/// read without a lock: placing a patient hold locks the patient's link row, so a link
+/// disposal either holds that row first (and the hold then finds the patient gone) or skips
+/// it as claimed and finds the hold when it retries.
 fn skip_for_hold(
     tx: &mut Transaction<'_>,
     tenant: TenantId,
     patient: Option<PatientId>,
 ) -> Result<Option<DisposalOutcome>> {
-    lock_tenant_holds(tx, tenant, false)?;
     let hold = tx.query_opt(
         "SELECT id FROM legal_holds
          WHERE released_at IS NULL AND tenant_id = $1 AND (patient_id IS NULL OR patient_id = $2)
