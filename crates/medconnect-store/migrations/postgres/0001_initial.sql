@@ -97,7 +97,7 @@ CREATE TABLE prescriptions (
     tenant_id       TEXT NOT NULL REFERENCES tenants (id),
     link_id         BIGINT NOT NULL REFERENCES patient_links (id),
     consultation_id TEXT,
-    code            TEXT NOT NULL,
+    code            BYTEA NOT NULL,
     description     BYTEA NOT NULL,
     dispenses       BIGINT NOT NULL,
     controlled      BOOLEAN NOT NULL,
@@ -112,7 +112,7 @@ CREATE TABLE medical_history (
     link_id         BIGINT NOT NULL REFERENCES patient_links (id),
     consultation_id TEXT,
     kind            TEXT NOT NULL,
-    code            TEXT NOT NULL,
+    code            BYTEA NOT NULL,
     description     BYTEA NOT NULL,
     started_at      TEXT NOT NULL,
     stopped_at      TEXT

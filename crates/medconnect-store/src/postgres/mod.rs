@@ -14,6 +14,8 @@
 
 mod audit;
 mod chain;
+mod import;
+mod keys;
 mod ledger;
 mod lifecycle;
 mod records;
@@ -46,7 +48,8 @@ pub const APP_ROLE: &str = "medconnect_app";
 pub const OPERATOR_ROLE: &str = "medconnect_operator";
 
 /// Schema migrations in order. The version of each is its position plus one.
-const MIGRATIONS: &[(&str, &str)] = &[("initial", include_str!("../../migrations/postgres/0001_initial.sql"))];
+const MIGRATIONS: &[(&str, &str)] =
+    &[("initial", include_str!("../../migrations/postgres/0001_initial.sql"))];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -94,7 +97,10 @@ impl PgConfig {
         let valid = !self.schema.is_empty()
             && self.schema.len() <= 63
             && self.schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && self.schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && self
+                .schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid {
             return Err(StoreError::PostgresConfig(format!(
                 "database_schema {:?} is not usable: use 1 to 63 lower-case letters, digits \
@@ -271,7 +277,7 @@ pub struct PgStore {
     config: PgConfig,
     clock: Box<dyn Clock>,
     clock_mode: ClockMode,
-    keys: Option<crate::sqlite::keys::Keys>,
+    keys: Option<crate::keys::Keys>,
 }
 
 impl PgStore {
@@ -385,7 +391,7 @@ impl PgStore {
         self.clock_mode == ClockMode::Simulated
     }
 
-    fn keys(&self) -> Result<&crate::sqlite::keys::Keys> {
+    fn keys(&self) -> Result<&crate::keys::Keys> {
         self.keys.as_ref().ok_or(StoreError::MasterKeyRequired)
     }
 
