@@ -47,6 +47,10 @@ pub struct Tally {
     pub skipped: BTreeMap<SkipKind, BTreeMap<Category, u64>>,
     /// Disposal receipts written (or to be written).
     pub receipts: u64,
+    /// Records still held by another node when the run stopped waiting for them, per
+    /// category. That node is disposing of them, or a later run will. Always 0 in a plan, and
+    /// on the embedded store.
+    pub claimed_elsewhere: BTreeMap<Category, u64>,
 }
 
 impl Default for Tally {
@@ -56,6 +60,7 @@ impl Default for Tally {
             purged: per_category(),
             skipped: SkipKind::ALL.iter().map(|k| (*k, per_category())).collect(),
             receipts: 0,
+            claimed_elsewhere: per_category(),
         }
     }
 }
@@ -68,6 +73,15 @@ impl Tally {
 
     pub(crate) fn add_skipped(&mut self, kind: SkipKind, category: Category) {
         *self.skipped.entry(kind).or_default().entry(category).or_default() += 1;
+    }
+
+    pub(crate) fn add_claimed_elsewhere(&mut self, category: Category) {
+        *self.claimed_elsewhere.entry(category).or_default() += 1;
+    }
+
+    /// Returns the number of records left to other nodes, over all categories.
+    pub fn claimed_elsewhere_total(&self) -> u64 {
+        self.claimed_elsewhere.values().sum()
     }
 
     /// Returns the number of records skipped for one reason, over all categories.

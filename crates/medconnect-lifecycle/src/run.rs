@@ -1,4 +1,12 @@
 //! Running the lifecycle: plan, then dispose in batches.
+//!
+//! Several nodes may run at once on one PostgreSQL store. A record whose row another node
+//! has locked is skipped as claimed. After its pass the run plans again and retries those
+//! records with backoff until each is disposed of (by this node or by the one that held it)
+//! or no longer due, or until [`RunOptions::claim_wait`] runs out.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use medconnect_crypto::AuditSigner;
@@ -6,11 +14,18 @@ use medconnect_domain::audit::AuditEvent;
 use medconnect_domain::model::Category;
 use medconnect_domain::policy::Policy;
 use medconnect_domain::time::format_instant;
-use medconnect_store::{DisposalContext, DisposalOutcome, SkipReason, Store, StoreError};
+use medconnect_domain::TenantId;
+use medconnect_store::{Disposal, DisposalContext, DisposalOutcome, SkipReason, Store, StoreError};
 use serde::Serialize;
 
-use crate::plan::{plan, Decision};
+use crate::plan::{plan, Action, Decision};
 use crate::{Result, SkipKind, Tally};
+
+/// Wait before the first retry of claimed records. It doubles for each retry after that.
+const FIRST_CLAIM_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Maximum wait between two retries of claimed records.
+const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Options of one run.
 #[derive(Debug, Clone)]
@@ -19,11 +34,20 @@ pub struct RunOptions {
     pub batch_size: usize,
     /// The actor recorded in audit entries.
     pub actor: String,
+    /// How long, in all, the run retries records that another node holds before it reports
+    /// them in [`Tally::claimed_elsewhere`] and ends.
+    pub claim_wait: Duration,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { batch_size: 500, actor: "lifecycle".to_owned() }
+        RunOptions {
+            batch_size: 500,
+            actor: "lifecycle".to_owned(),
+            // Longer than the 60 s after which the server ends a transaction left idle, so
+            // the rows of a node that hangs mid-disposal come free while the run waits.
+            claim_wait: Duration::from_secs(180),
+        }
     }
 }
 
@@ -85,17 +109,28 @@ pub fn run_with_signer(
             tally.add_skipped(kind, action.category);
         }
     }
-    let disposals: Vec<_> = plan.actions.iter().filter_map(|a| a.disposal()).collect();
+    let disposals: Vec<_> = plan.actions.iter().filter_map(Action::disposal).collect();
     let context = DisposalContext { policy, as_of, actor: &options.actor, run_id: &run_id };
-    let batch_size = options.batch_size.max(1);
+    let mut claimed = Vec::new();
     let mut done = 0;
-    for batch in disposals.chunks(batch_size) {
-        let outcomes = store.dispose(batch, &context)?;
-        for (disposal, outcome) in batch.iter().zip(outcomes) {
-            count_outcome(&mut tally, disposal.category, outcome);
-        }
+    for batch in disposals.chunks(options.batch_size.max(1)) {
+        claimed.extend(dispose_batch(store, batch, &context, &mut tally)?);
         done += batch.len();
         progress(done, disposals.len());
+    }
+    if !claimed.is_empty() {
+        let attempted = disposals.iter().map(DisposalKey::of).collect();
+        let left = retry_claimed(store, &context, options, attempted, claimed, &mut tally)?;
+        for disposal in &left {
+            tally.add_claimed_elsewhere(disposal.category);
+        }
+        if !left.is_empty() {
+            tracing::warn!(
+                claimed = left.len(),
+                waited_secs = options.claim_wait.as_secs(),
+                "records still held by another node, left to it or to a later run"
+            );
+        }
     }
 
     let audit_entries_disposed = match signer {
@@ -117,7 +152,7 @@ pub fn run_with_signer(
     };
 
     let summary = serde_json::to_string(&tally).unwrap_or_default();
-    let detail = format!(
+    let mut detail = format!(
         "run {run_id} as of {}: {} disposed, {} receipts, {} held, {} kept for another tenant, \
          {audit_entries_disposed} audit entries disposed",
         format_instant(as_of),
@@ -126,6 +161,10 @@ pub fn run_with_signer(
         tally.skipped_total(SkipKind::LegalHold),
         tally.skipped_total(SkipKind::OtherTenantActive),
     );
+    if tally.claimed_elsewhere_total() > 0 {
+        detail
+            .push_str(&format!(", {} still held by another node", tally.claimed_elsewhere_total()));
+    }
     store.append_audit(
         AuditEvent::new(&options.actor, "lifecycle.run").subject(&run_id).detail(detail),
     )?;
@@ -157,6 +196,87 @@ pub fn run_with_signer(
     })
 }
 
+/// Identifies a disposal across plans.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DisposalKey {
+    category: Category,
+    tenant_id: TenantId,
+    record_id: String,
+}
+
+impl DisposalKey {
+    fn of(disposal: &Disposal) -> Self {
+        DisposalKey {
+            category: disposal.category,
+            tenant_id: disposal.tenant_id,
+            record_id: disposal.record_id.clone(),
+        }
+    }
+}
+
+/// Executes one batch, counts its outcomes and returns the disposals whose rows another
+/// node held.
+fn dispose_batch(
+    store: &mut dyn Store,
+    batch: &[Disposal],
+    context: &DisposalContext<'_>,
+    tally: &mut Tally,
+) -> Result<Vec<Disposal>> {
+    let outcomes = store.dispose(batch, context)?;
+    let mut claimed = Vec::new();
+    for (disposal, outcome) in batch.iter().zip(outcomes) {
+        if outcome == DisposalOutcome::Skipped(SkipReason::Claimed) {
+            claimed.push(disposal.clone());
+        } else {
+            count_outcome(tally, disposal.category, outcome);
+        }
+    }
+    Ok(claimed)
+}
+
+/// Retries disposals whose rows other nodes held, waiting with backoff between rounds for at
+/// most `options.claim_wait` in all. Each round plans again and adds the disposals this run
+/// has not tried yet, such as the photos and sessions of a claimed link that turned out no
+/// longer due. Returns the disposals still held when the time ran out.
+fn retry_claimed(
+    store: &mut dyn Store,
+    context: &DisposalContext<'_>,
+    options: &RunOptions,
+    mut attempted: HashSet<DisposalKey>,
+    mut pending: Vec<Disposal>,
+    tally: &mut Tally,
+) -> Result<Vec<Disposal>> {
+    let deadline = Instant::now() + options.claim_wait;
+    let mut wait = FIRST_CLAIM_BACKOFF;
+    while !pending.is_empty() {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+        if left.is_zero() {
+            break;
+        }
+        tracing::info!(
+            claimed = pending.len(),
+            wait_ms = wait.min(left).as_millis() as u64,
+            "records held by another node, retrying after a wait"
+        );
+        std::thread::sleep(wait.min(left));
+        wait = (wait * 2).min(MAX_CLAIM_BACKOFF);
+
+        // Every claimed record is tried again, so that the store reports whether each is
+        // gone, no longer due, under a hold or still claimed.
+        let fresh = plan(store, context.policy, context.as_of)?;
+        let mut targets = std::mem::take(&mut pending);
+        for disposal in fresh.actions.iter().filter_map(Action::disposal) {
+            if attempted.insert(DisposalKey::of(&disposal)) {
+                targets.push(disposal);
+            }
+        }
+        for batch in targets.chunks(options.batch_size.max(1)) {
+            pending.extend(dispose_batch(store, batch, context, tally)?);
+        }
+    }
+    Ok(pending)
+}
+
 /// Turns a chain that fails verification into None with a logged error, so the run goes on;
 /// other errors stay errors.
 fn tolerate_broken_chain<T>(
@@ -185,6 +305,10 @@ fn count_outcome(tally: &mut Tally, category: Category, outcome: DisposalOutcome
                 SkipReason::LegalHold { .. } => SkipKind::LegalHold,
                 SkipReason::NotExpired { .. } => SkipKind::NoLongerDue,
                 SkipReason::AlreadyGone => SkipKind::AlreadyGone,
+                SkipReason::Claimed => {
+                    tally.add_claimed_elsewhere(category);
+                    return;
+                }
             };
             tracing::debug!(category = %category, reason = kind.as_str(), "disposal skipped in transaction");
             tally.add_skipped(kind, category);

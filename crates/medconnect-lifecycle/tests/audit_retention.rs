@@ -1,5 +1,6 @@
-//! Audit-log retention and closing checkpoints of lifecycle runs on a real SQLite store:
-//! which entries a run removes under `audit_log_years`, and what it does without a key.
+//! Audit-log retention and closing checkpoints of lifecycle runs on real stores of both
+//! backends: which entries a run removes under `audit_log_years`, and what it does without a
+//! key.
 
 use chrono::{DateTime, Utc};
 use medconnect_crypto::{AuditSigner, AuditSigningKey};
@@ -9,16 +10,25 @@ use medconnect_domain::clock::FixedClock;
 use medconnect_domain::policy::{Policy, DEFAULT_POLICY_TOML};
 use medconnect_domain::time::parse_instant;
 use medconnect_lifecycle::{plan, run_with_signer, RunOptions, RunReport};
-use medconnect_store::{ClockMode, SqliteStore, Store};
+use medconnect_store::backend_tests;
+use medconnect_store::testing::{admin_url, Backend, TestStore};
 use tempfile::TempDir;
+
+backend_tests!(
+    run_removes_due_prefix,
+    longer_tenant_period_delays_cut,
+    run_without_key_keeps_entries,
+    tampered_tail_is_not_signed,
+);
 
 fn at(value: &str) -> DateTime<Utc> {
     parse_instant(value).expect("test instant parses")
 }
 
 struct Fixture {
-    _dir: TempDir,
-    store: SqliteStore,
+    store: TestStore,
+    /// Holds the signing key file.
+    _key_dir: TempDir,
     key: AuditSigningKey,
     policy: Policy,
 }
@@ -26,16 +36,34 @@ struct Fixture {
 impl Fixture {
     /// Creates a store at 2020-01-01 with tenant `slug`, then writes one event of no tenant at
     /// 2022-01-01. Entries 1 and 2 date from 2020, entry 3 from 2022.
-    fn new(policy: Policy, slug: &str) -> Self {
-        let dir = TempDir::new().expect("temp dir");
-        let clock = Box::new(FixedClock(at("2020-01-01T00:00:00Z")));
-        let mut store = SqliteStore::create(&dir.path().join("data"), ClockMode::Simulated, clock)
-            .expect("store created");
+    fn new(backend: Backend, policy: Policy, slug: &str) -> Self {
+        let mut store = backend.create(Box::new(FixedClock(at("2020-01-01T00:00:00Z"))));
         store.create_tenant(slug, slug, "test").expect("tenant created");
         store.set_clock(Box::new(FixedClock(at("2022-01-01T00:00:00Z"))));
         store.append_audit(AuditEvent::new("test", "test.event")).expect("event appended");
-        let key = AuditSigningKey::create(dir.path().join("audit-signing.key")).expect("key");
-        Fixture { _dir: dir, store, key, policy }
+        let key_dir = TempDir::new().expect("temp dir");
+        let key = AuditSigningKey::create(key_dir.path().join("audit-signing.key")).expect("key");
+        Fixture { store, _key_dir: key_dir, key, policy }
+    }
+
+    /// Rewrites the body of one audit entry behind the store's back.
+    fn tamper(&self, seq: i64) {
+        let edit = "SET body = replace(body, 'test.later', 'test.lated')";
+        match self.store.backend() {
+            Backend::Sqlite => {
+                let db = self.store.data_dir().expect("data dir").join("medconnect.db");
+                let conn = rusqlite::Connection::open(&db).expect("open database");
+                let sql = format!("UPDATE audit_log {edit} WHERE seq = ?1");
+                conn.execute(&sql, [seq]).expect("tamper");
+            }
+            Backend::Postgres => {
+                let schema = &self.store.pg_config().expect("PostgreSQL config").schema;
+                let mut client =
+                    ::postgres::Client::connect(&admin_url(), ::postgres::NoTls).expect("connect");
+                let sql = format!("UPDATE \"{schema}\".audit_log {edit} WHERE seq = $1");
+                client.execute(&sql, &[&seq]).expect("tamper");
+            }
+        }
     }
 
     fn run(&mut self, as_of: &str, signed: bool) -> RunReport {
@@ -43,7 +71,7 @@ impl Fixture {
         self.store.set_clock(Box::new(FixedClock(as_of)));
         let signer = signed.then_some(&self.key as &dyn AuditSigner);
         let options = RunOptions::default();
-        run_with_signer(&mut self.store, &self.policy, as_of, &options, signer, &mut |_, _| {})
+        run_with_signer(&mut *self.store, &self.policy, as_of, &options, signer, &mut |_, _| {})
             .expect("run")
     }
 
@@ -56,11 +84,10 @@ impl Fixture {
     }
 }
 
-#[test]
-fn run_removes_due_prefix() {
-    let mut fx = Fixture::new(Policy::builtin(), "short");
+fn run_removes_due_prefix(backend: Backend) {
+    let mut fx = Fixture::new(backend, Policy::builtin(), "short");
     assert_eq!(
-        plan(&fx.store, &fx.policy, at("2026-06-01")).expect("plan").audit_entries_disposed,
+        plan(&*fx.store, &fx.policy, at("2026-06-01")).expect("plan").audit_entries_disposed,
         2
     );
 
@@ -90,11 +117,10 @@ fn run_removes_due_prefix() {
     assert!(verify.ok, "{}", verify.message);
 }
 
-#[test]
-fn longer_tenant_period_delays_cut() {
+fn longer_tenant_period_delays_cut(backend: Backend) {
     let toml = format!("{DEFAULT_POLICY_TOML}\n[tenants.long]\naudit_log_years = 10\n");
     let policy = Policy::from_toml(&toml).expect("policy with a longer tenant period");
-    let mut fx = Fixture::new(policy, "long");
+    let mut fx = Fixture::new(backend, policy, "long");
 
     // Entry 1 belongs to no tenant, so it follows the longest period (10 years) and stops
     // the cut; entry 2 of tenant `long` would too.
@@ -109,9 +135,8 @@ fn longer_tenant_period_delays_cut() {
     assert!(verify.ok, "{}", verify.message);
 }
 
-#[test]
-fn run_without_key_keeps_entries() {
-    let mut fx = Fixture::new(Policy::builtin(), "short");
+fn run_without_key_keeps_entries(backend: Backend) {
+    let mut fx = Fixture::new(backend, Policy::builtin(), "short");
 
     let report = fx.run("2026-06-01", false);
 
@@ -123,20 +148,12 @@ fn run_without_key_keeps_entries() {
     assert!(verify.ok, "{}", verify.message);
 }
 
-#[test]
-fn tampered_tail_is_not_signed() {
-    let mut fx = Fixture::new(Policy::builtin(), "short");
+fn tampered_tail_is_not_signed(backend: Backend) {
+    let mut fx = Fixture::new(backend, Policy::builtin(), "short");
     let signed = fx.run("2023-01-01", true).audit_checkpoint_seq.expect("first run signs");
     let seq = fx.store.append_audit(AuditEvent::new("test", "test.later")).expect("appended");
     assert_eq!(seq, signed + 1);
-    let db = fx._dir.path().join("data").join("medconnect.db");
-    let conn = rusqlite::Connection::open(&db).expect("open database");
-    conn.execute(
-        "UPDATE audit_log SET body = replace(body, 'test.later', 'test.lated') WHERE seq = ?1",
-        [seq],
-    )
-    .expect("tamper");
-    drop(conn);
+    fx.tamper(seq);
 
     // The run itself completes; only signing over the damage is refused (and logged).
     let report = fx.run("2023-01-02", true);

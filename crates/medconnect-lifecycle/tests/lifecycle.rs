@@ -1,5 +1,5 @@
-//! Lifecycle behaviour on a real SQLite store: retention edges, holds, cross-tenant
-//! protection, receipts and idempotence.
+//! Lifecycle behaviour on real stores of both backends: retention edges, holds,
+//! cross-tenant protection, receipts and idempotence.
 
 use chrono::{DateTime, Utc};
 use medconnect_domain::clock::FixedClock;
@@ -10,37 +10,55 @@ use medconnect_domain::policy::{Policy, DEFAULT_POLICY_TOML};
 use medconnect_domain::time::parse_instant;
 use medconnect_domain::PatientId;
 use medconnect_lifecycle::{plan, run, Decision, RunOptions, RunReport, SkipKind};
-use medconnect_store::{
-    ClockMode, DisposalContext, DisposalOutcome, SessionTimes, SkipReason, SqliteStore, Store,
-};
-use tempfile::TempDir;
+use medconnect_store::backend_tests;
+use medconnect_store::testing::{Backend, TestStore};
+use medconnect_store::{DisposalContext, DisposalOutcome, SessionTimes, SkipReason};
 
 const ACTOR: &str = "test";
+
+backend_tests!(
+    retention_edges_table,
+    tenant_override_lengthens_retention,
+    new_encounter_extends_retention,
+    older_encounter_does_not_shorten_retention,
+    patient_hold_covers_every_category,
+    whole_tenant_hold_spares_only_that_tenant,
+    released_hold_purges_on_next_run,
+    hold_placed_after_plan_wins,
+    encounter_after_plan_wins,
+    shared_profile_outlives_first_tenant,
+    held_link_keeps_shared_profile,
+    both_links_expiring_write_one_profile_receipt,
+    receipts_describe_what_was_destroyed,
+    second_run_disposes_nothing,
+    session_retention_starts_at_end_or_expiry,
+    plan_uses_policy_in_force,
+    run_rejects_unapplied_shortening,
+    policy_for_unknown_tenant_is_rejected,
+    mismatched_profile_is_not_linked,
+    hold_on_purged_patient_is_rejected,
+);
 
 fn at(value: &str) -> DateTime<Utc> {
     parse_instant(value).expect("test instant parses")
 }
 
 struct Fixture {
-    _dir: TempDir,
-    store: SqliteStore,
+    store: TestStore,
     policy: Policy,
 }
 
 impl Fixture {
-    fn new() -> Self {
-        Self::with_policy(Policy::builtin())
+    fn new(backend: Backend) -> Self {
+        Self::with_policy(backend, Policy::builtin())
     }
 
-    fn with_policy(policy: Policy) -> Self {
-        let dir = TempDir::new().expect("temp dir");
-        let clock = Box::new(FixedClock(at("2020-01-01T00:00:00Z")));
-        let mut store =
-            SqliteStore::create(dir.path(), ClockMode::Simulated, clock).expect("store created");
+    fn with_policy(backend: Backend, policy: Policy) -> Self {
+        let mut store = backend.create(Box::new(FixedClock(at("2020-01-01T00:00:00Z"))));
         store
-            .set_master_key(medconnect_crypto::MasterKey::generate(1).expect("master key"))
+            .set_master_keys(medconnect_crypto::MasterKey::generate(1).expect("master key"), None)
             .expect("keys");
-        Fixture { _dir: dir, store, policy }
+        Fixture { store, policy }
     }
 
     fn tenant(&mut self, slug: &str) -> Tenant {
@@ -90,12 +108,12 @@ impl Fixture {
     fn run(&mut self, as_of: &str) -> RunReport {
         let as_of = at(as_of);
         self.store.set_clock(Box::new(FixedClock(as_of)));
-        let options = RunOptions { batch_size: 2, actor: ACTOR.into() };
-        run(&mut self.store, &self.policy, as_of, &options, &mut |_, _| {}).expect("run")
+        let options = RunOptions { batch_size: 2, actor: ACTOR.into(), ..RunOptions::default() };
+        run(&mut *self.store, &self.policy, as_of, &options, &mut |_, _| {}).expect("run")
     }
 
     fn planned(&self, as_of: &str, category: Category) -> u64 {
-        let plan = plan(&self.store, &self.policy, at(as_of)).expect("plan");
+        let plan = plan(&*self.store, &self.policy, at(as_of)).expect("plan");
         plan.tally.purged[&category]
     }
 
@@ -113,8 +131,7 @@ impl Fixture {
     }
 }
 
-#[test]
-fn retention_edges_table() {
+fn retention_edges_table(backend: Backend) {
     // (last encounter, as of, due)
     let cases = [
         ("2020-02-29T10:00:00Z", "2027-02-28T23:59:59Z", false),
@@ -128,7 +145,7 @@ fn retention_edges_table() {
         ("2019-07-01T09:30:00+09:00", "2026-07-01T00:30:00Z", true),
     ];
     for (last, as_of, due) in cases {
-        let mut fx = Fixture::new();
+        let mut fx = Fixture::new(backend);
         let tenant = fx.tenant("clinic");
         let patient = fx.patient(&tenant, "p1", last);
         let planned = fx.planned(as_of, Category::PatientRecords);
@@ -143,10 +160,9 @@ fn retention_edges_table() {
     }
 }
 
-#[test]
-fn tenant_override_lengthens_retention() {
+fn tenant_override_lengthens_retention(backend: Backend) {
     let text = format!("{DEFAULT_POLICY_TOML}\n[tenants.longer]\nphi_years = 10\n");
-    let mut fx = Fixture::with_policy(Policy::from_toml(&text).expect("policy"));
+    let mut fx = Fixture::with_policy(backend, Policy::from_toml(&text).expect("policy"));
     let longer = fx.tenant("longer");
     let standard = fx.tenant("standard");
     fx.patient(&longer, "a", "2015-05-05T00:00:00Z");
@@ -161,9 +177,8 @@ fn tenant_override_lengthens_retention() {
     assert!(fx.store.patient_links(&standard).expect("links").is_empty());
 }
 
-#[test]
-fn new_encounter_extends_retention() {
-    let mut fx = Fixture::new();
+fn new_encounter_extends_retention(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let tenant = fx.tenant("clinic");
     let patient = fx.patient(&tenant, "p1", "2019-01-01T00:00:00Z");
     assert_eq!(fx.planned("2026-01-02T00:00:00Z", Category::PatientRecords), 1);
@@ -180,9 +195,8 @@ fn new_encounter_extends_retention() {
     assert!(fx.linked(&tenant, patient));
 }
 
-#[test]
-fn older_encounter_does_not_shorten_retention() {
-    let mut fx = Fixture::new();
+fn older_encounter_does_not_shorten_retention(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let tenant = fx.tenant("clinic");
     let patient = fx.patient(&tenant, "p1", "2024-01-01T00:00:00Z");
     let until = fx
@@ -192,9 +206,8 @@ fn older_encounter_does_not_shorten_retention() {
     assert_eq!(until, at("2031-01-01T00:00:00Z"));
 }
 
-#[test]
-fn patient_hold_covers_every_category() {
-    let mut fx = Fixture::new();
+fn patient_hold_covers_every_category(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let tenant = fx.tenant("clinic");
     let held = fx.patient(&tenant, "held", "2010-01-01T00:00:00Z");
     let free = fx.patient(&tenant, "free", "2010-01-01T00:00:00Z");
@@ -224,9 +237,8 @@ fn patient_hold_covers_every_category() {
     assert!(!fx.linked(&tenant, free));
 }
 
-#[test]
-fn whole_tenant_hold_spares_only_that_tenant() {
-    let mut fx = Fixture::new();
+fn whole_tenant_hold_spares_only_that_tenant(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let held = fx.tenant("held");
     let other = fx.tenant("other");
     let a = fx.patient(&held, "a", "2010-01-01T00:00:00Z");
@@ -250,9 +262,8 @@ fn whole_tenant_hold_spares_only_that_tenant() {
     assert!(!fx.linked(&other, b));
 }
 
-#[test]
-fn released_hold_purges_on_next_run() {
-    let mut fx = Fixture::new();
+fn released_hold_purges_on_next_run(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let tenant = fx.tenant("clinic");
     let patient = fx.patient(&tenant, "p1", "2010-01-01T00:00:00Z");
     let hold = fx
@@ -276,13 +287,12 @@ fn released_hold_purges_on_next_run() {
     assert!(actions.contains(&"hold.release".to_owned()), "{actions:?}");
 }
 
-#[test]
-fn hold_placed_after_plan_wins() {
-    let mut fx = Fixture::new();
+fn hold_placed_after_plan_wins(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let tenant = fx.tenant("clinic");
     let patient = fx.patient(&tenant, "p1", "2010-01-01T00:00:00Z");
     let as_of = at("2020-01-01T00:00:00Z");
-    let planned = plan(&fx.store, &fx.policy, as_of).expect("plan");
+    let planned = plan(&*fx.store, &fx.policy, as_of).expect("plan");
     let disposals: Vec<_> = planned.actions.iter().filter_map(|a| a.disposal()).collect();
     assert_eq!(disposals.len(), 1);
 
@@ -300,13 +310,12 @@ fn hold_placed_after_plan_wins() {
     assert!(fx.receipts().is_empty());
 }
 
-#[test]
-fn encounter_after_plan_wins() {
-    let mut fx = Fixture::new();
+fn encounter_after_plan_wins(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let tenant = fx.tenant("clinic");
     let patient = fx.patient(&tenant, "p1", "2010-01-01T00:00:00Z");
     let as_of = at("2020-01-01T00:00:00Z");
-    let planned = plan(&fx.store, &fx.policy, as_of).expect("plan");
+    let planned = plan(&*fx.store, &fx.policy, as_of).expect("plan");
     let disposals: Vec<_> = planned.actions.iter().filter_map(|a| a.disposal()).collect();
 
     fx.store
@@ -323,16 +332,15 @@ fn encounter_after_plan_wins() {
     assert!(fx.linked(&tenant, patient));
 }
 
-#[test]
-fn shared_profile_outlives_first_tenant() {
-    let mut fx = Fixture::new();
+fn shared_profile_outlives_first_tenant(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let first = fx.tenant("first");
     let second = fx.tenant("second");
     let patient = fx.patient(&first, "shared", "2010-01-01T00:00:00Z");
     let same = fx.patient(&second, "shared", "2015-01-01T00:00:00Z");
     assert_eq!(patient, same, "both tenants link one core profile");
 
-    let planned = plan(&fx.store, &fx.policy, at("2020-01-01T00:00:00Z")).expect("plan");
+    let planned = plan(&*fx.store, &fx.policy, at("2020-01-01T00:00:00Z")).expect("plan");
     let profile = planned
         .actions
         .iter()
@@ -357,9 +365,8 @@ fn shared_profile_outlives_first_tenant() {
     assert!(fx.store.links_of_patient(patient).expect("links").is_empty());
 }
 
-#[test]
-fn held_link_keeps_shared_profile() {
-    let mut fx = Fixture::new();
+fn held_link_keeps_shared_profile(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let first = fx.tenant("first");
     let second = fx.tenant("second");
     let patient = fx.patient(&first, "shared", "2010-01-01T00:00:00Z");
@@ -369,7 +376,7 @@ fn held_link_keeps_shared_profile() {
         .place_hold(&second, HoldScope::Patient(patient), "m-5", "dispute", ACTOR)
         .expect("hold");
 
-    let planned = plan(&fx.store, &fx.policy, at("2020-01-01T00:00:00Z")).expect("plan");
+    let planned = plan(&*fx.store, &fx.policy, at("2020-01-01T00:00:00Z")).expect("plan");
     let profile = planned
         .actions
         .iter()
@@ -384,9 +391,8 @@ fn held_link_keeps_shared_profile() {
     assert!(fx.linked(&second, patient));
 }
 
-#[test]
-fn both_links_expiring_write_one_profile_receipt() {
-    let mut fx = Fixture::new();
+fn both_links_expiring_write_one_profile_receipt(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let first = fx.tenant("first");
     let second = fx.tenant("second");
     fx.patient(&first, "shared", "2010-01-01T00:00:00Z");
@@ -398,21 +404,28 @@ fn both_links_expiring_write_one_profile_receipt() {
     assert_eq!(report.tally.receipts, 3);
 }
 
-#[test]
-fn receipts_describe_what_was_destroyed() {
-    let mut fx = Fixture::new();
+fn receipts_describe_what_was_destroyed(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let tenant = fx.tenant("clinic");
     let patient = fx.patient(&tenant, "p1", "2018-01-01T00:00:00Z");
     let photo = fx
         .store
         .add_id_photo(&tenant, patient, &[7u8; 1000], at("2019-01-01T00:00:00Z"), ACTOR)
         .expect("photo");
-    let photo_path = fx.store.data_dir().join(format!("blobs/id-photos/{}/{photo}.bin", tenant.id));
-    assert!(photo_path.is_file());
+    // PostgreSQL keeps the photo in its row; the embedded store writes a file.
+    let photo_path = fx
+        .store
+        .data_dir()
+        .map(|dir| dir.join(format!("blobs/id-photos/{}/{photo}.bin", tenant.id)));
+    if let Some(path) = &photo_path {
+        assert!(path.is_file(), "photo file written");
+    }
 
     let report = fx.run("2019-06-01T00:00:00Z");
     assert_eq!(report.tally.purged[&Category::IdPhoto], 1);
-    assert!(!photo_path.exists(), "photo file deleted");
+    if let Some(path) = &photo_path {
+        assert!(!path.exists(), "photo file deleted");
+    }
     let receipts = fx.receipts();
     assert_eq!(receipts.len(), 1);
     let receipt = &receipts[0];
@@ -438,9 +451,8 @@ fn receipts_describe_what_was_destroyed() {
     assert!(fx.store.verify_audit().expect("verify").ok);
 }
 
-#[test]
-fn second_run_disposes_nothing() {
-    let mut fx = Fixture::new();
+fn second_run_disposes_nothing(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let tenant = fx.tenant("clinic");
     for index in 0..5 {
         let patient =
@@ -457,9 +469,8 @@ fn second_run_disposes_nothing() {
     assert_eq!(fx.receipts().len() as u64, first.tally.receipts);
 }
 
-#[test]
-fn session_retention_starts_at_end_or_expiry() {
-    let mut fx = Fixture::new();
+fn session_retention_starts_at_end_or_expiry(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let tenant = fx.tenant("clinic");
     // Never ended: retention runs from expiry.
     let open = SessionTimes {
@@ -482,18 +493,20 @@ fn ended(value: &str) -> SessionTimes {
     }
 }
 
+/// Photo files exist only in the embedded store.
 #[test]
 fn unfinished_photo_upload_is_cleaned_up() {
-    let mut fx = Fixture::new();
+    let mut fx = Fixture::new(Backend::Sqlite);
     let tenant = fx.tenant("clinic");
     fx.patient(&tenant, "p1", "2024-01-01T00:00:00Z");
     // A crash after the file was written but before its row committed leaves the file and
     // its queued path, and nothing else.
+    let data_dir = fx.store.data_dir().expect("SQLite data directory");
     let relative = format!("id-photos/{}/orphan.bin", tenant.id);
-    let path = fx.store.data_dir().join("blobs").join(&relative);
+    let path = data_dir.join("blobs").join(&relative);
     std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
     std::fs::write(&path, b"synthetic").expect("file");
-    let db = rusqlite::Connection::open(fx.store.data_dir().join("medconnect.db")).expect("db");
+    let db = rusqlite::Connection::open(data_dir.join("medconnect.db")).expect("db");
     db.execute("INSERT INTO pending_file_deletions (path) VALUES (?1)", [&relative])
         .expect("queue");
 
@@ -511,9 +524,8 @@ fn policy_with_tenant_years(slug: &str, years: u32) -> Policy {
     Policy::from_toml(&text).expect("policy")
 }
 
-#[test]
-fn plan_uses_policy_in_force() {
-    let mut fx = Fixture::with_policy(policy_with_tenant_years("clinic", 10));
+fn plan_uses_policy_in_force(backend: Backend) {
+    let mut fx = Fixture::with_policy(backend, policy_with_tenant_years("clinic", 10));
     let tenant = fx.tenant("clinic");
     let patient = fx.patient(&tenant, "p1", "2015-01-01T00:00:00Z");
     fx.run("2016-01-01T00:00:00Z");
@@ -527,18 +539,17 @@ fn plan_uses_policy_in_force() {
     assert_eq!(fx.planned("2023-06-01T00:00:00Z", Category::PatientRecords), 1);
 }
 
-#[test]
-fn run_rejects_unapplied_shortening() {
-    let mut fx = Fixture::with_policy(policy_with_tenant_years("clinic", 10));
+fn run_rejects_unapplied_shortening(backend: Backend) {
+    let mut fx = Fixture::with_policy(backend, policy_with_tenant_years("clinic", 10));
     let tenant = fx.tenant("clinic");
     let patient = fx.patient(&tenant, "p1", "2015-01-01T00:00:00Z");
     fx.run("2016-01-01T00:00:00Z");
     fx.policy = Policy::builtin();
 
     let as_of = at("2023-06-01T00:00:00Z");
-    let options = RunOptions { batch_size: 10, actor: ACTOR.into() };
+    let options = RunOptions { batch_size: 10, actor: ACTOR.into(), ..RunOptions::default() };
     let err =
-        run(&mut fx.store, &fx.policy, as_of, &options, &mut |_, _| {}).expect_err("shortens");
+        run(&mut *fx.store, &fx.policy, as_of, &options, &mut |_, _| {}).expect_err("shortens");
     assert!(err.to_string().contains("--allow-shorter"), "{err}");
     assert!(fx.linked(&tenant, patient), "nothing purged");
 
@@ -548,18 +559,16 @@ fn run_rejects_unapplied_shortening() {
     assert_eq!(report.tally.purged[&Category::PatientRecords], 1);
 }
 
-#[test]
-fn policy_for_unknown_tenant_is_rejected() {
-    let mut fx = Fixture::with_policy(policy_with_tenant_years("clinik", 10));
+fn policy_for_unknown_tenant_is_rejected(backend: Backend) {
+    let mut fx = Fixture::with_policy(backend, policy_with_tenant_years("clinik", 10));
     let tenant = fx.tenant("clinic");
     fx.patient(&tenant, "p1", "2015-01-01T00:00:00Z");
     let err = fx.store.apply_policy(&fx.policy, ACTOR, false).expect_err("unknown slug");
     assert!(err.to_string().contains("\"clinik\""), "{err}");
 }
 
-#[test]
-fn mismatched_profile_is_not_linked() {
-    let mut fx = Fixture::new();
+fn mismatched_profile_is_not_linked(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let first = fx.tenant("first");
     let second = fx.tenant("second");
     fx.patient(&first, "shared-id", "2015-01-01T00:00:00Z");
@@ -581,9 +590,8 @@ fn mismatched_profile_is_not_linked() {
     assert!(fx.store.patient_links(&second).expect("links").is_empty());
 }
 
-#[test]
-fn hold_on_purged_patient_is_rejected() {
-    let mut fx = Fixture::new();
+fn hold_on_purged_patient_is_rejected(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let tenant = fx.tenant("clinic");
     let patient = fx.patient(&tenant, "p1", "2010-01-01T00:00:00Z");
     fx.run("2020-01-01T00:00:00Z");

@@ -141,6 +141,10 @@ pub enum SkipReason {
     NotExpired { retention_until: DateTime<Utc> },
     /// The record no longer exists: another run purged it first.
     AlreadyGone,
+    /// Another transaction holds the record's row, usually another node disposing of it, so
+    /// it was left alone instead of waited for. A later attempt finds it gone, or disposes of
+    /// it if that transaction rolled back. Only the PostgreSQL backend returns it.
+    Claimed,
 }
 
 /// Outcome of one disposal. `receipts` contains one receipt per disposed unit, because a

@@ -350,8 +350,11 @@ pub fn lifecycle(context: &Context, command: LifecycleCommand) -> Result<ExitCod
             let mut store = context.open_store()?;
             let policy = context.load_policy()?;
             let as_of = destructive_as_of(&mut *store, as_of.as_of.as_deref())?;
-            let options =
-                RunOptions { batch_size: batch_size as usize, actor: context.actor.clone() };
+            let options = RunOptions {
+                batch_size: batch_size as usize,
+                actor: context.actor.clone(),
+                ..RunOptions::default()
+            };
             let signer = context.signing_key_or_warn(
                 "this run neither removes audit entries past retention nor signs a checkpoint",
             );

@@ -169,7 +169,7 @@ fn report_run(
 ) -> Result<()> {
     store.set_clock(Box::new(FixedClock(as_of)));
     let started = Instant::now();
-    let options = RunOptions { batch_size: 500, actor: actor.to_owned() };
+    let options = RunOptions { batch_size: 500, actor: actor.to_owned(), ..RunOptions::default() };
     let mut progress = output::Progress::new("disposing", true);
     let report = medconnect_lifecycle::run_with_signer(
         store,
