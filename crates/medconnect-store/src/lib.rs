@@ -12,6 +12,7 @@
 //!   keeping a signed checkpoint at the last removed entry.
 
 mod error;
+mod keys;
 pub mod ledger;
 pub mod postgres;
 pub mod sqlite;

@@ -14,6 +14,7 @@
 
 mod audit;
 mod chain;
+mod keys;
 mod ledger;
 mod lifecycle;
 mod records;
@@ -275,7 +276,7 @@ pub struct PgStore {
     config: PgConfig,
     clock: Box<dyn Clock>,
     clock_mode: ClockMode,
-    keys: Option<crate::sqlite::keys::Keys>,
+    keys: Option<crate::keys::Keys>,
 }
 
 impl PgStore {
@@ -389,7 +390,7 @@ impl PgStore {
         self.clock_mode == ClockMode::Simulated
     }
 
-    fn keys(&self) -> Result<&crate::sqlite::keys::Keys> {
+    fn keys(&self) -> Result<&crate::keys::Keys> {
         self.keys.as_ref().ok_or(StoreError::MasterKeyRequired)
     }
 

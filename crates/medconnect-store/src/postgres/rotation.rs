@@ -12,6 +12,7 @@ use medconnect_domain::policy::Policy;
 use medconnect_domain::{HoldId, PatientId, PhotoId, SessionId, TenantId};
 
 use super::PgStore;
+use crate::keys::Keys;
 use crate::*;
 
 #[allow(unused_variables)]
@@ -21,7 +22,12 @@ impl PgStore {
         master: medconnect_crypto::MasterKey,
         next: Option<medconnect_crypto::MasterKey>,
     ) -> Result<()> {
-        unimplemented!("PostgreSQL set_master_keys")
+        let now = self.now();
+        let mut keys = Keys::new(master, next);
+        // The index key belongs to no tenant, so only the operator role may create it.
+        self.operator_tx(|tx| keys.load_blind_index_key(&mut *tx, now))?;
+        self.keys = Some(keys);
+        Ok(())
     }
 
     pub(crate) fn master_key_version_impl(&self) -> Result<u32> {

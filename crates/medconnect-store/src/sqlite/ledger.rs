@@ -10,11 +10,11 @@ use medconnect_domain::model::Category;
 use medconnect_domain::{PatientId, TenantId};
 use rusqlite::{Connection, OptionalExtension};
 
-use super::keys::{destroy_keys, KeyScope};
 use super::lifecycle::{shred_id_photo, shred_link, shred_session, shred_unlinked_profile};
 use super::records::link_key;
 use super::values::parse_stored_id;
 use super::{SqliteStore, BLOB_DIR};
+use crate::keys::{destroy_keys, KeyScope};
 use crate::ledger::{LedgerEntry, ReapplyOutcome};
 use crate::{Result, StoreError};
 
@@ -51,7 +51,7 @@ impl SqliteStore {
                         // The profile was deleted with its last link, so a link left here
                         // is missing from the ledger. The row must stay for that link's
                         // foreign key, but destroying its keys leaves it unreadable.
-                        let keys = destroy_keys(&tx, KeyScope::Profile, &entry.record_id)?;
+                        let keys = destroy_keys(&*tx, KeyScope::Profile, &entry.record_id)?;
                         tracing::warn!(
                             seq = entry.seq,
                             patient = %entry.record_id,

@@ -15,11 +15,11 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::audit::AuditAppender;
-use super::keys::{destroy_keys, KeyScope};
 use super::records::{link_from_row, link_key};
 use super::values::{hash_row, parse_optional_instant, parse_stored_id, parse_stored_instant};
 use super::SqliteStore;
 use super::{meta_value, BLOB_DIR};
+use crate::keys::{destroy_keys, KeyScope};
 use crate::{
     rule_for, Disposal, DisposalContext, DisposalOutcome, PhiCandidate, PolicyApplied,
     RecordCandidate, Result, RunRecord, SkipReason, StoreError,

@@ -2,7 +2,7 @@
 //! the data directory.
 
 mod audit;
-pub(crate) mod keys;
+mod keys;
 mod ledger;
 mod lifecycle;
 mod records;
@@ -20,6 +20,7 @@ use medconnect_domain::clock::{Clock, SystemClock};
 use medconnect_domain::time::format_instant;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
+use crate::keys::Keys;
 use crate::{ClockMode, Result, StoreError, StoreInfo};
 pub use snapshot::{Snapshot, SnapshotFacts};
 use values::parse_stored_instant;
@@ -51,7 +52,7 @@ pub struct SqliteStore {
     clock: Box<dyn Clock>,
     clock_mode: ClockMode,
     /// The master key, set by callers that read or write PHI.
-    keys: Option<keys::Keys>,
+    keys: Option<Keys>,
 }
 
 impl SqliteStore {
@@ -116,11 +117,11 @@ impl SqliteStore {
         next: Option<medconnect_crypto::MasterKey>,
     ) -> Result<()> {
         let now = self.now();
-        self.keys = Some(keys::Keys::load(&self.conn, master, next, now)?);
+        self.keys = Some(Keys::load(&self.conn, master, next, now)?);
         Ok(())
     }
 
-    fn keys(&self) -> Result<&keys::Keys> {
+    fn keys(&self) -> Result<&Keys> {
         self.keys.as_ref().ok_or(StoreError::MasterKeyRequired)
     }
 

@@ -18,9 +18,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::audit::AuditAppender;
-use super::keys::{seal_bytes, seal_optional, seal_text, KeyScope, Keys, Place, SealingKey};
 use super::values::{parse_optional_instant, parse_stored_id, parse_stored_instant};
 use super::SqliteStore;
+use crate::keys::{seal_bytes, seal_optional, seal_text, KeyScope, Keys, Place, SealingKey};
 use crate::{
     LinkCounts, LinkDetail, LinkSummary, PatientProfileView, ProviderView, RecordCandidate, Result,
     SessionTimes, StoreError,
@@ -204,7 +204,7 @@ impl SqliteStore {
         let id = ConsultationId::new().to_string();
         let tenant_text = tenant.id.to_string();
         let place = Place { tenant: &tenant_text, table: "consultations", record: &id };
-        let key = keys.data_key(&tx, KeyScope::Link, &link.to_string(), now)?;
+        let key = keys.data_key(&*tx, KeyScope::Link, &link.to_string(), now)?;
         tx.execute(
             "INSERT INTO consultations (id, tenant_id, link_id, status, encounter_class, reason, notes, started_at, ended_at)
              VALUES (?1, ?2, ?3, 'completed', 'virtual', ?4, ?5, ?6, ?6)",

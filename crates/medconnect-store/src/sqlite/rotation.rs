@@ -4,11 +4,10 @@
 use medconnect_crypto::KeyId;
 use medconnect_domain::audit::AuditEvent;
 use medconnect_domain::model::Tenant;
-use rusqlite::OptionalExtension;
 
 use super::audit::AuditAppender;
-use super::keys::KeyScope;
 use super::{meta_value, SqliteStore};
+use crate::keys::KeyScope;
 use crate::{Result, StoreError};
 
 impl SqliteStore {
@@ -117,16 +116,7 @@ impl SqliteStore {
         let keys = self.keys.as_ref().ok_or(StoreError::MasterKeyRequired)?;
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let owner = tenant.id.to_string();
-        let newest: Option<u32> = tx
-            .query_row(
-                "SELECT max(version) FROM data_keys WHERE scope = 'tenant' AND owner = ?1",
-                [&owner],
-                |row| row.get(0),
-            )
-            .optional()?
-            .flatten();
-        let version = newest.map_or(1, |v| v + 1);
-        keys.create_key(&tx, KeyScope::Tenant, &owner, version, now)?;
+        let version = keys.add_key_version(&*tx, KeyScope::Tenant, &owner, now)?;
         let mut audit = AuditAppender::begin(&tx, now, simulated)?;
         let detail = format!("tenant data key version {version} now seals new writes");
         audit.append(
