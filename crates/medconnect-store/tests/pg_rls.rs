@@ -125,11 +125,11 @@ fn seed_tenant(admin: &mut Client, slug: &str) -> SeededTenant {
                  '\\x01', '\\x01', '{at}');
              INSERT INTO prescriptions (id, tenant_id, link_id, consultation_id, code,
                  description, dispenses, controlled, started_at)
-             VALUES ('{p}', '{tenant}', {link}, '{consultation}', 'rx', '\\x01', 1, false,
+             VALUES ('{p}', '{tenant}', {link}, '{consultation}', '\\x01', '\\x01', 1, false,
                  '{at}');
              INSERT INTO medical_history (id, tenant_id, link_id, kind, code, description,
                  started_at)
-             VALUES ('{h}', '{tenant}', {link}, 'condition', 'code', '\\x01', '{at}');
+             VALUES ('{h}', '{tenant}', {link}, 'condition', '\\x01', '\\x01', '{at}');
              INSERT INTO intake_forms (id, tenant_id, link_id, form, answers_json, submitted_at)
              VALUES ('{f}', '{tenant}', {link}, 'intake', '\\x01', '{at}');
              INSERT INTO id_photos (id, tenant_id, link_id, content, bytes, sha256, uploaded_at)
