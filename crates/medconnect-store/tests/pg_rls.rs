@@ -8,8 +8,8 @@
 //! the same function proves the intact schema clean and proves that dropping any one policy
 //! is noticed.
 //!
-//! The tables are found in the catalog, not listed here, so a new table is checked as soon as
-//! it exists: a new table without row-level security fails unless it joins
+//! The tables are read from the catalog, not listed here, so a new table is checked as soon
+//! as it exists. A new table without row-level security fails unless it joins
 //! [`NON_TENANT_TABLES`], and a new tenant table fails until the seed gives it rows.
 
 use std::collections::BTreeMap;
@@ -597,7 +597,7 @@ fn owner_views_need_security_invoker() {
 }
 
 /// The application role cannot add views or functions to the schema. What it can create
-/// elsewhere (temporary objects) runs with its own rights, so it sees no more of B.
+/// elsewhere (temporary objects) runs with its own rights, so it reads no more of B.
 #[test]
 fn app_objects_see_no_more() {
     if !pg() {
