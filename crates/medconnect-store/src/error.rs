@@ -102,6 +102,14 @@ pub enum StoreError {
          when its records were disposed of"
     )]
     KeyDestroyed { table: String, column: String, record: String },
+    /// The data key a ciphertext names is not visible: it was destroyed, or it belongs to
+    /// another tenant, whose keys PostgreSQL row-level security hides.
+    #[error(
+        "{table}.{column} of record {record} cannot be decrypted: its data key was destroyed \
+         when its records were disposed of, or belongs to another tenant because the value \
+         was copied from another tenant's row"
+    )]
+    KeyUnavailable { table: String, column: String, record: String },
     /// A rotation step was asked for while no master key rotation is under way.
     #[error(
         "no master key rotation is under way: start one with `medconnect keys rotate --master`"

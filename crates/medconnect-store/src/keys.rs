@@ -53,6 +53,12 @@ pub(crate) trait KeyRows {
 
     /// Deletes every key of `(scope, owner)` and returns their ids.
     fn delete_key_rows(&mut self, scope: KeyScope, owner: &str) -> Result<Vec<String>>;
+
+    /// Returns true when other tenants' keys are invisible here, so that a key missing from
+    /// [`Self::key_row`] may exist for another tenant rather than be destroyed.
+    fn hides_other_tenants(&self) -> bool {
+        false
+    }
 }
 
 impl<T: KeyRows + ?Sized> KeyRows for &mut T {
@@ -71,6 +77,10 @@ impl<T: KeyRows + ?Sized> KeyRows for &mut T {
     fn delete_key_rows(&mut self, scope: KeyScope, owner: &str) -> Result<Vec<String>> {
         (**self).delete_key_rows(scope, owner)
     }
+
+    fn hides_other_tenants(&self) -> bool {
+        (**self).hides_other_tenants()
+    }
 }
 
 /// The version of a data key when it is first created. Rotating a tenant key adds versions.
@@ -84,6 +94,53 @@ pub(crate) struct SealingKey {
 impl SealingKey {
     fn new(key: &DataKey, version: u32) -> Self {
         SealingKey { sealer: Sealer::new(key, version) }
+    }
+}
+
+/// A data key generated and wrapped but not stored yet.
+///
+/// Some inserts may turn out to be duplicates, such as a core profile that another
+/// transaction creates at the same time. Such a row is sealed with an unstored key, and the
+/// key is stored only once the row is in, so a duplicate leaves no key behind.
+pub(crate) struct UnstoredKey {
+    key: DataKey,
+    id: String,
+    scope: KeyScope,
+    owner: String,
+    version: u32,
+    wrapped: Vec<u8>,
+    master_version: u32,
+    created_at: String,
+}
+
+impl UnstoredKey {
+    pub(crate) fn sealing_key(&self) -> SealingKey {
+        SealingKey::new(&self.key, self.version)
+    }
+
+    /// Stores the key. Fails when its owner already has a key of this version.
+    pub(crate) fn store(self, mut rows: impl KeyRows) -> Result<()> {
+        if rows.insert_key_row(&self.row())? {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt(format!(
+            "{} {} already has a data key of version {}",
+            self.scope.as_str(),
+            self.owner,
+            self.version
+        )))
+    }
+
+    fn row(&self) -> NewKeyRow<'_> {
+        NewKeyRow {
+            id: &self.id,
+            scope: self.scope,
+            owner: &self.owner,
+            version: self.version,
+            wrapped: &self.wrapped,
+            master_version: self.master_version,
+            created_at: &self.created_at,
+        }
     }
 }
 
@@ -214,8 +271,8 @@ impl Keys {
             if self.insert_data_key(&mut rows, scope, owner, version, now)?.is_some() {
                 return Ok(version);
             }
-            // Another transaction stored this version first; go one above it, unless it is
-            // not visible here, which would repeat forever.
+            // Another transaction stored this version first, so try one above it. A version
+            // that is taken but not visible here would make this loop forever.
             let seen = rows.newest_key_row(scope, owner)?.map(|row| row.version);
             if seen < Some(version) {
                 return Err(StoreError::Corrupt(format!(
@@ -260,19 +317,40 @@ impl Keys {
         version: u32,
         now: DateTime<Utc>,
     ) -> Result<Option<DataKey>> {
+        let new = self.wrap_new_key(scope, owner, version, now)?;
+        let inserted = rows.insert_key_row(&new.row())?;
+        Ok(inserted.then_some(new.key))
+    }
+
+    /// Generates the first data key of a new owner without storing it; see [`UnstoredKey`].
+    pub(crate) fn unstored_key(
+        &self,
+        scope: KeyScope,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<UnstoredKey> {
+        self.wrap_new_key(scope, owner, FIRST_VERSION, now)
+    }
+
+    fn wrap_new_key(
+        &self,
+        scope: KeyScope,
+        owner: &str,
+        version: u32,
+        now: DateTime<Utc>,
+    ) -> Result<UnstoredKey> {
         let key = DataKey::generate(KeyId::new())?;
         let master = self.wrapping_master();
-        let wrapped = master.wrap_key(&key, version)?;
-        let inserted = rows.insert_key_row(&NewKeyRow {
-            id: &key.id().to_string(),
+        Ok(UnstoredKey {
+            wrapped: master.wrap_key(&key, version)?,
+            id: key.id().to_string(),
+            key,
             scope,
-            owner,
+            owner: owner.to_owned(),
             version,
-            wrapped: &wrapped,
             master_version: master.version(),
-            created_at: &format_instant(now),
-        })?;
-        Ok(inserted.then_some(key))
+            created_at: format_instant(now),
+        })
     }
 
     fn newest_data_key(
@@ -289,7 +367,7 @@ impl Keys {
     }
 
     /// Returns the data key a ciphertext names in its header, or `None` when that key was
-    /// destroyed.
+    /// destroyed or, on a backend that hides other tenants' keys, is not visible.
     fn key_for(&self, mut rows: impl KeyRows, sealed: &[u8]) -> Result<Option<DataKey>> {
         let header = parse_header(sealed)?;
         let Some((version, wrapped)) = rows.key_row(&header.key_id.to_string())? else {
@@ -313,8 +391,16 @@ impl Keys {
             record: place.record.to_owned(),
             source: Box::new(source),
         };
+        let hides_other_tenants = rows.hides_other_tenants();
         let key = match self.key_for(rows, sealed) {
             Ok(Some(key)) => key,
+            Ok(None) if hides_other_tenants => {
+                return Err(StoreError::KeyUnavailable {
+                    table: place.table.to_owned(),
+                    column: column.to_owned(),
+                    record: place.record.to_owned(),
+                })
+            }
             Ok(None) => {
                 return Err(StoreError::KeyDestroyed {
                     table: place.table.to_owned(),

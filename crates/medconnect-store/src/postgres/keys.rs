@@ -31,16 +31,29 @@ impl KeyRows for Transaction<'_> {
     }
 
     fn insert_key_row(&mut self, row: &NewKeyRow<'_>) -> Result<bool> {
-        let tenant = owning_tenant(self, row.scope, row.owner)?;
+        let (tenant, link) = match row.scope {
+            KeyScope::Tenant => (Some(row.owner), None),
+            KeyScope::Link => (None, Some(link_id(row.owner)?)),
+            KeyScope::Profile | KeyScope::Index => (None, None),
+        };
+        // A link key takes the tenant of its link. A missing link leaves tenant_id NULL,
+        // which the table's CHECK constraint rejects.
+        //
+        // The conflict clause names no target because, with a target, PostgreSQL also checks
+        // the new row against the SELECT policy, which hides a profile key until a link to
+        // its profile exists. The only other unique column is the new random id.
         let inserted = self.execute(
             "INSERT INTO data_keys (id, scope, owner, tenant_id, version, wrapped,
-             master_version, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (scope, owner, version) DO NOTHING",
+             master_version, created_at)
+             SELECT $1, $2, $3, coalesce($4, (SELECT tenant_id FROM patient_links WHERE id = $5)),
+                    $6, $7, $8, $9
+             ON CONFLICT DO NOTHING",
             &[
                 &row.id,
                 &row.scope.as_str(),
                 &row.owner,
                 &tenant,
+                &link,
                 &i64::from(row.version),
                 &row.wrapped,
                 &i64::from(row.master_version),
@@ -57,27 +70,17 @@ impl KeyRows for Transaction<'_> {
         )?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
+
+    /// Row-level security shows an application transaction only its own tenant's keys.
+    fn hides_other_tenants(&self) -> bool {
+        true
+    }
 }
 
-/// Returns the tenant a key of `(scope, owner)` belongs to: the owner itself for a tenant
-/// key, the link's tenant for a link key, and none for profile and index keys.
-fn owning_tenant(tx: &mut Transaction<'_>, scope: KeyScope, owner: &str) -> Result<Option<String>> {
-    match scope {
-        KeyScope::Tenant => Ok(Some(owner.to_owned())),
-        KeyScope::Profile | KeyScope::Index => Ok(None),
-        KeyScope::Link => {
-            let link: i64 = owner.parse().map_err(|_| {
-                StoreError::Corrupt(format!("link data key owner {owner:?} is not a link id"))
-            })?;
-            let row =
-                tx.query_opt("SELECT tenant_id FROM patient_links WHERE id = $1", &[&link])?;
-            row.map(|row| row.get(0)).map(Some).ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "cannot create a data key for patient link {link}: link not found"
-                ))
-            })
-        }
-    }
+fn link_id(owner: &str) -> Result<i64> {
+    owner
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("link data key owner {owner:?} is not a link id")))
 }
 
 fn key_version(stored: i64) -> Result<u32> {

@@ -14,6 +14,7 @@
 
 mod audit;
 mod chain;
+mod import;
 mod keys;
 mod ledger;
 mod lifecycle;
