@@ -1,6 +1,7 @@
 //! Row-level security of the PostgreSQL schema, probed directly as the two store roles.
 //!
-//! Two tenants, A and B, get rows in every tenant-owned table, written as the admin role.
+//! Two tenants, A and B, get rows in every tenant-owned table, written through the store
+//! where an operation exists and as the admin role otherwise.
 //! [`isolation_violations`] then probes the schema as `medconnect_app` and
 //! `medconnect_operator`. With no tenant set, every table under row-level security reads
 //! empty. With tenant A set, A reads and changes exactly its own rows and nothing of B. The
@@ -15,8 +16,17 @@
 use std::collections::BTreeMap;
 
 use ::postgres::{Client, NoTls};
-use medconnect_domain::clock::SystemClock;
+use chrono::{DateTime, Utc};
+use medconnect_crypto::MasterKey;
+use medconnect_domain::clock::{FixedClock, SystemClock};
+use medconnect_domain::model::{
+    HoldScope, ImportBatch, NewConsultation, NewHistoryEntry, NewPatientProfile, NewPrescription,
+    NewProvider,
+};
+use medconnect_domain::policy::Policy;
+use medconnect_domain::time::parse_instant;
 use medconnect_store::testing::{self, Backend, TestStore};
+use medconnect_store::SessionTimes;
 
 /// Tables without row-level security, because no row of them belongs to a tenant: store
 /// settings, applied migrations, the audit chain head, signed audit checkpoints and
@@ -33,6 +43,11 @@ const FOREIGN_KEY_VIOLATION: &str = "23503";
 
 const APP: &str = "medconnect_app";
 const OPERATOR: &str = "medconnect_operator";
+const ACTOR: &str = "test";
+const SOURCE_SYSTEM: &str = "test";
+
+/// Clock of the seeded stores.
+const SEEDED_AT: &str = "2024-01-01T00:00:00Z";
 
 /// The rows of one seeded tenant that the checks refer to.
 struct SeededTenant {
@@ -73,94 +88,125 @@ fn connect(store: &TestStore, user: Option<&str>) -> Client {
 
 /// Creates a store with tenants A and B, each with rows in every tenant-owned table.
 fn seeded_store() -> Seeded {
-    let store = Backend::Postgres.create(Box::new(SystemClock));
-    let mut admin = connect(&store, None);
-    let a = seed_tenant(&mut admin, "alpha");
-    let b = seed_tenant(&mut admin, "beta");
-    let index_key = uuid();
-    admin
-        .batch_execute(&format!(
-            "INSERT INTO data_keys (id, scope, owner, tenant_id, version, wrapped, \
-             master_version, created_at)
-             VALUES ('{index_key}', 'index', 'store', NULL, 1, '\\x00', 1, \
-             '2024-01-01T00:00:00Z')"
-        ))
-        .expect("index key seeded");
+    let mut store = Backend::Postgres.create(Box::new(FixedClock(at(SEEDED_AT))));
+    let master = MasterKey::generate(1).expect("master key generated");
+    store.set_master_keys(master, None).expect("master key set");
+    let a = seed_tenant(&mut store, "alpha");
+    let b = seed_tenant(&mut store, "beta");
     Seeded { store, a, b }
 }
 
-/// Writes, as the admin role, one row of the tenant in each tenant-owned table.
-fn seed_tenant(admin: &mut Client, slug: &str) -> SeededTenant {
-    let (tenant, profile, source_index) = (uuid(), uuid(), uuid());
-    let at = "2024-01-01T00:00:00Z";
-    admin
-        .batch_execute(&format!(
-            "INSERT INTO tenants (id, slug, name, created_at)
-             VALUES ('{tenant}', '{slug}', '{slug}', '{at}');
-             INSERT INTO patient_profiles (id, source_system, source_index, given_name,
-                 family_name, birth_date, sex, address_line, city, state, postal_code, created_at)
-             VALUES ('{profile}', 'test', '{source_index}', '\\x01', '\\x01', '\\x01', '\\x01',
-                 '\\x01', '\\x01', '\\x01', '\\x01', '{at}');"
-        ))
-        .expect("tenant and profile seeded");
+fn at(value: &str) -> DateTime<Utc> {
+    parse_instant(value).expect("test instant parses")
+}
+
+/// Writes rows of a new tenant through the store: an import (profile, link, provider,
+/// consultation, prescription, history entry, data keys and audit entries), an ID photo, a
+/// session and a legal hold. No store operation writes intake forms or user accounts, so
+/// the admin role inserts those.
+fn seed_tenant(store: &mut TestStore, slug: &str) -> SeededTenant {
+    let tenant = store.create_tenant(slug, slug, ACTOR).expect("tenant created");
+    let source_id = format!("{slug}-patient");
+    store.import(&tenant, &batch(slug, &source_id), &Policy::builtin(), ACTOR).expect("import");
+    let patient = store
+        .find_patient(&tenant, SOURCE_SYSTEM, &source_id)
+        .expect("patient looked up")
+        .expect("patient imported");
+    store.add_id_photo(&tenant, patient, b"photo", at(SEEDED_AT), ACTOR).expect("photo added");
+    let times = SessionTimes {
+        started_at: at(SEEDED_AT),
+        expires_at: at(SEEDED_AT) + chrono::Duration::hours(1),
+        ended_at: None,
+    };
+    store.add_session(&tenant, Some(patient), times).expect("session added");
+    store
+        .place_hold(&tenant, HoldScope::Patient(patient), "matter-1", "litigation", ACTOR)
+        .expect("hold placed");
+
+    let (id, profile) = (tenant.id.to_string(), patient.to_string());
+    let mut admin = connect(store, None);
     let link: i64 = admin
-        .query_one(
-            "INSERT INTO patient_links (tenant_id, patient_id, created_at, phi_retention_until)
-             VALUES ($1, $2, $3, '2031-01-01T00:00:00Z') RETURNING id",
-            &[&tenant, &profile, &at],
-        )
-        .expect("link seeded")
+        .query_one("SELECT id FROM patient_links WHERE tenant_id = $1", &[&id])
+        .expect("link found")
         .get(0);
-    let (provider, consultation, user) = (uuid(), uuid(), uuid());
-    let ids: Vec<String> = (0..10).map(|_| uuid()).collect();
+    let source_index: String = admin
+        .query_one("SELECT source_index FROM patient_profiles WHERE id = $1", &[&profile])
+        .expect("profile found")
+        .get(0);
     admin
         .batch_execute(&format!(
-            "INSERT INTO providers (id, tenant_id, source_id, name, specialty, organization,
-                 license_state)
-             VALUES ('{provider}', '{tenant}', 'provider-{slug}', '\\x01', 'general', 'clinic',
-                 'CA');
-             INSERT INTO consultations (id, tenant_id, link_id, provider_id, status,
-                 encounter_class, reason, notes, started_at)
-             VALUES ('{consultation}', '{tenant}', {link}, '{provider}', 'finished', 'virtual',
-                 '\\x01', '\\x01', '{at}');
-             INSERT INTO prescriptions (id, tenant_id, link_id, consultation_id, code,
-                 description, dispenses, controlled, started_at)
-             VALUES ('{p}', '{tenant}', {link}, '{consultation}', '\\x01', '\\x01', 1, false,
-                 '{at}');
-             INSERT INTO medical_history (id, tenant_id, link_id, kind, code, description,
-                 started_at)
-             VALUES ('{h}', '{tenant}', {link}, 'condition', '\\x01', '\\x01', '{at}');
-             INSERT INTO intake_forms (id, tenant_id, link_id, form, answers_json, submitted_at)
-             VALUES ('{f}', '{tenant}', {link}, 'intake', '\\x01', '{at}');
-             INSERT INTO id_photos (id, tenant_id, link_id, content, bytes, sha256, uploaded_at)
-             VALUES ('{photo}', '{tenant}', {link}, '\\x01', 1, 'digest', '{at}');
+            "INSERT INTO intake_forms (id, tenant_id, link_id, form, answers_json, submitted_at)
+             VALUES ('{}', '{id}', {link}, 'intake', '\\x01', '{SEEDED_AT}');
              INSERT INTO user_accounts (id, tenant_id, username, role, created_at)
-             VALUES ('{user}', '{tenant}', 'user-{slug}', 'clinician', '{at}');
-             INSERT INTO sessions (id, tenant_id, user_id, link_id, started_at, expires_at)
-             VALUES ('{session}', '{tenant}', '{user}', {link}, '{at}', '{at}');
-             INSERT INTO legal_holds (id, tenant_id, patient_id, matter, reason, placed_at,
-                 placed_by)
-             VALUES ('{hold}', '{tenant}', '{profile}', 'matter', 'reason', '{at}', 'test');
-             INSERT INTO data_keys (id, scope, owner, tenant_id, version, wrapped,
-                 master_version, created_at)
-             VALUES ('{tenant_key}', 'tenant', '{tenant}', '{tenant}', 1, '\\x00', 1, '{at}'),
-                    ('{link_key}', 'link', '{link}', '{tenant}', 1, '\\x00', 1, '{at}'),
-                    ('{profile_key}', 'profile', '{profile}', NULL, 1, '\\x00', 1, '{at}');
-             INSERT INTO audit_log (seq, at, action, tenant_id, body, prev_hash, hash)
-             SELECT coalesce(max(seq), 0) + 1, '{at}', 'test.seed', '{tenant}', '{{}}', '', ''
-             FROM audit_log;",
-            p = ids[0],
-            h = ids[1],
-            f = ids[2],
-            photo = ids[3],
-            session = ids[4],
-            hold = ids[5],
-            tenant_key = ids[6],
-            link_key = ids[7],
-            profile_key = ids[8],
+             VALUES ('{}', '{id}', 'user-{slug}', 'clinician', '{SEEDED_AT}');",
+            uuid(),
+            uuid()
         ))
-        .expect("tenant rows seeded");
-    SeededTenant { id: tenant, profile, source_index, link }
+        .expect("intake form and user account seeded");
+    SeededTenant { id, profile, source_index, link }
+}
+
+/// Builds a batch of one patient with a provider, a consultation, a prescription and a
+/// history entry. Source ids differ per tenant, so each tenant gets a core profile of its own.
+fn batch(slug: &str, source_id: &str) -> ImportBatch {
+    let provider = format!("{slug}-provider");
+    let visit = format!("{slug}-visit");
+    let started_at = at("2023-05-01T10:00:00Z");
+    ImportBatch {
+        source_system: SOURCE_SYSTEM.into(),
+        patients: vec![NewPatientProfile {
+            source_system: SOURCE_SYSTEM.into(),
+            source_id: source_id.into(),
+            given_name: "Given1".into(),
+            family_name: "Family1".into(),
+            birth_date: "1970-01-01".into(),
+            sex: "F".into(),
+            address_line: "1 Main Street".into(),
+            city: "Lincoln".into(),
+            state: "NE".into(),
+            postal_code: "68501".into(),
+            ..NewPatientProfile::default()
+        }],
+        providers: vec![NewProvider {
+            source_id: provider.clone(),
+            name: "Doctor1 Provider1".into(),
+            specialty: "GENERAL PRACTICE".into(),
+            organization: "Clinic1".into(),
+            license_number: None,
+            license_state: "NE".into(),
+            dea_number: None,
+        }],
+        consultations: vec![NewConsultation {
+            source_id: visit.clone(),
+            patient_source_id: source_id.into(),
+            provider_source_id: Some(provider),
+            status: "completed".into(),
+            encounter_class: "virtual".into(),
+            reason: "Follow-up".into(),
+            notes: "Notes".into(),
+            started_at,
+            ended_at: Some(started_at + chrono::Duration::minutes(20)),
+        }],
+        prescriptions: vec![NewPrescription {
+            patient_source_id: source_id.into(),
+            consultation_source_id: Some(visit.clone()),
+            code: "313782".into(),
+            description: "Acetaminophen 325 MG".into(),
+            dispenses: 1,
+            controlled: false,
+            started_at,
+            stopped_at: None,
+        }],
+        history: vec![NewHistoryEntry {
+            patient_source_id: source_id.into(),
+            consultation_source_id: Some(visit),
+            kind: "condition",
+            code: "37796009".into(),
+            description: "Migraine".into(),
+            started_at,
+            stopped_at: None,
+        }],
+    }
 }
 
 /// A table of the store's schema as the catalog describes it.
@@ -540,7 +586,7 @@ fn profile_by_source_returns_only_id() {
     let mut tx = app.transaction().expect("transaction");
     tx.execute("SELECT set_config('medconnect.tenant', $1, true)", &[&a.id]).expect("tenant");
     let found: Option<String> = tx
-        .query_one("SELECT profile_by_source('test', $1)", &[&b.source_index])
+        .query_one("SELECT profile_by_source($1, $2)", &[&SOURCE_SYSTEM, &b.source_index])
         .expect("function runs")
         .get(0);
     let row_visible: i64 = tx
@@ -548,7 +594,7 @@ fn profile_by_source_returns_only_id() {
         .expect("profile counted")
         .get(0);
     let missing: Option<String> = tx
-        .query_one("SELECT profile_by_source('test', $1)", &[&uuid()])
+        .query_one("SELECT profile_by_source($1, $2)", &[&SOURCE_SYSTEM, &uuid()])
         .expect("function runs")
         .get(0);
     drop(tx);
