@@ -57,7 +57,9 @@ CREATE TABLE patient_links (
     created_at                TEXT NOT NULL,
     last_medical_encounter_at TEXT,
     phi_retention_until       TEXT NOT NULL,
-    UNIQUE (tenant_id, patient_id)
+    UNIQUE (tenant_id, patient_id),
+    -- The target of the (link_id, tenant_id) foreign keys below.
+    UNIQUE (id, tenant_id)
 );
 CREATE INDEX patient_links_retention ON patient_links (phi_retention_until);
 CREATE INDEX patient_links_patient ON patient_links (patient_id);
@@ -77,10 +79,13 @@ CREATE TABLE providers (
     UNIQUE (tenant_id, source_id)
 );
 
+-- Foreign key checks ignore row-level security. Rows under a patient link therefore
+-- reference it together with their own tenant_id, so that no row hangs off another tenant's
+-- link.
 CREATE TABLE consultations (
     id              TEXT PRIMARY KEY,
     tenant_id       TEXT NOT NULL REFERENCES tenants (id),
-    link_id         BIGINT NOT NULL REFERENCES patient_links (id),
+    link_id         BIGINT NOT NULL,
     provider_id     TEXT,
     source_id       TEXT,
     status          TEXT NOT NULL,
@@ -88,44 +93,48 @@ CREATE TABLE consultations (
     reason          BYTEA NOT NULL,
     notes           BYTEA NOT NULL,
     started_at      TEXT NOT NULL,
-    ended_at        TEXT
+    ended_at        TEXT,
+    FOREIGN KEY (link_id, tenant_id) REFERENCES patient_links (id, tenant_id)
 );
 CREATE INDEX consultations_link ON consultations (link_id);
 
 CREATE TABLE prescriptions (
     id              TEXT PRIMARY KEY,
     tenant_id       TEXT NOT NULL REFERENCES tenants (id),
-    link_id         BIGINT NOT NULL REFERENCES patient_links (id),
+    link_id         BIGINT NOT NULL,
     consultation_id TEXT,
     code            BYTEA NOT NULL,
     description     BYTEA NOT NULL,
     dispenses       BIGINT NOT NULL,
     controlled      BOOLEAN NOT NULL,
     started_at      TEXT NOT NULL,
-    stopped_at      TEXT
+    stopped_at      TEXT,
+    FOREIGN KEY (link_id, tenant_id) REFERENCES patient_links (id, tenant_id)
 );
 CREATE INDEX prescriptions_link ON prescriptions (link_id);
 
 CREATE TABLE medical_history (
     id              TEXT PRIMARY KEY,
     tenant_id       TEXT NOT NULL REFERENCES tenants (id),
-    link_id         BIGINT NOT NULL REFERENCES patient_links (id),
+    link_id         BIGINT NOT NULL,
     consultation_id TEXT,
     kind            TEXT NOT NULL,
     code            BYTEA NOT NULL,
     description     BYTEA NOT NULL,
     started_at      TEXT NOT NULL,
-    stopped_at      TEXT
+    stopped_at      TEXT,
+    FOREIGN KEY (link_id, tenant_id) REFERENCES patient_links (id, tenant_id)
 );
 CREATE INDEX medical_history_link ON medical_history (link_id);
 
 CREATE TABLE intake_forms (
     id           TEXT PRIMARY KEY,
     tenant_id    TEXT NOT NULL REFERENCES tenants (id),
-    link_id      BIGINT NOT NULL REFERENCES patient_links (id),
+    link_id      BIGINT NOT NULL,
     form         TEXT NOT NULL,
     answers_json BYTEA NOT NULL,
-    submitted_at TEXT NOT NULL
+    submitted_at TEXT NOT NULL,
+    FOREIGN KEY (link_id, tenant_id) REFERENCES patient_links (id, tenant_id)
 );
 CREATE INDEX intake_forms_link ON intake_forms (link_id);
 
@@ -134,11 +143,12 @@ CREATE INDEX intake_forms_link ON intake_forms (link_id);
 CREATE TABLE id_photos (
     id          TEXT PRIMARY KEY,
     tenant_id   TEXT NOT NULL REFERENCES tenants (id),
-    link_id     BIGINT NOT NULL REFERENCES patient_links (id),
+    link_id     BIGINT NOT NULL,
     content     BYTEA NOT NULL,
     bytes       BIGINT NOT NULL,
     sha256      TEXT NOT NULL,
-    uploaded_at TEXT NOT NULL
+    uploaded_at TEXT NOT NULL,
+    FOREIGN KEY (link_id, tenant_id) REFERENCES patient_links (id, tenant_id)
 );
 CREATE INDEX id_photos_link ON id_photos (link_id);
 CREATE INDEX id_photos_uploaded ON id_photos (uploaded_at);
@@ -156,11 +166,12 @@ CREATE TABLE sessions (
     id         TEXT PRIMARY KEY,
     tenant_id  TEXT NOT NULL REFERENCES tenants (id),
     user_id    TEXT,
-    link_id    BIGINT REFERENCES patient_links (id),
+    link_id    BIGINT,
     started_at TEXT NOT NULL,
     expires_at TEXT NOT NULL,
     ended_at   TEXT,
-    ends_at    TEXT GENERATED ALWAYS AS (coalesce(ended_at, expires_at)) STORED
+    ends_at    TEXT GENERATED ALWAYS AS (coalesce(ended_at, expires_at)) STORED,
+    FOREIGN KEY (link_id, tenant_id) REFERENCES patient_links (id, tenant_id)
 );
 CREATE INDEX sessions_link ON sessions (link_id);
 CREATE INDEX sessions_ends ON sessions (ends_at);

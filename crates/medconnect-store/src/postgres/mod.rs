@@ -31,7 +31,7 @@ use medconnect_domain::audit::{AuditEvent, GENESIS_HASH};
 use medconnect_domain::clock::{Clock, SystemClock};
 use medconnect_domain::time::format_instant;
 use medconnect_domain::TenantId;
-use postgres::{Client, NoTls, Transaction};
+use postgres::{Client, IsolationLevel, NoTls, Transaction};
 
 pub(crate) use chain::PgAudit;
 
@@ -402,7 +402,7 @@ impl PgStore {
         tenant: TenantId,
         work: impl FnMut(&mut Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        run_tx(&self.app, Some(tenant), work)
+        run_tx(&self.app, Some(tenant), TxMode::ReadCommitted, work)
     }
 
     /// Runs `work` in a transaction on the operator connection, which sees every tenant.
@@ -410,7 +410,27 @@ impl PgStore {
         &self,
         work: impl FnMut(&mut Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        run_tx(&self.operator, None, work)
+        run_tx(&self.operator, None, TxMode::ReadCommitted, work)
+    }
+
+    /// Runs `work` on the operator connection in a read-only transaction whose statements
+    /// all see one snapshot, so rows that other nodes commit meanwhile never mix two states
+    /// of the store into one result.
+    pub(crate) fn operator_snapshot<T>(
+        &self,
+        work: impl FnMut(&mut Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        run_tx(&self.operator, None, TxMode::Snapshot, work)
+    }
+
+    /// Runs `work` as [`Self::operator_snapshot`] does, but never a second time, for work
+    /// whose effects outside the database (lines already written to an export) a second run
+    /// would repeat.
+    pub(crate) fn operator_snapshot_once<T>(
+        &self,
+        work: impl FnMut(&mut Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        run_tx(&self.operator, None, TxMode::SnapshotOnce, work)
     }
 
     fn read_info(&self) -> Result<StoreInfo> {
@@ -433,21 +453,46 @@ impl PgStore {
     }
 }
 
+/// Isolation level and retries of a [`run_tx`] transaction.
+#[derive(Clone, Copy)]
+enum TxMode {
+    /// Read committed, the server's default: each statement reads what was committed before it.
+    ReadCommitted,
+    /// Repeatable read and read only: every statement reads the snapshot of the first one.
+    Snapshot,
+    /// As `Snapshot`, but the work runs once, so an error is returned without a retry.
+    SnapshotOnce,
+}
+
 /// Runs `work` in one transaction and commits. A lost connection, a deadlock or a
 /// serialization failure before the commit rolls everything back, so the whole transaction
 /// runs again, after a backoff, up to [`ATTEMPTS`] times. An error during the commit itself
-/// is returned as it is, because the transaction may have committed.
+/// is returned as it is, because the transaction may have committed. In
+/// [`TxMode::SnapshotOnce`] every error is returned as it is.
 fn run_tx<T>(
     connection: &RefCell<RoleConnection>,
     tenant: Option<TenantId>,
+    mode: TxMode,
     mut work: impl FnMut(&mut Transaction<'_>) -> Result<T>,
 ) -> Result<T> {
     let mut connection = connection.borrow_mut();
+    let attempts = match mode {
+        TxMode::SnapshotOnce => 1,
+        TxMode::ReadCommitted | TxMode::Snapshot => ATTEMPTS,
+    };
     let mut wait = FIRST_BACKOFF;
     let mut attempt = 1;
     loop {
         connection.ensure_open()?;
-        let mut tx = connection.client.transaction()?;
+        let mut tx = match mode {
+            TxMode::ReadCommitted => connection.client.transaction()?,
+            TxMode::Snapshot | TxMode::SnapshotOnce => connection
+                .client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?,
+        };
         let outcome = match tenant {
             Some(tenant) => tx
                 .execute("SELECT set_config('medconnect.tenant', $1, true)", &[&tenant.to_string()])
@@ -460,7 +505,7 @@ fn run_tx<T>(
                 tx.commit()?;
                 return Ok(value);
             }
-            Err(error) if retryable(&error) && attempt < ATTEMPTS => {
+            Err(error) if retryable(&error) && attempt < attempts => {
                 drop(tx);
                 tracing::warn!(attempt, %error, "transaction failed, retrying");
                 std::thread::sleep(wait);
