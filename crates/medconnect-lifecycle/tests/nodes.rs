@@ -367,3 +367,45 @@ fn run_reports_rows_still_claimed() {
     assert_eq!(again.tally.purged[&Category::PatientRecords], 3);
     assert_eq!(again.tally.claimed_elsewhere_total(), 0);
 }
+
+#[test]
+fn whole_tenant_hold_waits_for_disposals_under_way() {
+    let Some(mut store) = create_store() else { return };
+    let clinic = store.create_tenant("clinic", "Clinic", ACTOR).expect("tenant");
+    let patients = import(&mut store, &clinic, &source_ids("p", 2), EXPIRED_ENCOUNTER);
+    let config = store.pg_config().expect("PostgreSQL config").clone();
+
+    // A node in the middle of a disposal transaction in this tenant holds the tenant's hold
+    // lock shared.
+    let mut disposing = raw_operator(&config);
+    disposing.batch_execute("BEGIN").expect("begin");
+    disposing
+        .execute(
+            "SELECT pg_advisory_xact_lock_shared(hashtextextended('medconnect-hold:' || $1, 0))",
+            &[&clinic.id.to_string()],
+        )
+        .expect("shared hold lock");
+
+    let placing = thread::spawn({
+        let config = config.clone();
+        let clinic = clinic.clone();
+        move || {
+            let mut node = open_node(&config, "legal");
+            node.place_hold(&clinic, HoldScope::WholeTenant, "matter-1", "litigation", ACTOR)
+                .expect("hold placed")
+        }
+    });
+    thread::sleep(Duration::from_millis(300));
+    let mut observer = raw_operator(&config);
+    let holds: i64 =
+        observer.query_one("SELECT count(*) FROM legal_holds", &[]).expect("count").get(0);
+    assert_eq!(holds, 0, "the hold waits while a disposal in its tenant is under way");
+
+    disposing.batch_execute("COMMIT").expect("commit");
+    let hold = placing.join().expect("placing thread");
+    assert_eq!(hold.scope, HoldScope::WholeTenant);
+
+    let report = run_node(&mut open_node(&config, "after"), Duration::from_secs(5));
+    assert_eq!(report.tally.purged_total(), 0, "nothing purged under the hold");
+    assert_eq!(count_links(&mut observer, &patients), 2, "both patients kept");
+}

@@ -139,9 +139,10 @@ fn hash_row(hasher: &mut Sha256, row: &Row) -> Result<u64> {
 }
 
 /// Returns a skip when an active hold covers the tenant's records of `patient`. Holds are
-/// read without a lock: placing a patient hold locks the patient's link row, so a link
+/// read without a row lock: placing a patient hold locks the patient's link row, so a link
 /// disposal either holds that row first (and the hold then finds the patient gone) or skips
-/// it as claimed and finds the hold when it retries.
+/// it as claimed and finds the hold when it retries. A whole-tenant hold waits on the
+/// tenant's advisory lock that [`PgStore::dispose_impl`] holds shared.
 fn skip_for_hold(
     tx: &mut Transaction<'_>,
     tenant: TenantId,
@@ -277,7 +278,18 @@ impl PgStore {
         context: &DisposalContext<'_>,
     ) -> Result<Vec<DisposalOutcome>> {
         let (now, simulated) = (self.now(), self.simulated());
+        let mut tenants: Vec<String> = disposals.iter().map(|d| d.tenant_id.to_string()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
         self.operator_tx(|tx| {
+            // Placing a whole-tenant hold takes this lock exclusively, so it waits for the
+            // disposals under way in the tenant, and the hold checks below, each a statement
+            // of its own, see any hold committed before the lock was granted.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock_shared(hashtextextended('medconnect-hold:' || t, 0))
+                 FROM unnest($1::text[]) AS t",
+                &[&tenants],
+            )?;
             let mut outcomes = Vec::with_capacity(disposals.len());
             let mut events = Vec::new();
             for disposal in disposals {

@@ -260,9 +260,11 @@ impl RoleConnection {
 
 /// Errors worth running the whole transaction again for: a lost connection, a deadlock, a
 /// serialization failure, or a server shutting down.
-fn retryable(error: &StoreError) -> bool {
+fn retryable(error: &StoreError, connection_lost: bool) -> bool {
     match error {
-        StoreError::Postgres { code: None, .. } => true,
+        // Errors the client raises itself (a value of the wrong type, a protocol error) come
+        // back the same on every attempt; only a lost connection is worth another.
+        StoreError::Postgres { code: None, .. } => connection_lost,
         StoreError::Postgres { code: Some(code), .. } => {
             code == "40001" || code == "40P01" || code.starts_with("08") || code == "57P01"
         }
@@ -505,14 +507,16 @@ fn run_tx<T>(
                 tx.commit()?;
                 return Ok(value);
             }
-            Err(error) if retryable(&error) && attempt < attempts => {
+            Err(error) => {
                 drop(tx);
+                if !retryable(&error, connection.client.is_closed()) || attempt >= attempts {
+                    return Err(error);
+                }
                 tracing::warn!(attempt, %error, "transaction failed, retrying");
                 std::thread::sleep(wait);
                 wait *= 2;
                 attempt += 1;
             }
-            Err(error) => return Err(error),
         }
     }
 }
