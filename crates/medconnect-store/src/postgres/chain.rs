@@ -49,9 +49,47 @@ impl PgAudit {
         Ok(seq)
     }
 
-    /// Sequence number and hash of the last entry appended so far.
-    pub(crate) fn head(&self) -> (i64, &str) {
-        (self.seq, &self.hash)
+    /// Appends many entries with one statement. The chain is the same as appending them one
+    /// by one.
+    pub(crate) fn append_all(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        events: Vec<AuditEvent>,
+    ) -> Result<()> {
+        let count = events.len();
+        let (mut seqs, mut ats, mut actions, mut tenants, mut bodies, mut prevs, mut hashes) = (
+            Vec::with_capacity(count),
+            Vec::with_capacity(count),
+            Vec::with_capacity(count),
+            Vec::with_capacity(count),
+            Vec::with_capacity(count),
+            Vec::with_capacity(count),
+            Vec::with_capacity(count),
+        );
+        let at = format_instant(self.at);
+        for event in events {
+            let seq = self.seq + 1;
+            tenants.push(event.tenant_id.map(|id| id.to_string()));
+            let body = event.into_body(seq, self.at, self.simulated, &self.hash);
+            let canonical = body.to_canonical_json();
+            let hash = chain_hash(&self.hash, &canonical);
+            seqs.push(seq);
+            ats.push(at.clone());
+            actions.push(body.action);
+            bodies.push(canonical);
+            prevs.push(std::mem::replace(&mut self.hash, hash.clone()));
+            hashes.push(hash);
+            self.seq = seq;
+        }
+        if count > 0 {
+            tx.execute(
+                "INSERT INTO audit_log (seq, at, action, tenant_id, body, prev_hash, hash)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+                                      $5::text[], $6::text[], $7::text[])",
+                &[&seqs, &ats, &actions, &tenants, &bodies, &prevs, &hashes],
+            )?;
+        }
+        Ok(())
     }
 
     pub(crate) fn finish(self, tx: &mut Transaction<'_>) -> Result<()> {

@@ -5,12 +5,14 @@
 //! [`SkipReason::Claimed`] instead of being waited for, and the run retries it later. A
 //! node that dies mid-disposal releases its rows when the server ends its connection.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use medconnect_domain::audit::{AuditEvent, Destroyed, DisposalReceipt};
 use medconnect_domain::model::Category;
 use medconnect_domain::policy::Policy;
 use medconnect_domain::time::format_instant;
-use medconnect_domain::{PatientId, TenantId};
+use medconnect_domain::{HoldId, PatientId, TenantId};
 use postgres::types::{ToSql, Type};
 use postgres::{Row, Transaction};
 use sha2::{Digest, Sha256};
@@ -43,6 +45,13 @@ impl Shredder {
             destroyed: Destroyed::default(),
             keys_destroyed: Vec::new(),
         }
+    }
+
+    /// Folds one deleted row into the digest.
+    fn fold_row(&mut self, row: &Row) -> Result<()> {
+        self.destroyed.rows += 1;
+        self.destroyed.bytes += hash_row(&mut self.hasher, row)?;
+        Ok(())
     }
 
     /// Runs a statement that returns the deleted rows and folds each into the digest.
@@ -290,11 +299,11 @@ impl PgStore {
                  FROM unnest($1::text[]) AS t",
                 &[&tenants],
             )?;
-            let mut outcomes = Vec::with_capacity(disposals.len());
-            let mut events = Vec::new();
-            for disposal in disposals {
-                let outcome = match disposal.category {
-                    Category::PatientRecords => dispose_patient_records(tx, disposal, context)?,
+            let mut outcomes: Vec<Option<DisposalOutcome>> = vec![None; disposals.len()];
+            dispose_patient_records(tx, disposals, context, &mut outcomes)?;
+            for (disposal, outcome) in disposals.iter().zip(outcomes.iter_mut()) {
+                let disposed = match disposal.category {
+                    Category::PatientRecords => continue,
                     Category::IdPhoto => dispose_id_photo(tx, disposal, context)?,
                     Category::Session => dispose_session(tx, disposal, context)?,
                     Category::PatientProfile => {
@@ -304,18 +313,27 @@ impl PgStore {
                         ))
                     }
                 };
-                if let DisposalOutcome::Disposed { receipts } = &outcome {
+                *outcome = Some(disposed);
+            }
+            let outcomes: Vec<DisposalOutcome> = outcomes
+                .into_iter()
+                .map(|outcome| {
+                    outcome.ok_or_else(|| {
+                        StoreError::Corrupt("a disposal of the batch got no outcome".into())
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let mut events = Vec::new();
+            for (disposal, outcome) in disposals.iter().zip(&outcomes) {
+                if let DisposalOutcome::Disposed { receipts } = outcome {
                     events.extend(receipts.iter().map(|r| receipt_event(disposal, r, context)));
                 }
-                outcomes.push(outcome);
             }
             // The head comes last, after every row above is locked, so that no node waits
             // for rows while it holds the head that all the others wait for.
             if !events.is_empty() {
                 let mut audit = PgAudit::begin(tx, now, simulated)?;
-                for event in events {
-                    audit.append(tx, event)?;
-                }
+                audit.append_all(tx, events)?;
                 audit.finish(tx)?;
             }
             Ok(outcomes)
@@ -493,41 +511,285 @@ fn retention_changes(
     Ok((applied, ids, instants))
 }
 
+/// A link claimed for disposal, due and not held.
+struct DueLink {
+    index: usize,
+    link: i64,
+    patient: PatientId,
+    until: DateTime<Utc>,
+}
+
+/// Disposes of every patient-records disposal of the batch with a fixed number of
+/// statements, whatever the batch size: the links are claimed with one `FOR UPDATE SKIP
+/// LOCKED`, checked in memory against their stored retention and the active holds, and
+/// deleted table by table with `= ANY`. Each link's deleted rows still go into its own digest,
+/// table by table in id order, as a disposal of that link alone would. Fills the outcome of
+/// each patient-records disposal in `outcomes`.
 fn dispose_patient_records(
     tx: &mut Transaction<'_>,
-    disposal: &Disposal,
+    disposals: &[Disposal],
     context: &DisposalContext<'_>,
-) -> Result<DisposalOutcome> {
-    let patient = parse_stored_id::<PatientId>(&disposal.record_id)?;
-    let (tenant_id, patient_id) = (disposal.tenant_id.to_string(), patient.to_string());
-    let claimed = tx.query_opt(
-        "SELECT id, phi_retention_until FROM patient_links
-         WHERE tenant_id = $1 AND patient_id = $2 FOR UPDATE SKIP LOCKED",
-        &[&tenant_id, &patient_id],
-    )?;
-    let Some(link) = claimed else {
-        return claimed_or_gone(
-            tx,
-            "SELECT EXISTS (SELECT 1 FROM patient_links WHERE tenant_id = $1 AND patient_id = $2)",
-            &[&tenant_id, &patient_id],
-        );
-    };
-    let key: i64 = link.get(0);
-    let until = parse_stored_instant(&link.get::<_, String>(1))?;
-    if until > context.as_of {
-        return Ok(DisposalOutcome::Skipped(SkipReason::NotExpired { retention_until: until }));
+    outcomes: &mut [Option<DisposalOutcome>],
+) -> Result<()> {
+    let mut indexes = Vec::new();
+    let (mut tenants, mut patients) = (Vec::new(), Vec::new());
+    for (index, disposal) in disposals.iter().enumerate() {
+        if disposal.category == Category::PatientRecords {
+            let patient = parse_stored_id::<PatientId>(&disposal.record_id)?;
+            indexes.push(index);
+            tenants.push(disposal.tenant_id.to_string());
+            patients.push(patient.to_string());
+        }
     }
-    if let Some(skip) = skip_for_hold(tx, disposal.tenant_id, Some(patient))? {
-        return Ok(skip);
+    if indexes.is_empty() {
+        return Ok(());
+    }
+    let claimed_rows = tx.query(
+        "SELECT l.id, l.tenant_id, l.patient_id, l.phi_retention_until
+         FROM patient_links l
+         JOIN unnest($1::text[], $2::text[]) AS d (tenant_id, patient_id)
+           ON l.tenant_id = d.tenant_id AND l.patient_id = d.patient_id
+         ORDER BY l.id
+         FOR UPDATE OF l SKIP LOCKED",
+        &[&tenants, &patients],
+    )?;
+    let mut claimed: HashMap<(String, String), (i64, String)> = HashMap::new();
+    for row in &claimed_rows {
+        claimed.insert((row.get(1), row.get(2)), (row.get(0), row.get(3)));
+    }
+    if claimed.len() < indexes.len() {
+        // A plain read waits for no lock: what it finds is held by another transaction.
+        let present = tx.query(
+            "SELECT l.tenant_id, l.patient_id FROM patient_links l
+             JOIN unnest($1::text[], $2::text[]) AS d (tenant_id, patient_id)
+               ON l.tenant_id = d.tenant_id AND l.patient_id = d.patient_id",
+            &[&tenants, &patients],
+        )?;
+        let present: HashSet<(String, String)> =
+            present.iter().map(|row| (row.get(0), row.get(1))).collect();
+        for (position, &index) in indexes.iter().enumerate() {
+            let key = (tenants[position].clone(), patients[position].clone());
+            if !claimed.contains_key(&key) {
+                let reason = if present.contains(&key) {
+                    SkipReason::Claimed
+                } else {
+                    SkipReason::AlreadyGone
+                };
+                outcomes[index] = Some(DisposalOutcome::Skipped(reason));
+            }
+        }
     }
 
-    let shredder = shred_link(tx, key)?;
-    let mut receipts =
-        vec![shredder.receipt(Category::PatientRecords, patient_id.clone(), until, context.policy)];
-    if let ProfileShred::Deleted(profile) = shred_unlinked_profile(tx, patient)? {
-        receipts.push(profile.receipt(Category::PatientProfile, patient_id, until, context.policy));
+    let mut held_tenants = tenants.clone();
+    held_tenants.sort_unstable();
+    held_tenants.dedup();
+    let holds = active_holds(tx, &held_tenants)?;
+    let mut due = Vec::new();
+    for (position, &index) in indexes.iter().enumerate() {
+        let key = (tenants[position].clone(), patients[position].clone());
+        let Some((link, until)) = claimed.get(&key) else { continue };
+        let until = parse_stored_instant(until)?;
+        let patient: PatientId = parse_stored_id(&key.1)?;
+        let tenant = disposals[index].tenant_id;
+        if until > context.as_of {
+            outcomes[index] =
+                Some(DisposalOutcome::Skipped(SkipReason::NotExpired { retention_until: until }));
+        } else if let Some(hold_id) = holding(&holds, tenant, Some(patient)) {
+            outcomes[index] = Some(DisposalOutcome::Skipped(SkipReason::LegalHold { hold_id }));
+        } else {
+            due.push(DueLink { index, link: *link, patient, until });
+        }
     }
-    Ok(DisposalOutcome::Disposed { receipts })
+    if due.is_empty() {
+        return Ok(());
+    }
+
+    let links: Vec<i64> = due.iter().map(|d| d.link).collect();
+    let mut shredders: HashMap<i64, Shredder> =
+        links.iter().map(|&link| (link, Shredder::new())).collect();
+    for table in LINK_CHILD_TABLES {
+        delete_by_link(tx, table, &links, &mut shredders)?;
+    }
+    let photos = delete_by_link(tx, "id_photos", &links, &mut shredders)?;
+    for (link, files) in photos {
+        if let Some(shredder) = shredders.get_mut(&link) {
+            shredder.destroyed.files += files;
+        }
+    }
+    let gone = tx.query("DELETE FROM patient_links WHERE id = ANY($1) RETURNING *", &[&links])?;
+    for row in &gone {
+        let link: i64 = row.try_get("id")?;
+        if let Some(shredder) = shredders.get_mut(&link) {
+            shredder.fold_row(row)?;
+        }
+    }
+    // Destroying the links' data keys in this transaction leaves any other copy of their
+    // ciphertexts (a replica, an old backup) unreadable.
+    let owners: Vec<String> = links.iter().map(ToString::to_string).collect();
+    for (owner, ids) in destroy_keys_of(tx, "link", &owners)? {
+        if let Some(shredder) = owner.parse().ok().and_then(|link: i64| shredders.get_mut(&link)) {
+            shredder.keys_destroyed.extend(ids);
+        }
+    }
+
+    let mut profiles = shred_unlinked_profiles(tx, &due)?;
+    for (position, item) in due.iter().enumerate() {
+        let shredder = shredders.remove(&item.link).ok_or_else(|| {
+            StoreError::Corrupt(format!("patient link {} has no digest", item.link))
+        })?;
+        let patient_id = item.patient.to_string();
+        let mut receipts = vec![shredder.receipt(
+            Category::PatientRecords,
+            patient_id.clone(),
+            item.until,
+            context.policy,
+        )];
+        // When two links of one profile go in the same batch, the receipt of the profile
+        // goes with the last of them, which is the one that left the profile unlinked.
+        let later_link_of_same = due[position + 1..].iter().any(|d| d.patient == item.patient);
+        if !later_link_of_same {
+            if let Some(profile) = profiles.remove(&item.patient) {
+                receipts.push(profile.receipt(
+                    Category::PatientProfile,
+                    patient_id,
+                    item.until,
+                    context.policy,
+                ));
+            }
+        }
+        outcomes[item.index] = Some(DisposalOutcome::Disposed { receipts });
+    }
+    Ok(())
+}
+
+/// An active legal hold, as the disposal checks need it.
+struct ActiveHold {
+    id: HoldId,
+    tenant: TenantId,
+    patient: Option<PatientId>,
+}
+
+/// Lists the active holds of `tenants`, oldest first.
+fn active_holds(tx: &mut Transaction<'_>, tenants: &[String]) -> Result<Vec<ActiveHold>> {
+    let rows = tx.query(
+        "SELECT id, tenant_id, patient_id FROM legal_holds
+         WHERE released_at IS NULL AND tenant_id = ANY($1)
+         ORDER BY placed_at, id",
+        &[&tenants],
+    )?;
+    rows.iter()
+        .map(|row| {
+            let patient: Option<String> = row.get(2);
+            Ok(ActiveHold {
+                id: parse_stored_id(&row.get::<_, String>(0))?,
+                tenant: parse_stored_id(&row.get::<_, String>(1))?,
+                patient: patient.as_deref().map(parse_stored_id).transpose()?,
+            })
+        })
+        .collect()
+}
+
+/// Returns the oldest active hold that covers the tenant's records of `patient`.
+fn holding(holds: &[ActiveHold], tenant: TenantId, patient: Option<PatientId>) -> Option<HoldId> {
+    holds
+        .iter()
+        .find(|hold| hold.tenant == tenant && (hold.patient.is_none() || hold.patient == patient))
+        .map(|hold| hold.id)
+}
+
+/// Deletes the rows of `table` under `links` and folds each into its link's digest, in id
+/// order within the table. Returns how many rows each link lost.
+fn delete_by_link(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    links: &[i64],
+    shredders: &mut HashMap<i64, Shredder>,
+) -> Result<HashMap<i64, u64>> {
+    let rows =
+        tx.query(&format!("DELETE FROM {table} WHERE link_id = ANY($1) RETURNING *"), &[&links])?;
+    let mut keyed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let link: i64 = row.try_get("link_id")?;
+        let id: String = row.try_get("id")?;
+        keyed.push((link, id, row));
+    }
+    // Byte order of the ids, as ORDER BY id COLLATE "C" gives.
+    keyed.sort_by(|a, b| (a.0, a.1.as_bytes()).cmp(&(b.0, b.1.as_bytes())));
+    let mut counts: HashMap<i64, u64> = HashMap::new();
+    for (link, _, row) in keyed {
+        if let Some(shredder) = shredders.get_mut(&link) {
+            shredder.fold_row(row)?;
+        }
+        *counts.entry(link).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+/// Deletes every data key of the `owners` in `scope` and returns their ids by owner, sorted.
+fn destroy_keys_of(
+    tx: &mut Transaction<'_>,
+    scope: &str,
+    owners: &[String],
+) -> Result<HashMap<String, Vec<String>>> {
+    let rows = tx.query(
+        "DELETE FROM data_keys WHERE scope = $1 AND owner = ANY($2) RETURNING owner, id",
+        &[&scope, &owners],
+    )?;
+    let mut keys: HashMap<String, Vec<String>> = HashMap::new();
+    for row in &rows {
+        keys.entry(row.get(0)).or_default().push(row.get(1));
+    }
+    for ids in keys.values_mut() {
+        ids.sort();
+    }
+    Ok(keys)
+}
+
+/// Deletes the core profiles of the disposed links that no link references any more, with
+/// their data keys. The profile rows are locked in id order first, so two nodes that each
+/// delete one link of a profile take turns, and the second counts the links only once the
+/// first has committed: exactly one of them finds no link left.
+fn shred_unlinked_profiles(
+    tx: &mut Transaction<'_>,
+    due: &[DueLink],
+) -> Result<HashMap<PatientId, Shredder>> {
+    let mut ids: Vec<String> = due.iter().map(|d| d.patient.to_string()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let locked = tx.query(
+        "SELECT id FROM patient_profiles WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&ids],
+    )?;
+    let linked = tx.query(
+        "SELECT DISTINCT patient_id FROM patient_links WHERE patient_id = ANY($1)",
+        &[&ids],
+    )?;
+    let linked: HashSet<String> = linked.iter().map(|row| row.get(0)).collect();
+    let unlinked: Vec<String> = locked
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .filter(|id| !linked.contains(id))
+        .collect();
+    if unlinked.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut shredders: HashMap<String, Shredder> = HashMap::new();
+    let gone =
+        tx.query("DELETE FROM patient_profiles WHERE id = ANY($1) RETURNING *", &[&unlinked])?;
+    for row in &gone {
+        let id: String = row.try_get("id")?;
+        let mut shredder = Shredder::new();
+        shredder.fold_row(row)?;
+        shredders.insert(id, shredder);
+    }
+    let mut keys = destroy_keys_of(tx, "profile", &unlinked)?;
+    shredders
+        .into_iter()
+        .map(|(id, mut shredder)| {
+            shredder.keys_destroyed.extend(keys.remove(&id).unwrap_or_default());
+            Ok((parse_stored_id(&id)?, shredder))
+        })
+        .collect()
 }
 
 /// Deletes a patient link (by its integer key), everything under it and the link's data
