@@ -105,7 +105,8 @@ SET search_path TO medconnect;
 SELECT 'links left past retention: ' || count(*) FROM patient_links WHERE phi_retention_until <= '$AS_OF';
 SELECT 'patient_records receipts: ' || count(*) || ', distinct records: ' || count(DISTINCT body::json->'receipt'->>'record_id')
     FROM audit_log WHERE action = 'lifecycle.dispose' AND body::json->'receipt'->>'category' = 'patient_records';
-SELECT 'receipts by node run: ' || string_agg(n, ', ') FROM (
-    SELECT body::json->>'subject' || '=' || count(*) AS n FROM audit_log
+SELECT 'receipts per run: ' || string_agg(run || ' ' || receipts, ', ') FROM (
+    SELECT body::json->>'detail' AS run, count(*) AS receipts FROM audit_log
     WHERE action = 'lifecycle.dispose' GROUP BY 1 ORDER BY 1) s;
+SELECT 'runs recorded by node: ' || string_agg(node || ' ' || status, ', ') FROM lifecycle_runs;
 SQL
