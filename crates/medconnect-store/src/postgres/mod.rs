@@ -486,29 +486,11 @@ fn run_tx<T>(
     let mut attempt = 1;
     loop {
         connection.ensure_open()?;
-        let mut tx = match mode {
-            TxMode::ReadCommitted => connection.client.transaction()?,
-            TxMode::Snapshot | TxMode::SnapshotOnce => connection
-                .client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()?,
-        };
-        let outcome = match tenant {
-            Some(tenant) => tx
-                .execute("SELECT set_config('medconnect.tenant', $1, true)", &[&tenant.to_string()])
-                .map_err(StoreError::from)
-                .and_then(|_| work(&mut tx)),
-            None => work(&mut tx),
-        };
-        match outcome {
-            Ok(value) => {
-                tx.commit()?;
-                return Ok(value);
-            }
-            Err(error) => {
-                drop(tx);
+        match attempt_tx(&mut connection.client, tenant, mode, &mut work) {
+            Ok(value) => return Ok(value),
+            // The transaction may have committed, so running it again could repeat it.
+            Err(Failure::AtCommit(error)) => return Err(error),
+            Err(Failure::BeforeCommit(error)) => {
                 if !retryable(&error, connection.client.is_closed()) || attempt >= attempts {
                     return Err(error);
                 }
@@ -519,6 +501,42 @@ fn run_tx<T>(
             }
         }
     }
+}
+
+/// How one attempt of a transaction failed.
+enum Failure {
+    /// Before COMMIT was sent: nothing of the attempt is stored.
+    BeforeCommit(StoreError),
+    /// During COMMIT: the outcome is unknown.
+    AtCommit(StoreError),
+}
+
+/// Runs one attempt of a transaction: BEGIN, the tenant setting, `work` and COMMIT.
+fn attempt_tx<T>(
+    client: &mut Client,
+    tenant: Option<TenantId>,
+    mode: TxMode,
+    work: &mut impl FnMut(&mut Transaction<'_>) -> Result<T>,
+) -> std::result::Result<T, Failure> {
+    let before = |error: postgres::Error| Failure::BeforeCommit(error.into());
+    let begun = match mode {
+        TxMode::ReadCommitted => client.transaction(),
+        TxMode::Snapshot | TxMode::SnapshotOnce => client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start(),
+    };
+    // A session the server ended (a restart, a failover, pg_terminate_backend) fails here,
+    // at BEGIN, and is retried like a failure inside the transaction.
+    let mut tx = begun.map_err(before)?;
+    if let Some(tenant) = tenant {
+        tx.execute("SELECT set_config('medconnect.tenant', $1, true)", &[&tenant.to_string()])
+            .map_err(before)?;
+    }
+    let value = work(&mut tx).map_err(Failure::BeforeCommit)?;
+    tx.commit().map_err(|error| Failure::AtCommit(error.into()))?;
+    Ok(value)
 }
 
 fn meta_value(client: &mut Client, key: &str) -> Result<Option<String>> {
