@@ -32,6 +32,13 @@ const SHARED_EVERY: usize = 3;
 const RETURNING_PATIENTS: usize = 8;
 
 pub fn run(context: &Context, args: DemoArgs) -> Result<ExitCode> {
+    if let crate::config::StoreLocation::Postgres(_) = context.location {
+        anyhow::bail!(
+            "the demo builds an embedded store in the data directory, but the configuration \
+             selects PostgreSQL: run it with another --data-dir and without \
+             MEDCONNECT_DATABASE_URL"
+        );
+    }
     let synthea = find_synthea(args.synthea)?;
     prepare_data_dir(&context.data_dir, args.fresh)?;
     let today = truncate_to_second(Utc::now());
