@@ -30,6 +30,13 @@ fn malformed_url_is_named_but_not_shown() {
 }
 
 #[test]
+fn tls_requirement_is_refused_clearly() {
+    let config = PgConfig::new("postgres://127.0.0.1/test?sslmode=require");
+    let message = PgStore::open(&config).err().expect("rejected").to_string();
+    assert!(message.contains("sslmode=require"), "{message}");
+}
+
+#[test]
 fn schema_name_must_be_plain() {
     for schema in ["", "Clinic", "a-b", "x\"; DROP SCHEMA public; --", "9lives"] {
         let mut config = PgConfig::new("postgres://127.0.0.1/test");

@@ -146,13 +146,23 @@ fn default_node_name() -> String {
 }
 
 fn parse_url(url: &str, setting: &str) -> Result<postgres::Config> {
-    postgres::Config::from_str(url).map_err(|_| {
+    let config = postgres::Config::from_str(url).map_err(|_| {
         StoreError::PostgresConfig(format!(
             "{setting} is not a PostgreSQL URL: write it as \
              postgres://USER@HOST:PORT/DATABASE (the value is not shown because it may hold \
              a password)"
         ))
-    })
+    })?;
+    // TODO: TLS to the database server. Until then connections are in the clear, so the
+    // server belongs on loopback, a Unix socket or a private network.
+    if config.get_ssl_mode() == postgres::config::SslMode::Require {
+        return Err(StoreError::PostgresConfig(format!(
+            "{setting} asks for sslmode=require, but this medconnect connects to PostgreSQL \
+             without TLS: reach the server over loopback, a Unix socket or a private network \
+             and remove sslmode from the URL"
+        )));
+    }
+    Ok(config)
 }
 
 fn role_config(url: &str, setting: &str, default_user: &str) -> Result<postgres::Config> {
