@@ -148,15 +148,14 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL reported an error. The text holds the SQLSTATE and the server's message,
     /// never the DETAIL line, which can quote stored values.
-    #[error("PostgreSQL error: {message}")]
+    #[error("database error (postgres): {message}")]
     Postgres { code: Option<String>, message: String },
     /// The PostgreSQL server could not be reached, or went away and did not come back.
     #[error(
-        "cannot reach PostgreSQL at {target} after {attempts} attempts ({reason}): check that \
-         the server runs and that database_url in medconnect.toml (or MEDCONNECT_DATABASE_URL) \
-         names it"
+        "cannot reach PostgreSQL at {target} after {attempts} attempts ({reason}): check \
+         that the server runs and that {setting} names it"
     )]
-    PostgresUnreachable { target: String, attempts: u32, reason: String },
+    PostgresUnreachable { target: String, setting: String, attempts: u32, reason: String },
     /// `init` was asked to create a store in a schema that holds one.
     #[error(
         "PostgreSQL schema {0:?} already holds a MedConnect store: use it, or set another \

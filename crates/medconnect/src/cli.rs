@@ -56,7 +56,12 @@ pub enum Command {
         simulated_clock: bool,
         /// PostgreSQL only: URL of a role that may create roles and schemas, used once to
         /// create them [default: database_url with the user postgres].
-        #[arg(long, env = "MEDCONNECT_ADMIN_DATABASE_URL", value_name = "URL")]
+        #[arg(
+            long,
+            env = "MEDCONNECT_ADMIN_DATABASE_URL",
+            value_name = "URL",
+            hide_env_values = true
+        )]
         admin_url: Option<String>,
     },
     /// Inspect and migrate the database of the store.
@@ -453,7 +458,12 @@ pub enum DbCommand {
     Migrate {
         /// URL of the role that owns the schema [default: database_url with the user
         /// postgres].
-        #[arg(long, env = "MEDCONNECT_ADMIN_DATABASE_URL", value_name = "URL")]
+        #[arg(
+            long,
+            env = "MEDCONNECT_ADMIN_DATABASE_URL",
+            value_name = "URL",
+            hide_env_values = true
+        )]
         admin_url: Option<String>,
     },
 }

@@ -25,48 +25,65 @@ use crate::{
 pub fn init(context: &Context, simulated_clock: bool, admin_url: Option<&str>) -> Result<ExitCode> {
     let mode = if simulated_clock { ClockMode::Simulated } else { ClockMode::Production };
     let clock = Box::new(medconnect_domain::clock::SystemClock);
-    let place = match &context.location {
+    let (place, keys) = match &context.location {
         StoreLocation::Embedded => {
             SqliteStore::create(&context.data_dir, mode, clock)?;
-            context.data_dir.display().to_string()
+            context.write_default_policy()?;
+            context.load_policy()?;
+            (context.data_dir.display().to_string(), prepare_init_keys(context)?)
         }
         StoreLocation::Postgres(config) => {
+            // The keys and the policy come first: a store in a shared database without its
+            // master key could not be opened, and `init` would refuse to create it again.
             std::fs::create_dir_all(&context.data_dir)
                 .with_context(|| format!("creating {}", context.data_dir.display()))?;
+            context.write_default_policy()?;
+            load_policy_file(&context.policy_path())?;
+            let keys = prepare_init_keys(context)?;
             let admin = admin_url_or_default(&config.database_url, admin_url)?;
             PgStore::create(config, &admin, mode, clock)?;
-            format!(
+            let place = format!(
                 "PostgreSQL schema {} (keys and policy in {})",
                 config.schema,
                 context.data_dir.display()
-            )
+            );
+            (place, keys)
         }
     };
-    context.write_default_policy()?;
-    context.load_policy()?;
     outln!("created a {} store in {place}", mode.as_str());
     outln!("policy: {}", context.policy_path().display());
-    let key_path = context.master_key_path();
-    if std::env::var_os(crate::MASTER_KEY_ENV).is_some() {
-        outln!("master key: from {}", crate::MASTER_KEY_ENV);
-    } else if key_path.exists() {
-        KeyFileProvider::new(&key_path).master_key()?;
-        outln!("master key: {} (existing)", key_path.display());
-    } else {
-        create_key_file(&key_path)?;
-        outln!("master key: {} (new)", key_path.display());
-        outln!(
-            "keep a copy of the master key apart from the data: without it the data is unreadable"
-        );
+    for line in keys {
+        outln!("{line}");
     }
-    let (signing_key, created) = context.ensure_signing_key()?;
-    let state = if created { "new" } else { "existing" };
-    outln!("audit signing key: {} ({state})", signing_key.path().display());
     outln!(
         "audit public key: {} (hand it to auditors to verify exports)",
         context.audit_public_key_path().display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates the master key and the audit signing key of a new store unless they exist, and
+/// returns lines that say which were created.
+fn prepare_init_keys(context: &Context) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let key_path = context.master_key_path();
+    if std::env::var_os(crate::MASTER_KEY_ENV).is_some() {
+        lines.push(format!("master key: from {}", crate::MASTER_KEY_ENV));
+    } else if key_path.exists() {
+        KeyFileProvider::new(&key_path).master_key()?;
+        lines.push(format!("master key: {} (existing)", key_path.display()));
+    } else {
+        create_key_file(&key_path)?;
+        lines.push(format!("master key: {} (new)", key_path.display()));
+        lines.push(
+            "keep a copy of the master key apart from the data: without it the data is unreadable"
+                .to_owned(),
+        );
+    }
+    let (signing_key, created) = context.ensure_signing_key()?;
+    let state = if created { "new" } else { "existing" };
+    lines.push(format!("audit signing key: {} ({state})", signing_key.path().display()));
+    Ok(lines)
 }
 
 /// Returns the admin URL given, else `database_url` with the user `postgres`.

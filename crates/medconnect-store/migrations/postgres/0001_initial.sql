@@ -256,23 +256,37 @@ CREATE FUNCTION profile_by_source(p_system text, p_index text) RETURNS text
           WHERE source_system = p_system AND source_index = p_index $$;
 REVOKE ALL ON FUNCTION profile_by_source(text, text) FROM PUBLIC;
 
--- Privileges. The application role gets no DELETE on patient data and no access to the
--- whole audit log: disposal and audit maintenance run as the operator role.
+-- Privileges, each role only what its code paths use. The application role never deletes,
+-- never changes a stored record except a link's retention inputs, and cannot choose a link's
+-- id or move a link to another profile; disposal, hold release and audit maintenance run
+-- as the operator role.
 GRANT USAGE ON SCHEMA @SCHEMA@ TO medconnect_app, medconnect_operator;
-GRANT SELECT ON store_meta TO medconnect_app;
-GRANT SELECT, INSERT, UPDATE, DELETE ON store_meta TO medconnect_operator;
-GRANT SELECT ON tenants TO medconnect_app;
-GRANT SELECT, INSERT, UPDATE ON patient_profiles TO medconnect_app;
-GRANT SELECT, INSERT, UPDATE ON patient_links, providers, consultations, prescriptions,
-    medical_history, intake_forms, id_photos, user_accounts, sessions, legal_holds
+GRANT SELECT ON store_meta, tenants TO medconnect_app;
+GRANT SELECT, INSERT ON patient_profiles, providers, consultations, prescriptions,
+    medical_history, intake_forms, id_photos, user_accounts, sessions, legal_holds, data_keys,
+    audit_log TO medconnect_app;
+GRANT SELECT ON patient_links TO medconnect_app;
+GRANT INSERT (tenant_id, patient_id, created_at, last_medical_encounter_at, phi_retention_until)
+    ON patient_links TO medconnect_app;
+GRANT UPDATE (last_medical_encounter_at, phi_retention_until) ON patient_links
     TO medconnect_app;
-GRANT SELECT, INSERT ON data_keys TO medconnect_app;
-GRANT SELECT, INSERT ON audit_log TO medconnect_app;
+-- TODO: appends go through these two grants, so a tenant that runs its own SQL could write
+-- rows ahead of the chain head and block other tenants' writes; an append function owned
+-- by another role would close that.
 GRANT SELECT, UPDATE ON audit_head TO medconnect_app;
-GRANT SELECT, INSERT, UPDATE, DELETE ON tenants, patient_profiles, patient_links, providers,
-    consultations, prescriptions, medical_history, intake_forms, id_photos, user_accounts,
-    sessions, legal_holds, data_keys, audit_log, audit_head, audit_checkpoints,
-    lifecycle_runs TO medconnect_operator;
+
+GRANT SELECT, INSERT, UPDATE, DELETE ON store_meta TO medconnect_operator;
+GRANT SELECT, INSERT ON tenants TO medconnect_operator;
+GRANT SELECT ON providers, user_accounts TO medconnect_operator;
+GRANT SELECT, DELETE ON consultations, prescriptions, medical_history, intake_forms
+    TO medconnect_operator;
+-- UPDATE only for the row locks (FOR UPDATE) that disposals take.
+GRANT SELECT, UPDATE, DELETE ON patient_profiles, id_photos, sessions TO medconnect_operator;
+GRANT SELECT, UPDATE, DELETE ON patient_links TO medconnect_operator;
+GRANT SELECT, UPDATE ON legal_holds, audit_head TO medconnect_operator;
+GRANT SELECT, INSERT, UPDATE, DELETE ON data_keys, audit_checkpoints TO medconnect_operator;
+GRANT SELECT, INSERT, DELETE ON audit_log TO medconnect_operator;
+GRANT SELECT, INSERT, UPDATE ON lifecycle_runs TO medconnect_operator;
 GRANT EXECUTE ON FUNCTION profile_by_source(text, text) TO medconnect_app, medconnect_operator;
 
 -- Row-level security. FORCE applies the policies to the owner too, so only a superuser or
@@ -292,9 +306,6 @@ CREATE POLICY patient_profiles_app_read ON patient_profiles FOR SELECT TO medcon
                    WHERE l.patient_id = patient_profiles.id AND l.tenant_id = current_tenant()));
 CREATE POLICY patient_profiles_app_insert ON patient_profiles FOR INSERT TO medconnect_app
     WITH CHECK (current_tenant() IS NOT NULL);
-CREATE POLICY patient_profiles_app_update ON patient_profiles FOR UPDATE TO medconnect_app
-    USING (EXISTS (SELECT 1 FROM patient_links l
-                   WHERE l.patient_id = patient_profiles.id AND l.tenant_id = current_tenant()));
 CREATE POLICY patient_profiles_operator ON patient_profiles TO medconnect_operator
     USING (true) WITH CHECK (true);
 
@@ -306,7 +317,12 @@ CREATE POLICY data_keys_app ON data_keys TO medconnect_app
            OR (scope = 'profile' AND EXISTS (
                    SELECT 1 FROM patient_links l
                    WHERE l.patient_id = data_keys.owner AND l.tenant_id = current_tenant())))
-    WITH CHECK (tenant_id = current_tenant()
+    WITH CHECK ((scope = 'tenant' AND tenant_id = current_tenant() AND owner = current_tenant())
+                OR (scope = 'link' AND tenant_id = current_tenant() AND EXISTS (
+                        SELECT 1 FROM patient_links l
+                        WHERE l.id::text = data_keys.owner AND l.tenant_id = current_tenant()))
+                -- TODO: a new profile's key is written before its link exists, so any tenant
+                -- may add a key version to any profile.
                 OR (current_tenant() IS NOT NULL AND scope = 'profile'));
 CREATE POLICY data_keys_operator ON data_keys TO medconnect_operator
     USING (true) WITH CHECK (true);

@@ -57,6 +57,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// Key of the advisory lock that serializes creating roles and migrating schemas.
 const MIGRATION_LOCK: i64 = 0x6d65_6463_6f6e_6e01;
 
+/// Names the admin URL in messages.
+const ADMIN_SETTING: &str = "the admin URL (--admin-url or MEDCONNECT_ADMIN_DATABASE_URL)";
+
 /// How often a connection or a transaction is tried before its error is returned.
 const ATTEMPTS: u32 = 5;
 
@@ -97,6 +100,7 @@ impl PgConfig {
         let valid = !self.schema.is_empty()
             && self.schema.len() <= 63
             && self.schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && !self.schema.starts_with("pg_")
             && self
                 .schema
                 .chars()
@@ -104,7 +108,7 @@ impl PgConfig {
         if !valid {
             return Err(StoreError::PostgresConfig(format!(
                 "database_schema {:?} is not usable: use 1 to 63 lower-case letters, digits \
-                 and underscores, starting with a letter or underscore",
+                 and underscores, starting with a letter or underscore but not with pg_",
                 self.schema
             )));
         }
@@ -173,9 +177,14 @@ fn role_config(url: &str, setting: &str, default_user: &str) -> Result<postgres:
     Ok(config)
 }
 
-/// Host, port and database of a connection, for messages. Never the password.
+/// Host, port, database and role of a connection, for messages. Never the password. A host
+/// with `@` in it comes from a password with `@` that was not percent-encoded, so it is not
+/// shown.
 fn target(config: &postgres::Config) -> String {
     let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(host)) if host.contains('@') => {
+            "(host not shown: percent-encode @ in the password as %40)".to_owned()
+        }
         Some(postgres::config::Host::Tcp(host)) => host.clone(),
         Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
         None => "localhost".to_owned(),
@@ -183,32 +192,80 @@ fn target(config: &postgres::Config) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let user = config.get_user().unwrap_or("?");
     let dbname = config.get_dbname().unwrap_or(user);
-    format!("{user}@{host}:{port}/{dbname}")
+    format!("{host}:{port}/{dbname} as role {user}")
 }
 
-/// Connects, retrying with backoff while the server cannot be reached.
-fn connect(config: &postgres::Config) -> Result<Client> {
+/// Host, port and database a connection reaches, for comparing two URLs.
+fn database_of(config: &postgres::Config) -> (String, u16, String) {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let dbname = config.get_dbname().or(config.get_user()).unwrap_or_default().to_owned();
+    (host, port, dbname)
+}
+
+/// Returns the errors of `error`'s chain, so that "error connecting to server" says why.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Connects, retrying with backoff while the server cannot be reached. `setting` names
+/// where the URL came from, for messages.
+fn connect(config: &postgres::Config, setting: &str) -> Result<Client> {
     let mut wait = FIRST_BACKOFF;
     let mut attempt = 1;
     loop {
         match config.connect(NoTls) {
             Ok(client) => return Ok(client),
-            // A server that answers with an error (unknown role or database, refused
-            // authentication) will answer the same way again.
-            Err(error) if error.as_db_error().is_some() => return Err(error.into()),
-            Err(error) if attempt >= ATTEMPTS => {
-                return Err(StoreError::PostgresUnreachable {
-                    target: target(config),
-                    attempts: attempt,
-                    reason: error.to_string(),
-                })
-            }
-            Err(error) => {
-                tracing::warn!(attempt, target = %target(config), %error, "PostgreSQL not reachable, retrying");
-                std::thread::sleep(wait);
-                wait *= 2;
-                attempt += 1;
-            }
+            Err(error) => match error.as_db_error() {
+                // A database that does not exist will not exist on the next attempt either.
+                Some(db) if db.code().code() == "3D000" => {
+                    return Err(StoreError::PostgresConfig(format!(
+                        "{setting} names a database that does not exist on {}: create it \
+                         (createdb) or fix the URL",
+                        target(config)
+                    )))
+                }
+                // A server that answers with an error (unknown role, refused authentication)
+                // will answer the same way again.
+                Some(_) => return Err(error.into()),
+                None if error.to_string().contains("invalid configuration") => {
+                    return Err(StoreError::PostgresConfig(format!(
+                        "{setting} cannot be used ({}): write it as \
+                         postgres://USER@HOST:PORT/DATABASE",
+                        with_causes(&error)
+                    )))
+                }
+                None if attempt >= ATTEMPTS => {
+                    return Err(StoreError::PostgresUnreachable {
+                        target: target(config),
+                        setting: setting.to_owned(),
+                        attempts: attempt,
+                        reason: with_causes(&error),
+                    })
+                }
+                None => {
+                    tracing::warn!(
+                        attempt,
+                        target = %target(config),
+                        error = %with_causes(&error).to_lowercase(),
+                        "database server not reachable, retrying"
+                    );
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                    attempt += 1;
+                }
+            },
         }
     }
 }
@@ -221,14 +278,27 @@ fn quote_ident(name: &str) -> String {
 struct RoleConnection {
     client: Client,
     config: postgres::Config,
+    /// Where the URL came from, for messages.
+    setting: &'static str,
     schema: String,
     node: String,
 }
 
 impl RoleConnection {
-    fn open(config: postgres::Config, schema: &str, node: &str) -> Result<Self> {
-        let client = Self::prepare(connect(&config)?, schema, node)?;
-        Ok(RoleConnection { client, config, schema: schema.to_owned(), node: node.to_owned() })
+    fn open(
+        config: postgres::Config,
+        setting: &'static str,
+        schema: &str,
+        node: &str,
+    ) -> Result<Self> {
+        let client = Self::prepare(connect(&config, setting)?, schema, node)?;
+        Ok(RoleConnection {
+            client,
+            config,
+            setting,
+            schema: schema.to_owned(),
+            node: node.to_owned(),
+        })
     }
 
     fn prepare(mut client: Client, schema: &str, node: &str) -> Result<Client> {
@@ -243,28 +313,41 @@ impl RoleConnection {
 
     fn ensure_open(&mut self) -> Result<()> {
         if self.client.is_closed() {
-            tracing::warn!(target = %target(&self.config), "PostgreSQL connection lost, reconnecting");
-            self.client = Self::prepare(connect(&self.config)?, &self.schema, &self.node)?;
+            tracing::warn!(target = %target(&self.config), "database connection lost, reconnecting");
+            self.client =
+                Self::prepare(connect(&self.config, self.setting)?, &self.schema, &self.node)?;
         }
         Ok(())
     }
 
-    /// Refuses a role that would see past row-level security.
-    fn check_role(&mut self) -> Result<String> {
+    /// Refuses a role that would see past row-level security, and one that is not a member
+    /// of `expected` or is a member of `other`: the application connection must see one
+    /// tenant only, and the operator connection every tenant.
+    fn check_role(&mut self, expected: &str, other: &str) -> Result<()> {
         let row = self.client.query_one(
-            "SELECT current_user::text, rolsuper, rolbypassrls FROM pg_roles
-             WHERE rolname = current_user",
-            &[],
+            "SELECT current_user::text, rolsuper, rolbypassrls,
+                    pg_has_role(current_user, $1, 'MEMBER'), pg_has_role(current_user, $2, 'MEMBER')
+             FROM pg_roles WHERE rolname = current_user",
+            &[&expected, &other],
         )?;
-        let (role, superuser, bypass): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        let role: String = row.get(0);
+        let (superuser, bypass): (bool, bool) = (row.get(1), row.get(2));
+        let (is_expected, is_other): (bool, bool) = (row.get(3), row.get(4));
+        let setting = self.setting;
         if superuser || bypass {
             return Err(StoreError::PostgresConfig(format!(
-                "role {role} is a superuser or may bypass row-level security, so tenant \
-                 isolation would rest on the application alone: connect as {APP_ROLE} and \
-                 {OPERATOR_ROLE} (created by `medconnect init`)"
+                "{setting} connects as role {role}, a superuser or a role that may bypass \
+                 row-level security, so tenant isolation would rest on the application alone: \
+                 connect as {APP_ROLE} and {OPERATOR_ROLE} (created by `medconnect init`)"
             )));
         }
-        Ok(role)
+        if !is_expected || is_other {
+            return Err(StoreError::PostgresConfig(format!(
+                "{setting} connects as role {role}, which must be {expected} (or a member of \
+                 it) and not {other}: fix the user name in the URL"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -303,7 +386,17 @@ impl PgStore {
         clock: Box<dyn Clock>,
     ) -> Result<Self> {
         config.validate()?;
-        let mut admin = connect(&parse_url(admin_url, "admin database URL")?)?;
+        let admin_config = parse_url(admin_url, ADMIN_SETTING)?;
+        let app_config = config.app_config()?;
+        if database_of(&admin_config) != database_of(&app_config) {
+            return Err(StoreError::PostgresConfig(format!(
+                "{ADMIN_SETTING} names {} but database_url names {}: both must name the same \
+                 server and database, or the store is created where the nodes never look",
+                target(&admin_config),
+                target(&app_config)
+            )));
+        }
+        let mut admin = connect(&admin_config, ADMIN_SETTING)?;
         let now = clock.now();
         let mut tx = admin.transaction()?;
         migrate_in(&mut tx, &config.schema)?;
@@ -319,7 +412,7 @@ impl PgStore {
         // The first entry makes an emptied log detectable.
         let mut audit = PgAudit::begin(&mut tx, now, clock_mode == ClockMode::Simulated)?;
         let event = AuditEvent::new("medconnect", "store.create").detail(format!(
-            "{} clock, PostgreSQL schema version {SCHEMA_VERSION}",
+            "{} clock, postgres schema version {SCHEMA_VERSION}",
             clock_mode.as_str()
         ));
         audit.append(&mut tx, event)?;
@@ -334,9 +427,15 @@ impl PgStore {
     /// Returns the schema version before and after.
     pub fn migrate(config: &PgConfig, admin_url: &str) -> Result<(i64, i64)> {
         config.validate()?;
-        let mut admin = connect(&parse_url(admin_url, "admin database URL")?)?;
+        let mut admin = connect(&parse_url(admin_url, ADMIN_SETTING)?, ADMIN_SETTING)?;
         let mut tx = admin.transaction()?;
         let before = migrate_in(&mut tx, &config.schema)?;
+        // Migrating a schema that holds no store would leave tables no node can open; the
+        // transaction is dropped, so nothing is created.
+        let created = tx.query_opt("SELECT 1 FROM store_meta WHERE key = 'created_at'", &[])?;
+        if created.is_none() {
+            return Err(StoreError::PostgresNotInitialized(config.schema.clone()));
+        }
         tx.commit()?;
         Ok((before, SCHEMA_VERSION))
     }
@@ -344,11 +443,20 @@ impl PgStore {
     /// Opens the store in the configured schema as the application and operator roles.
     pub fn open(config: &PgConfig) -> Result<Self> {
         config.validate()?;
-        let mut app = RoleConnection::open(config.app_config()?, &config.schema, &config.node)?;
-        let mut operator =
-            RoleConnection::open(config.operator_config()?, &config.schema, &config.node)?;
-        app.check_role()?;
-        operator.check_role()?;
+        let mut app = RoleConnection::open(
+            config.app_config()?,
+            "database_url",
+            &config.schema,
+            &config.node,
+        )?;
+        let mut operator = RoleConnection::open(
+            config.operator_config()?,
+            "operator_database_url (default: database_url as medconnect_operator)",
+            &config.schema,
+            &config.node,
+        )?;
+        app.check_role(APP_ROLE, OPERATOR_ROLE)?;
+        operator.check_role(OPERATOR_ROLE, APP_ROLE)?;
         let found = schema_version(&mut operator.client, &config.schema)?;
         match found {
             0 => return Err(StoreError::PostgresNotInitialized(config.schema.clone())),
@@ -377,7 +485,7 @@ impl PgStore {
 
     /// Drops the schema and everything in it. Tests use it to remove their stores.
     pub fn drop_schema(admin_url: &str, schema: &str) -> Result<()> {
-        let mut admin = connect(&parse_url(admin_url, "admin database URL")?)?;
+        let mut admin = connect(&parse_url(admin_url, ADMIN_SETTING)?, ADMIN_SETTING)?;
         admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)))?;
         Ok(())
     }
@@ -579,7 +687,7 @@ fn migrate_in(tx: &mut Transaction<'_>, schema: &str) -> Result<i64> {
     for role in [APP_ROLE, OPERATOR_ROLE] {
         let exists = tx.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])?;
         if exists.is_none() {
-            tracing::info!(role, "creating PostgreSQL role");
+            tracing::info!(role, "creating database role");
             tx.batch_execute(&format!("CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS"))?;
         }
     }
@@ -603,7 +711,7 @@ fn migrate_in(tx: &mut Transaction<'_>, schema: &str) -> Result<i64> {
     }
     for (index, (name, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let version = index as i64 + 1;
-        tracing::info!(version, migration = name, schema, "applying PostgreSQL migration");
+        tracing::info!(version, migration = name, schema, "applying database migration");
         tx.batch_execute(&sql.replace("@SCHEMA@", &quoted))?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",

@@ -517,18 +517,15 @@ impl PgStore {
             // Checked inside the transaction with the link locked, so a run that purges the
             // patient concurrently either finishes first (and the hold is rejected) or skips
             // the link until the hold is in.
-            match scope {
-                HoldScope::Patient(patient) => {
-                    lock_link(tx, tenant, patient)?;
-                }
-                // Waits for the tenant's disposals under way to commit; the ones that start
-                // after this commits see the hold.
-                HoldScope::WholeTenant => {
-                    tx.execute(
-                        "SELECT pg_advisory_xact_lock(hashtextextended('medconnect-hold:' || $1, 0))",
-                        &[&tenant.id.to_string()],
-                    )?;
-                }
+            // Waits for the tenant's disposals under way to commit; the ones that start after
+            // this commits see the hold. A patient's photos and sessions are disposed of
+            // without their link, so a patient hold takes this lock too.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('medconnect-hold:' || $1, 0))",
+                &[&tenant.id.to_string()],
+            )?;
+            if let HoldScope::Patient(patient) = scope {
+                lock_link(tx, tenant, patient)?;
             }
             tx.execute(
                 "INSERT INTO legal_holds (id, tenant_id, patient_id, matter, reason, placed_at,
