@@ -203,6 +203,8 @@ pub struct RunRecord {
     pub finished_at: Option<DateTime<Utc>>,
     pub status: String,
     pub summary: Option<serde_json::Value>,
+    /// Node that ran it, on PostgreSQL; None on the embedded store, which has one node.
+    pub node: Option<String>,
 }
 
 /// Returns the rule that governs a category.

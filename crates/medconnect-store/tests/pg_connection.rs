@@ -187,7 +187,7 @@ fn migrating_a_schema_without_store_creates_nothing() {
     }
     let schema = medconnect_store::testing::unique_schema();
     let config = medconnect_store::testing::pg_config(&schema);
-    let error = PgStore::migrate(&config, &admin_url()).err().expect("no store to migrate");
+    let error = PgStore::migrate(&config, &admin_url()).expect_err("no store to migrate");
     assert!(matches!(error, StoreError::PostgresNotInitialized(_)), "{error}");
     let exists: bool = admin()
         .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[&schema])

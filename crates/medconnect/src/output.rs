@@ -180,7 +180,14 @@ pub fn print_runs(runs: &[RunRecord]) {
             .finished_at
             .map(instant)
             .unwrap_or_else(|| "not finished (running or interrupted)".into());
-        outln!("{}  as of {}  {}  finished {}", run.id, instant(run.as_of), run.status, finished);
+        let node = run.node.as_deref().map(|node| format!("  node {node}")).unwrap_or_default();
+        outln!(
+            "{}  as of {}  {}  finished {}{node}",
+            run.id,
+            instant(run.as_of),
+            run.status,
+            finished
+        );
     }
 }
 

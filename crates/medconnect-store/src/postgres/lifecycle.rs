@@ -440,7 +440,7 @@ impl PgStore {
         // the same second are listed the unfinished one first, then by finishing time.
         let rows = self.operator_tx(|tx| {
             Ok(tx.query(
-                "SELECT id, as_of, started_at, finished_at, status, summary FROM lifecycle_runs
+                "SELECT id, as_of, started_at, finished_at, status, summary, node FROM lifecycle_runs
                  ORDER BY started_at DESC, finished_at DESC NULLS FIRST, id DESC LIMIT $1",
                 &[&i64::from(limit)],
             )?)
@@ -455,6 +455,7 @@ impl PgStore {
                     finished_at: parse_optional_instant(row.get(3))?,
                     status: row.get(4),
                     summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
+                    node: Some(row.get(6)),
                 })
             })
             .collect()

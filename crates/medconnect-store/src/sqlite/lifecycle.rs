@@ -375,6 +375,7 @@ impl SqliteStore {
                 finished_at: parse_optional_instant(row.get(3)?)?,
                 status: row.get(4)?,
                 summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
+                node: None,
             });
         }
         Ok(runs)
