@@ -122,7 +122,7 @@ pub enum StoreError {
     )]
     RotationIncomplete { remaining: u64 },
     /// Key material could not be created, wrapped or unwrapped.
-    #[error("encryption failed: {0}")]
+    #[error(transparent)]
     Crypto(#[from] medconnect_crypto::CryptoError),
     /// The store predates encryption at rest and contains plaintext records.
     #[error(
