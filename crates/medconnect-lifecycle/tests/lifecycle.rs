@@ -551,6 +551,8 @@ fn run_rejects_unapplied_shortening(backend: Backend) {
     let err =
         run(&mut *fx.store, &fx.policy, as_of, &options, &mut |_, _| {}).expect_err("shortens");
     assert!(err.to_string().contains("--allow-shorter"), "{err}");
+    let applied_before = policy_with_tenant_years("clinic", 10).version();
+    assert!(err.to_string().contains(&applied_before), "names the policy in force: {err}");
     assert!(fx.linked(&tenant, patient), "nothing purged");
 
     let applied = fx.store.apply_policy(&fx.policy, ACTOR, true).expect("apply");

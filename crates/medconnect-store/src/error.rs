@@ -47,10 +47,11 @@ pub enum StoreError {
     /// Applying the policy would move retention instants earlier.
     #[error(
         "policy {version} would shorten the retention of {count} patient links compared with \
-         the policy applied before: review the change, then accept it with \
-         `medconnect policy apply --allow-shorter`"
+         policy {applied}, applied before: if this policy file is out of date (on a shared \
+         store, every node must use the same one), replace it; otherwise review the change, \
+         then accept it with `medconnect policy apply --allow-shorter`"
     )]
-    PolicyShortens { count: u64, version: String },
+    PolicyShortens { count: u64, version: String, applied: String },
     /// The policy names a tenant that does not exist.
     #[error(
         "policy has a [tenants.{0}] table but no tenant {0:?} exists: fix the slug or remove \

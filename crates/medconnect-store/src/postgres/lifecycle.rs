@@ -362,7 +362,8 @@ impl PgStore {
         let version = policy.version();
         let (now, simulated) = (self.now(), self.simulated());
         self.operator_tx(|tx| {
-            if lock_applied_policy(tx)? == version {
+            let applied_before = lock_applied_policy(tx)?;
+            if applied_before == version {
                 return Ok(PolicyApplied::default());
             }
             let slugs: Vec<String> =
@@ -376,6 +377,11 @@ impl PgStore {
                 return Err(StoreError::PolicyShortens {
                     count: applied.shortened,
                     version: version.clone(),
+                    applied: if applied_before.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        applied_before.clone()
+                    },
                 });
             }
             if !ids.is_empty() {

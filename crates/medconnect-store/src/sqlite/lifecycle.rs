@@ -277,7 +277,8 @@ impl SqliteStore {
         allow_shorter: bool,
     ) -> Result<PolicyApplied> {
         let version = policy.version();
-        if meta_value(&self.conn, "policy_version")?.as_deref() == Some(version.as_str()) {
+        let applied_before = meta_value(&self.conn, "policy_version")?;
+        if applied_before.as_deref() == Some(version.as_str()) {
             return Ok(PolicyApplied::default());
         }
         let tenants: Vec<String> = self.tenants_impl()?.into_iter().map(|t| t.slug).collect();
@@ -313,7 +314,11 @@ impl SqliteStore {
             }
         }
         if applied.shortened > 0 && !allow_shorter {
-            return Err(StoreError::PolicyShortens { count: applied.shortened, version });
+            return Err(StoreError::PolicyShortens {
+                count: applied.shortened,
+                version,
+                applied: applied_before.unwrap_or_else(|| "(none)".to_owned()),
+            });
         }
         for (link, until) in &changes {
             tx.prepare_cached("UPDATE patient_links SET phi_retention_until = ?1 WHERE id = ?2")?
