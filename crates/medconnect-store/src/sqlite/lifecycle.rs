@@ -26,8 +26,15 @@ use crate::{
 };
 
 /// Tables that hang off a patient link, deleted in this order before the link itself.
-const LINK_CHILD_TABLES: [&str; 5] =
-    ["consultations", "prescriptions", "medical_history", "intake_forms", "sessions"];
+const LINK_CHILD_TABLES: [&str; 6] = [
+    "consultations",
+    "prescriptions",
+    "medical_history",
+    "intake_forms",
+    "sessions",
+    // A patient's account, after its sessions, which reference it.
+    "user_accounts",
+];
 
 /// Running totals of what one disposal destroyed.
 pub(super) struct Shredder {
