@@ -45,7 +45,7 @@ fn at(value: &str) -> DateTime<Utc> {
     parse_instant(value).expect("test instant parses")
 }
 
-/// One argon2id hash of [`PASSWORD`] for every test, because hashing takes a while.
+/// Returns one argon2id hash of [`PASSWORD`] for every test, because hashing takes a while.
 fn password_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| hash_password(PASSWORD).expect("password hashed"))
@@ -58,8 +58,8 @@ fn store(backend: Backend) -> TestStore {
 }
 
 fn staff(tenant: &Tenant, username: &'static str, role: Role) -> NewUser<'static> {
-    // The tenant outlives every call in these tests; leaking one per user keeps the helper
-    // free of lifetimes.
+    // Leaking the tenant lets the helper return a NewUser without a lifetime parameter. Each
+    // test leaks a few small values.
     let tenant: &'static Tenant = Box::leak(Box::new(tenant.clone()));
     NewUser { tenant: Some(tenant), username, role, password_hash: password_hash(), patient: None }
 }
