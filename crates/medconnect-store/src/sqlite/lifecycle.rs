@@ -197,6 +197,9 @@ impl SqliteStore {
         )
     }
 
+    // TODO: sessions of platform operators have no tenant, so the join on tenants leaves them
+    // out and no purge disposes of them; a candidate without a tenant, kept under the
+    // default session period, would cover them.
     pub(crate) fn session_candidates_impl(
         &self,
         ended_before: DateTime<Utc>,
