@@ -164,6 +164,21 @@ pub enum CryptoError {
         "invalid key id {value:?}: expected a UUID such as 3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab"
     )]
     InvalidKeyId { value: String },
+
+    /// A new password is shorter or longer than the limits in [`crate::password`].
+    #[error(
+        "the password has {found} characters, but it must have at least {min} and at most \
+         {max}: choose another"
+    )]
+    PasswordLength { found: usize, min: usize, max: usize },
+
+    /// Argon2 rejected its input or parameters while hashing a password.
+    #[error("hashing the password failed: {reason}")]
+    PasswordHashingFailed { reason: String },
+
+    /// A stored password hash is not an argon2id PHC string this build can check.
+    #[error("the stored password hash is invalid ({reason}): set a new password for the account")]
+    InvalidPasswordHash { reason: String },
 }
 
 impl CryptoError {

@@ -36,8 +36,8 @@
 //! providers built into `rustls` 0.23. Cure53 audited it together with `rustls` and `webpki`
 //! in 2020 (report TLS-01), that is version 0.16, before the VAES code path was added. `ring`
 //! does not wipe the key schedules that it expands, as the `cipher` module notes. HMAC-SHA256
-//! comes from RustCrypto's `hmac` 0.12 and `sha2` 0.10, and randomness from the operating
-//! system through `getrandom`.
+//! comes from RustCrypto's `hmac` 0.12 and `sha2` 0.10, argon2id from RustCrypto's `argon2`
+//! 0.5, and randomness from the operating system through `getrandom`.
 //!
 //! # Modules
 //!
@@ -46,6 +46,8 @@
 //! - `keyring`: the [`Keyring`] lookup of data keys by id and version.
 //! - `blind_index`: [`blind_index`] and [`derive_blind_index_key`].
 //! - `provider`: [`KeyProvider`], [`KeyFileProvider`] and [`EnvKeyProvider`].
+//! - `password`: argon2id [`hash_password`] and [`verify_password`] for user accounts.
+//! - `token`: random bearer tokens ([`SecretToken`]) and the [`TokenHash`] the store keeps.
 //! - `signing`: the Ed25519 [`AuditSigningKey`] that signs audit checkpoints, behind the
 //!   [`AuditSigner`] trait.
 
@@ -58,8 +60,10 @@ mod format;
 mod kdf;
 mod key;
 mod keyring;
+mod password;
 mod provider;
 mod signing;
+mod token;
 mod wrap;
 
 pub use aad::Aad;
@@ -74,8 +78,14 @@ pub use envelope::{
 pub use error::CryptoError;
 pub use key::{DataKey, KeyId, MasterKey, KEY_LEN};
 pub use keyring::{InMemoryKeyring, Keyring};
+pub use password::{
+    check_new_password, hash_password, needs_rehash, verify_password, verify_password_dummy,
+    MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, PASSWORD_ITERATIONS, PASSWORD_MEMORY_KIB,
+    PASSWORD_PARALLELISM, PASSWORD_SALT_LEN,
+};
 pub use provider::{EnvKeyProvider, KeyFileProvider, KeyProvider};
 pub use signing::{AuditSigner, AuditSigningKey, SIGNATURE_LEN, SIGNING_PUBLIC_KEY_LEN};
+pub use token::{SecretToken, TokenHash, TOKEN_LEN};
 pub use wrap::{
     parse_wrapped_key_header, WrappedKeyHeader, KEY_WRAP_LABEL, WRAPPED_KEY_FORMAT_VERSION,
     WRAPPED_KEY_LEN, WRAPPED_KEY_MAGIC,

@@ -110,6 +110,16 @@ uuid_id!(
     HoldId,
     "hold"
 );
+uuid_id!(
+    /// A user account: a platform operator, or a user of one tenant.
+    UserId,
+    "user"
+);
+uuid_id!(
+    /// A service token of a machine client such as the Storefront.
+    ServiceTokenId,
+    "service token"
+);
 
 #[cfg(test)]
 mod tests {

@@ -14,4 +14,7 @@ pub mod policy;
 pub mod sanitize;
 pub mod time;
 
-pub use ids::{ConsultationId, HoldId, PatientId, PhotoId, ProviderId, SessionId, TenantId};
+pub use ids::{
+    ConsultationId, HoldId, PatientId, PhotoId, ProviderId, ServiceTokenId, SessionId, TenantId,
+    UserId,
+};

@@ -144,6 +144,28 @@ pub enum StoreError {
     /// The audit log has no entry, although the store writes one when it is created.
     #[error("the audit log is empty, although every store writes an entry when it is created")]
     AuditEmpty,
+    /// A user account cannot be created as requested.
+    #[error("invalid user account: {0}")]
+    InvalidAccount(String),
+    /// The username is taken in the tenant (or among platform operators). The message leaves
+    /// the username out, because it may be an email address.
+    #[error("a user with this username already exists in {scope}: choose another username")]
+    UserExists { scope: String },
+    /// No user account has this id in the tenant given.
+    #[error("user {0} not found")]
+    UserNotFound(String),
+    /// A session was requested for a disabled account.
+    #[error("user {0} is disabled: enable the account before it logs in")]
+    UserDisabled(String),
+    /// No session has this id in the tenant given.
+    #[error("session {0} not found")]
+    SessionNotFound(String),
+    /// A service token cannot be created as requested.
+    #[error("invalid service token: {0}")]
+    InvalidServiceToken(String),
+    /// No service token of the tenant has this id.
+    #[error("service token {0} not found")]
+    ServiceTokenNotFound(String),
     /// The database reported an error.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),

@@ -11,6 +11,7 @@
 //!   [`medconnect_domain::audit`], except that retention removes entries from its start,
 //!   keeping a signed checkpoint at the last removed entry.
 
+mod accounts;
 mod error;
 mod keys;
 pub mod ledger;
@@ -20,6 +21,10 @@ pub mod sqlite;
 pub mod testing;
 mod types;
 
+pub use accounts::{
+    CredentialState, InvalidRole, LoginUser, NewServiceToken, NewUser, Role, ServiceTokenInfo,
+    SessionInfo, UserRef, MAX_TOKEN_NAME_CHARS, MAX_USERNAME_CHARS,
+};
 pub use error::StoreError;
 pub use ledger::{LedgerEntry, ReapplyOutcome};
 pub use postgres::{PgConfig, PgStore};
@@ -27,12 +32,12 @@ pub use sqlite::SqliteStore;
 pub use types::*;
 
 use chrono::{DateTime, Utc};
-use medconnect_crypto::AuditSigner;
+use medconnect_crypto::{AuditSigner, TokenHash};
 use medconnect_domain::audit::{AuditEvent, VerifyReport};
 use medconnect_domain::checkpoint::{AuditPublicKey, Checkpoint, ExportLine};
 use medconnect_domain::model::{HoldScope, ImportBatch, ImportCounts, LegalHold, Tenant};
 use medconnect_domain::policy::Policy;
-use medconnect_domain::{HoldId, PatientId, PhotoId, SessionId, TenantId};
+use medconnect_domain::{HoldId, PatientId, PhotoId, ServiceTokenId, SessionId, TenantId, UserId};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -278,4 +283,69 @@ pub trait Store {
     /// entry, because the caller records one for the whole ledger. Returns
     /// [`ReapplyOutcome::Absent`] when nothing it names is left.
     fn reapply_disposal(&mut self, entry: &LedgerEntry) -> Result<ReapplyOutcome>;
+
+    /// Creates a user account and appends `user.create`. A patient account must name a
+    /// patient linked to its tenant. Fails with [`StoreError::UserExists`] when the username,
+    /// compared without regard to case, is taken in the tenant or among platform operators.
+    fn create_user(&mut self, user: &NewUser<'_>, actor: &str) -> Result<UserId>;
+
+    /// Returns the account a login names: a user of the tenant with slug `tenant_slug`, or a
+    /// platform operator when it is None. A missing tenant, a user of another tenant and a
+    /// missing user all return None, so the caller cannot tell them apart.
+    fn user_for_login(
+        &self,
+        tenant_slug: Option<&str>,
+        username: &str,
+    ) -> Result<Option<LoginUser>>;
+
+    /// Counts a failed login of an account and appends `login.failed`. Returns the failed
+    /// logins since the last successful one.
+    fn record_login_failure(&mut self, user: UserRef) -> Result<u32>;
+
+    /// Resets an account's failed logins, records the login time and appends
+    /// `login.success`.
+    fn record_login_success(&mut self, user: UserRef) -> Result<()>;
+
+    /// Disables or enables an account and appends `user.disable` or `user.enable`. A
+    /// disabled account's sessions stop resolving as active.
+    fn set_user_disabled(&mut self, user: UserRef, disabled: bool, actor: &str) -> Result<()>;
+
+    /// Stores a session of an enabled account under the hash of its token and appends
+    /// `session.login`. A patient account's session also names the patient link, so the
+    /// session purge and the PHI purge of the link dispose of it.
+    fn create_session(
+        &mut self,
+        user: UserRef,
+        token_hash: &TokenHash,
+        started_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<SessionId>;
+
+    /// Returns the session whose token has this hash, also when it expired or ended, or
+    /// None. [`SessionInfo::state`] returns whether it may authenticate.
+    fn session_by_token_hash(&self, token_hash: &TokenHash) -> Result<Option<SessionInfo>>;
+
+    /// Ends a session of the tenant (None: of a platform operator) and appends
+    /// `session.logout`. Returns false, writing nothing, when it had already ended.
+    fn end_session(&mut self, tenant: Option<TenantId>, session: SessionId) -> Result<bool>;
+
+    /// Stores a service token under its hash and appends `token.create`.
+    fn create_service_token(
+        &mut self,
+        token: &NewServiceToken<'_>,
+        actor: &str,
+    ) -> Result<ServiceTokenId>;
+
+    /// Returns the service token with this hash, also when it expired or was revoked, or
+    /// None.
+    fn service_token_by_hash(&self, token_hash: &TokenHash) -> Result<Option<ServiceTokenInfo>>;
+
+    /// Revokes a service token of the tenant and appends `token.revoke`. Returns false,
+    /// writing nothing, when it was revoked before.
+    fn revoke_service_token(
+        &mut self,
+        tenant: &Tenant,
+        token: ServiceTokenId,
+        actor: &str,
+    ) -> Result<bool>;
 }

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use ::postgres::{Client, NoTls};
 use chrono::{DateTime, Utc};
 use medconnect_crypto::MasterKey;
+use medconnect_crypto::SecretToken;
 use medconnect_domain::clock::{FixedClock, SystemClock};
 use medconnect_domain::model::{
     HoldScope, ImportBatch, NewConsultation, NewHistoryEntry, NewPatientProfile, NewPrescription,
@@ -26,7 +27,7 @@ use medconnect_domain::model::{
 use medconnect_domain::policy::Policy;
 use medconnect_domain::time::parse_instant;
 use medconnect_store::testing::{self, Backend, TestStore};
-use medconnect_store::SessionTimes;
+use medconnect_store::{NewServiceToken, NewUser, Role, SessionTimes, UserRef};
 
 /// Tables without row-level security, because no row of them belongs to a tenant: store
 /// settings, applied migrations, the audit chain head, signed audit checkpoints and
@@ -102,8 +103,8 @@ fn at(value: &str) -> DateTime<Utc> {
 
 /// Writes rows of a new tenant through the store: an import (profile, link, provider,
 /// consultation, prescription, history entry, data keys and audit entries), an ID photo, a
-/// session and a legal hold. No store operation writes intake forms or user accounts, so
-/// the admin role inserts those.
+/// session, a legal hold, a patient's account with a login session, and a service token. No
+/// store operation writes intake forms, so the admin role inserts those.
 fn seed_tenant(store: &mut TestStore, slug: &str) -> SeededTenant {
     let tenant = store.create_tenant(slug, slug, ACTOR).expect("tenant created");
     let source_id = format!("{slug}-patient");
@@ -122,6 +123,33 @@ fn seed_tenant(store: &mut TestStore, slug: &str) -> SeededTenant {
     store
         .place_hold(&tenant, HoldScope::Patient(patient), "matter-1", "litigation", ACTOR)
         .expect("hold placed");
+    let account = NewUser {
+        tenant: Some(&tenant),
+        username: "patient",
+        role: Role::Patient,
+        // Any argon2id PHC string will do: nobody logs in.
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA",
+        patient: Some(patient),
+    };
+    let user = store.create_user(&account, ACTOR).expect("patient account created");
+    let login = SecretToken::generate().expect("token generated");
+    let user = UserRef { id: user, tenant_id: Some(tenant.id) };
+    store
+        .create_session(
+            user,
+            &login.hash(),
+            at(SEEDED_AT),
+            at(SEEDED_AT) + chrono::Duration::hours(1),
+        )
+        .expect("login session created");
+    let service = NewServiceToken {
+        tenant: &tenant,
+        name: "storefront",
+        role: Role::Storefront,
+        token_hash: SecretToken::generate().expect("token generated").hash(),
+        expires_at: None,
+    };
+    store.create_service_token(&service, ACTOR).expect("service token created");
 
     let (id, profile) = (tenant.id.to_string(), patient.to_string());
     let mut admin = connect(store, None);
@@ -136,13 +164,10 @@ fn seed_tenant(store: &mut TestStore, slug: &str) -> SeededTenant {
     admin
         .batch_execute(&format!(
             "INSERT INTO intake_forms (id, tenant_id, link_id, form, answers_json, submitted_at)
-             VALUES ('{}', '{id}', {link}, 'intake', '\\x01', '{SEEDED_AT}');
-             INSERT INTO user_accounts (id, tenant_id, username, role, created_at)
-             VALUES ('{}', '{id}', 'user-{slug}', 'clinician', '{SEEDED_AT}');",
-            uuid(),
+             VALUES ('{}', '{id}', {link}, 'intake', '\\x01', '{SEEDED_AT}');",
             uuid()
         ))
-        .expect("intake form and user account seeded");
+        .expect("intake form seeded");
     SeededTenant { id, profile, source_index, link }
 }
 
@@ -546,15 +571,24 @@ fn link_of_other_tenant_rejected() {
 
     assert!(tables.len() >= 6, "only {} tables reference patient links", tables.len());
     for table in &tables {
-        let source = format!("tenant_id = '{}'", a.id);
-        let to_b_link = BTreeMap::from([("link_id", b.link.to_string())]);
+        // A row with a link, so that a CHECK tying the link to other columns (a patient
+        // account's role) holds in the copy; the copies get fresh unique values too.
+        let source = format!("tenant_id = '{}' AND link_id IS NOT NULL", a.id);
+        let fresh = |link: i64| {
+            BTreeMap::from([
+                ("link_id", link.to_string()),
+                ("username", format!("'{}'", uuid())),
+                ("token_hash", format!("'{}'", uuid())),
+            ])
+        };
+        let to_b_link = fresh(b.link);
         let insert = probe(&mut app, Some(&a.id), &copy_row(table, &source, &to_b_link));
         let update = probe(
             &mut app,
             Some(&a.id),
             &format!("UPDATE {} SET link_id = {} WHERE {source}", table.name, b.link),
         );
-        let own_link = BTreeMap::from([("link_id", a.link.to_string())]);
+        let own_link = fresh(a.link);
         let control = probe(&mut app, Some(&a.id), &copy_row(table, &source, &own_link));
 
         assert_eq!(insert, Err(FOREIGN_KEY_VIOLATION.to_owned()), "insert into {}", table.name);

@@ -99,6 +99,12 @@ pub enum Command {
     /// Create, list, verify and restore encrypted backups in several destinations.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Create user accounts of the HTTPS API.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Create service tokens for machine clients such as the Storefront.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[derive(Subcommand)]
@@ -465,5 +471,55 @@ pub enum DbCommand {
             hide_env_values = true
         )]
         admin_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a user account. The password comes from MEDCONNECT_NEW_PASSWORD or, when that
+    /// is unset, from the first line of standard input, which must not be a terminal. It
+    /// needs at least 12 characters.
+    Create {
+        /// Tenant slug, as `tenant list` prints it. Omit it for a platform_operator, who
+        /// belongs to no tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Login name, compared without regard to case.
+        #[arg(long)]
+        username: String,
+        /// platform_operator, tenant_admin, provider or patient.
+        #[arg(long)]
+        role: String,
+        /// MedConnect id of the patient a patient account belongs to (`patient find`).
+        #[arg(long)]
+        patient: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a service token and print it once: only its hash is stored.
+    Create {
+        /// Tenant slug, as `tenant list` prints it.
+        #[arg(long)]
+        tenant: String,
+        /// Name to tell tokens apart: letters, digits, '.', '_' and '-'.
+        #[arg(long)]
+        name: String,
+        /// storefront, tenant_admin or provider.
+        #[arg(long, default_value = "storefront")]
+        role: String,
+        /// Days until the token expires.
+        #[arg(long, value_name = "DAYS", default_value_t = 365, conflicts_with = "no_expiry")]
+        expires_in_days: u32,
+        /// Create a token that stays valid until revoked.
+        #[arg(long)]
+        no_expiry: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }

@@ -87,6 +87,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => demo::run(&context, args),
         Command::Keys(command) => keys::run(&context, command),
         Command::Backup(command) => backup::backup(&context, command),
+        Command::User(command) => commands::user(&context, command),
+        Command::Token(command) => commands::token(&context, command),
     }
 }
 

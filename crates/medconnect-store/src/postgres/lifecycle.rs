@@ -28,8 +28,15 @@ use crate::{
 type Params<'a> = [&'a (dyn ToSql + Sync)];
 
 /// Tables that hang off a patient link, deleted in this order before the link itself.
-const LINK_CHILD_TABLES: [&str; 5] =
-    ["consultations", "prescriptions", "medical_history", "intake_forms", "sessions"];
+const LINK_CHILD_TABLES: [&str; 6] = [
+    "consultations",
+    "prescriptions",
+    "medical_history",
+    "intake_forms",
+    "sessions",
+    // A patient's account, after its sessions, which reference it.
+    "user_accounts",
+];
 
 /// Running totals of what one disposal destroyed.
 pub(super) struct Shredder {
@@ -268,6 +275,9 @@ impl PgStore {
         )
     }
 
+    // TODO: sessions of platform operators have no tenant, so the join on tenants leaves them
+    // out and no purge disposes of them; a candidate without a tenant, kept under the
+    // default session period, would cover them.
     pub(crate) fn session_candidates_impl(
         &self,
         ended_before: DateTime<Utc>,

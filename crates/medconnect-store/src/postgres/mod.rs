@@ -12,6 +12,7 @@
 //! the row of `audit_head`, and disposals claim rows with `FOR UPDATE SKIP LOCKED`, so a row
 //! one node is disposing of is skipped by the others and released if that node dies.
 
+mod accounts;
 mod audit;
 mod chain;
 mod import;
@@ -48,8 +49,10 @@ pub const APP_ROLE: &str = "medconnect_app";
 pub const OPERATOR_ROLE: &str = "medconnect_operator";
 
 /// Schema migrations in order. The version of each is its position plus one.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("initial", include_str!("../../migrations/postgres/0001_initial.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("initial", include_str!("../../migrations/postgres/0001_initial.sql")),
+    ("accounts", include_str!("../../migrations/postgres/0002_accounts.sql")),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -1026,5 +1029,87 @@ impl crate::Store for PgStore {
 
     fn reapply_disposal(&mut self, entry: &crate::LedgerEntry) -> Result<crate::ReapplyOutcome> {
         self.reapply_disposal_impl(entry)
+    }
+
+    fn create_user(
+        &mut self,
+        user: &crate::NewUser<'_>,
+        actor: &str,
+    ) -> Result<medconnect_domain::UserId> {
+        self.create_user_impl(user, actor)
+    }
+
+    fn user_for_login(
+        &self,
+        tenant_slug: Option<&str>,
+        username: &str,
+    ) -> Result<Option<crate::LoginUser>> {
+        self.user_for_login_impl(tenant_slug, username)
+    }
+
+    fn record_login_failure(&mut self, user: crate::UserRef) -> Result<u32> {
+        self.record_login_failure_impl(user)
+    }
+
+    fn record_login_success(&mut self, user: crate::UserRef) -> Result<()> {
+        self.record_login_success_impl(user)
+    }
+
+    fn set_user_disabled(
+        &mut self,
+        user: crate::UserRef,
+        disabled: bool,
+        actor: &str,
+    ) -> Result<()> {
+        self.set_user_disabled_impl(user, disabled, actor)
+    }
+
+    fn create_session(
+        &mut self,
+        user: crate::UserRef,
+        token_hash: &medconnect_crypto::TokenHash,
+        started_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<medconnect_domain::SessionId> {
+        self.create_session_impl(user, token_hash, started_at, expires_at)
+    }
+
+    fn session_by_token_hash(
+        &self,
+        token_hash: &medconnect_crypto::TokenHash,
+    ) -> Result<Option<crate::SessionInfo>> {
+        self.session_by_token_hash_impl(token_hash)
+    }
+
+    fn end_session(
+        &mut self,
+        tenant: Option<medconnect_domain::TenantId>,
+        session: medconnect_domain::SessionId,
+    ) -> Result<bool> {
+        self.end_session_impl(tenant, session)
+    }
+
+    fn create_service_token(
+        &mut self,
+        token: &crate::NewServiceToken<'_>,
+        actor: &str,
+    ) -> Result<medconnect_domain::ServiceTokenId> {
+        self.create_service_token_impl(token, actor)
+    }
+
+    fn service_token_by_hash(
+        &self,
+        token_hash: &medconnect_crypto::TokenHash,
+    ) -> Result<Option<crate::ServiceTokenInfo>> {
+        self.service_token_by_hash_impl(token_hash)
+    }
+
+    fn revoke_service_token(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        token: medconnect_domain::ServiceTokenId,
+        actor: &str,
+    ) -> Result<bool> {
+        self.revoke_service_token_impl(tenant, token, actor)
     }
 }

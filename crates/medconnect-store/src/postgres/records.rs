@@ -94,7 +94,11 @@ fn require_link(tx: &mut Transaction<'_>, tenant: &Tenant, patient: PatientId) -
 /// Returns the key of a patient's link and locks the link row against deletion until the
 /// transaction ends. A disposal on another node that claimed the link first makes this wait
 /// and then find no link. A disposal that comes later skips the locked row.
-fn lock_link(tx: &mut Transaction<'_>, tenant: &Tenant, patient: PatientId) -> Result<i64> {
+pub(super) fn lock_link(
+    tx: &mut Transaction<'_>,
+    tenant: &Tenant,
+    patient: PatientId,
+) -> Result<i64> {
     let row = tx.query_opt(
         "SELECT id FROM patient_links WHERE tenant_id = $1 AND patient_id = $2 FOR KEY SHARE",
         &[&tenant.id.to_string(), &patient.to_string()],
