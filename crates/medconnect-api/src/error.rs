@@ -1,7 +1,7 @@
 //! Error responses. Every error leaves the server as JSON of one shape,
-//! `{"error": {"code": "...", "message": "..."}}`, with a stable code per kind of error and
-//! a message for the client that never contains a stack trace, PHI, a secret or any part of
-//! the request body. The cause, when there is one, goes to the log instead.
+//! `{"error": {"code": "...", "message": "..."}}`, with a stable code per kind of error. The
+//! message for the client never contains a stack trace, PHI, a secret or any part of the
+//! request body. The cause, when there is one, goes to the log instead.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -35,7 +35,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// The code as it appears in the JSON body.
+    /// Returns the code as it appears in the JSON body.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
@@ -50,7 +50,7 @@ impl ErrorCode {
         }
     }
 
-    /// The HTTP status of responses with this code.
+    /// Returns the HTTP status of responses with this code.
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
@@ -81,7 +81,7 @@ impl ErrorCode {
         }
     }
 
-    /// The message sent for an error that a layer below the handlers produced.
+    /// Returns the message sent for an error that a layer below the handlers produced.
     fn default_message(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "the request is malformed",
@@ -117,7 +117,7 @@ impl ApiError {
         ApiError { code, message: message.into() }
     }
 
-    /// An error with the default message of its code.
+    /// Creates an error with the default message of its code.
     pub fn from_code(code: ErrorCode) -> Self {
         ApiError::new(code, code.default_message())
     }
@@ -147,7 +147,7 @@ impl IntoResponse for ApiError {
 
 /// Replaces the body of every error response that is not already JSON with the JSON error
 /// shape. Layers below the handlers (the method router's 405, the body limit's 413, axum's
-/// extractor rejections) answer in plain text, and a rejection's text can quote part of the
+/// extractor rejections) respond in plain text, and a rejection's text can quote part of the
 /// request body, so none of their text reaches the client. Headers such as `Allow` are kept.
 pub async fn json_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
@@ -171,7 +171,7 @@ fn is_json(response: &Response) -> bool {
         == Some(&HeaderValue::from_static("application/json"))
 }
 
-/// The JSON 404 for paths that no route matches.
+/// Returns the JSON 404 for paths that no route matches.
 pub async fn not_found() -> ApiError {
     ApiError::from_code(ErrorCode::NotFound)
 }

@@ -1,9 +1,9 @@
-//! The HTTPS API of MedConnect: a TLS listener (TLS 1.2 and 1.3 only, through rustls with the
-//! `ring` provider), the axum routes, a pool of opened stores for the blocking store calls,
-//! Prometheus metrics, and the scheduler that runs the lifecycle inside the server.
+//! The HTTPS API of MedConnect. It holds the TLS listener (TLS 1.2 and 1.3 only, through
+//! rustls with the `ring` provider), the axum routes, a pool of opened stores for the blocking
+//! store calls, Prometheus metrics, and the scheduler that runs the lifecycle in the server.
 //!
-//! This crate knows HTTP; the binary knows how to open a store, load the policy and run the
-//! lifecycle, and hands those to [`Server`] as closures through [`Services`]. Only this crate
+//! This crate handles HTTP. The binary opens stores, loads the policy and runs the lifecycle,
+//! and passes those steps to [`Server`] as closures through [`Services`]. Only this crate
 //! turns errors into HTTP statuses, in [`error`].
 
 pub mod auth;

@@ -1,8 +1,8 @@
 //! A small pool of opened stores for the async handlers.
 //!
-//! The store is synchronous and not `Sync` (each backend owns one database connection), so a
-//! store cannot be shared between tasks; each one is moved to the thread that uses it, which
-//! needs `Send`. The pool keeps up to `size` opened stores, lends one store at a
+//! The store is synchronous and not `Sync`, because each backend owns its database
+//! connections. So a store cannot be shared between tasks. Each one moves to the thread that
+//! uses it, which needs `Send`. The pool keeps up to `size` opened stores, lends one store at a
 //! time to a closure, and runs that closure on tokio's blocking threads, so a slow query never
 //! stalls the async workers. Stores are opened lazily through the factory the binary supplies,
 //! which decides the backend (SQLite or PostgreSQL) and loads the keys.
@@ -67,7 +67,7 @@ impl StorePool {
         }
     }
 
-    /// The maximum number of stores open at once.
+    /// Returns the maximum number of stores open at once.
     pub fn size(&self) -> usize {
         self.inner.size
     }
@@ -171,7 +171,7 @@ mod tests {
 
     use super::*;
 
-    /// A pool over a new SQLite store that counts how often it opens a store.
+    /// Returns a pool over a new SQLite store that counts how often it opens a store.
     fn counting_pool(
         size: usize,
     ) -> (StorePool, Arc<AtomicU32>, medconnect_store::testing::TestStore) {

@@ -1,6 +1,6 @@
 //! The routes and their handlers.
 //!
-//! | route | answers |
+//! | route | response |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs; touches no store |
 //! | `GET /readyz` | 200 when a store from the pool returns its `info()`, else 503 |
@@ -38,13 +38,13 @@ pub struct PolicyInForce {
     pub policy: Policy,
 }
 
-/// What the handlers share.
+/// State shared by the handlers.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: StorePool,
     pub metrics: Metrics,
     pub policy: Arc<PolicySource>,
-    /// How long `/readyz` waits for a store before it answers 503.
+    /// How long `/readyz` waits for a store before it returns 503.
     pub readiness_timeout: Duration,
 }
 
@@ -66,8 +66,9 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
 }
 
 /// Limits the request body of one route to `limit` bytes. A declared `Content-Length` above
-/// the limit is answered with 413 before the handler runs; a streamed body fails with 413
-/// when it passes the limit.
+/// the limit gets a 413 response before the handler runs, whatever the method. A chunked
+/// body fails with 413 once the handler reads past the limit, and a handler that reads no
+/// body ignores it.
 pub fn limited(route: MethodRouter<AppState>, limit: usize) -> MethodRouter<AppState> {
     route
         .layer::<_, Infallible>(DefaultBodyLimit::max(limit))

@@ -1,7 +1,7 @@
 //! The lifecycle scheduler: runs the lifecycle job at a fixed interval inside the server.
 //!
 //! Each run disposes of every record whose retention has ended and that no hold protects,
-//! with a receipt per disposal, exactly as `medconnect lifecycle run` does; the binary
+//! with a receipt per disposal, exactly as `medconnect lifecycle run` does. The binary
 //! supplies the job. Runs never overlap: the next one starts an interval after the previous
 //! one started, or right after it ended when it took longer. The first run starts at once.
 

@@ -67,8 +67,8 @@ impl ServerConfig {
     }
 }
 
-/// What the binary supplies: how stores are opened (inside the pool), how the policy is
-/// loaded, and the lifecycle job.
+/// Steps the binary supplies: opening stores (inside the pool), loading the policy, and the
+/// lifecycle job.
 pub struct Services {
     pub pool: StorePool,
     pub policy: Arc<PolicySource>,
@@ -133,12 +133,12 @@ pub struct BoundServer {
 }
 
 impl BoundServer {
-    /// The address the listener is bound to, with the port the system chose for port 0.
+    /// Returns the address the listener is bound to, with the port the system chose for port 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
-    /// The certificate file in use.
+    /// Returns the certificate file in use.
     pub fn cert_path(&self) -> &std::path::Path {
         &self.cert_path
     }
@@ -148,7 +148,7 @@ impl BoundServer {
         &self.fingerprint
     }
 
-    /// Whether a development certificate was generated on this start.
+    /// Returns whether a development certificate was generated on this start.
     pub fn generated_certificate(&self) -> bool {
         self.generated
     }
@@ -217,7 +217,7 @@ fn start_scheduler(
     Some(tokio::spawn(task))
 }
 
-/// What each accepted connection needs.
+/// Shared parts that each accepted connection uses.
 struct Connections {
     acceptor: TlsAcceptor,
     service: TowerToHyperService<axum::Router>,
