@@ -1,6 +1,8 @@
 //! Command-line arguments.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -105,6 +107,79 @@ pub enum Command {
     /// Create service tokens for machine clients such as the Storefront.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Serve the HTTPS API (TLS 1.2 and 1.3 only) and run the lifecycle on a schedule.
+    /// Stops on SIGINT or SIGTERM after the requests in flight.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "MEDCONNECT_LISTEN", default_value = "127.0.0.1:8443", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Server certificate in PEM, followed by its intermediate certificates. Give it together
+    /// with --tls-key. Without both, a self-signed development certificate for localhost and
+    /// 127.0.0.1 is created in DATA_DIR/tls on first start and reused.
+    #[arg(long, env = "MEDCONNECT_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of the server certificate in PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "MEDCONNECT_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Time between lifecycle runs inside the server, such as 30m, 1h or 1d; the first run
+    /// starts at once. 0 turns the scheduler off, for deployments where another process runs
+    /// `medconnect lifecycle run`.
+    #[arg(
+        long,
+        env = "MEDCONNECT_LIFECYCLE_INTERVAL",
+        default_value = "1h",
+        value_name = "DURATION",
+        value_parser = parse_interval
+    )]
+    pub lifecycle_interval: Duration,
+    /// Largest request body any route accepts, in bytes.
+    #[arg(long, env = "MEDCONNECT_BODY_LIMIT", default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub body_limit: usize,
+    /// How long shutdown waits for requests in flight and a lifecycle run under way, such as
+    /// 30s.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Parses a duration with a unit: seconds (`s`), minutes (`m`), hours (`h`) or days (`d`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let seconds_per_unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 60 * 60,
+        "d" => 24 * 60 * 60,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration: write a whole number and a unit, s, m, h or d, such \
+                 as 90s, 15m or 1h"
+            ))
+        }
+    };
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?} has no whole number before the unit"))?;
+    number
+        .checked_mul(seconds_per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// Parses the lifecycle interval: a duration of at least a second, or `0` for off.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let interval = parse_duration(text)?;
+    if interval.is_zero() {
+        return Err(format!("{text:?}: write 0 to turn the scheduler off, or a positive interval"));
+    }
+    Ok(interval)
 }
 
 #[derive(Subcommand)]
@@ -522,4 +597,33 @@ pub enum TokenCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        let cases = [("90s", 90), ("15m", 900), ("1h", 3600), ("2d", 172_800), (" 5m ", 300)];
+        for (text, seconds) in cases {
+            assert_eq!(parse_duration(text), Ok(Duration::from_secs(seconds)), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn durations_without_unit_or_number_rejected() {
+        for text in ["", "10", "h", "1.5h", "-1h", "1w", "1 h", "99999999999999999999d"] {
+            let error = parse_duration(text).expect_err(text);
+            assert!(error.contains(text.trim()), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn interval_zero_turns_scheduler_off() {
+        assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_interval("30m"), Ok(Duration::from_secs(1800)));
+        let error = parse_interval("0s").expect_err("0s is ambiguous");
+        assert!(error.contains("write 0"), "{error}");
+    }
 }

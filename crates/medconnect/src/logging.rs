@@ -9,26 +9,28 @@ use tracing_subscriber::EnvFilter;
 /// Level names `MEDCONNECT_LOG` accepts on their own.
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
-/// Installs the global subscriber. The level comes from `MEDCONNECT_LOG` (default `warn`).
-pub fn init() {
+/// Installs the global subscriber. The level comes from `MEDCONNECT_LOG`, else
+/// `default_level`.
+pub fn init(default_level: &str) {
     let filter = match std::env::var("MEDCONNECT_LOG") {
-        Err(_) => EnvFilter::new("warn"),
+        Err(_) => EnvFilter::new(default_level),
         // A bare word parses as a target name, so `verbose` would silently log nothing;
         // only level names are accepted without `=`.
         Ok(value) if !value.contains('=') && !LEVELS.contains(&value.trim()) => {
             eprintln!(
-                "warning: MEDCONNECT_LOG={value:?} is not a level; logging at warn. Use one of \
-                 {}, or a directive such as medconnect_lifecycle=debug",
+                "warning: MEDCONNECT_LOG={value:?} is not a level; logging at {default_level}. \
+                 Use one of {}, or a directive such as medconnect_lifecycle=debug",
                 LEVELS.join(", ")
             );
-            EnvFilter::new("warn")
+            EnvFilter::new(default_level)
         }
         Ok(value) => EnvFilter::try_new(&value).unwrap_or_else(|_| {
             eprintln!(
-                "warning: MEDCONNECT_LOG={value:?} is not a valid filter; logging at warn. Use a \
-                 level such as info or debug, or a directive such as medconnect_lifecycle=debug"
+                "warning: MEDCONNECT_LOG={value:?} is not a valid filter; logging at \
+                 {default_level}. Use a level such as info or debug, or a directive such as \
+                 medconnect_lifecycle=debug"
             );
-            EnvFilter::new("warn")
+            EnvFilter::new(default_level)
         }),
     };
     tracing_subscriber::fmt()

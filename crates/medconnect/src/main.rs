@@ -22,6 +22,7 @@ mod demo;
 mod keys;
 mod logging;
 mod output;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -45,8 +46,11 @@ use config::StoreLocation;
 pub const POLICY_FILE: &str = "policy.toml";
 
 fn main() -> ExitCode {
-    logging::init();
     let cli = Cli::parse();
+    // A server reports its address, certificate and scheduled runs at info; commands keep
+    // their output on stdout and log only warnings by default.
+    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    logging::init(default_level);
     match dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -89,10 +93,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Backup(command) => backup::backup(&context, command),
         Command::User(command) => commands::user(&context, command),
         Command::Token(command) => commands::token(&context, command),
+        Command::Serve(args) => serve::run(context, args),
     }
 }
 
 /// Locations of the store and its policy.
+#[derive(Clone)]
 pub struct Context {
     /// The backend that holds the store, from `medconnect.toml` and the environment.
     pub location: StoreLocation,
@@ -119,8 +125,9 @@ fn default_actor() -> String {
 }
 
 impl Context {
-    /// Opens the store where the configuration puts it.
-    pub fn open_store(&self) -> Result<Box<dyn Store>> {
+    /// Opens the store where the configuration puts it. The store may move to another thread,
+    /// as the server's store pool moves it.
+    pub fn open_store(&self) -> Result<Box<dyn Store + Send>> {
         Ok(match &self.location {
             StoreLocation::Embedded => Box::new(SqliteStore::open(&self.data_dir)?),
             StoreLocation::Postgres(config) => Box::new(PgStore::open(config)?),
@@ -148,7 +155,7 @@ impl Context {
 
     /// Opens the store with the master key, for commands that read or write PHI. While a
     /// master key rotation is under way, the next master key is loaded too.
-    pub fn open_store_with_key(&self) -> Result<Box<dyn Store>> {
+    pub fn open_store_with_key(&self) -> Result<Box<dyn Store + Send>> {
         let mut store = self.open_store()?;
         self.load_keys(&mut *store)?;
         Ok(store)

@@ -1,0 +1,120 @@
+//! The routes and their handlers.
+//!
+//! | route | response |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process runs; touches no store |
+//! | `GET /readyz` | 200 when a store from the pool returns its `info()`, else 503 |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /v1/policy` | the retention policy in force, as `medconnect policy show --json` prints it |
+//!
+//! Paths that match no route get a JSON 404, known paths with another method a JSON 405.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, MethodRouter};
+use axum::{middleware, Json, Router};
+use medconnect_domain::policy::Policy;
+use serde_json::json;
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::error::{self, ApiError, ErrorCode};
+use crate::metrics::{self, Metrics};
+use crate::pool::StorePool;
+use crate::{auth, error_chain, BoxError};
+
+/// Loads the policy in force. Called on a blocking thread for each request that needs it, so
+/// a policy file changed on disk takes effect without a restart, as it does for the CLI.
+pub type PolicySource = dyn Fn() -> Result<PolicyInForce, BoxError> + Send + Sync;
+
+/// The retention policy in force and the file it was read from.
+pub struct PolicyInForce {
+    pub file: PathBuf,
+    pub policy: Policy,
+}
+
+/// State shared by the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: StorePool,
+    pub metrics: Metrics,
+    pub policy: Arc<PolicySource>,
+    /// How long `/readyz` waits for a store before it returns 503.
+    pub readiness_timeout: Duration,
+}
+
+/// Builds the router. Every route accepts request bodies of at most `body_limit` bytes.
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    let metrics = state.metrics.clone();
+    let v1 = Router::new()
+        .route("/v1/policy", limited(get(policy), body_limit))
+        .route_layer(middleware::from_fn(auth::authenticate));
+    Router::new()
+        .route("/healthz", limited(get(healthz), body_limit))
+        .route("/readyz", limited(get(readyz), body_limit))
+        .route("/metrics", limited(get(render_metrics), body_limit))
+        .merge(v1)
+        .fallback(error::not_found)
+        .layer(middleware::from_fn(error::json_errors))
+        .layer(middleware::from_fn_with_state(metrics, metrics::track_requests))
+        .with_state(state)
+}
+
+/// Limits the request body of one route to `limit` bytes. A declared `Content-Length` above
+/// the limit gets a 413 response before the handler runs, whatever the method. A chunked
+/// body fails with 413 once the handler reads past the limit, and a handler that reads no
+/// body ignores it.
+pub fn limited(route: MethodRouter<AppState>, limit: usize) -> MethodRouter<AppState> {
+    route
+        .layer::<_, Infallible>(DefaultBodyLimit::max(limit))
+        .layer::<_, Infallible>(RequestBodyLimitLayer::new(limit))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let check = state.pool.run(|store| store.info().map(|info| info.backend));
+    let failure = match tokio::time::timeout(state.readiness_timeout, check).await {
+        Ok(Ok(Ok(backend))) => return Ok(Json(json!({ "status": "ready", "backend": backend }))),
+        Ok(Ok(Err(error))) => error_chain(&error),
+        Ok(Err(error)) => error_chain(&error),
+        Err(_) => format!("no answer within {} s", state.readiness_timeout.as_secs()),
+    };
+    tracing::warn!(cause = %failure, "readiness check failed: the store is not available");
+    Err(ApiError::new(
+        ErrorCode::StoreUnavailable,
+        "the store is not available: the server log names the cause",
+    ))
+}
+
+async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+}
+
+async fn policy(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let source = Arc::clone(&state.policy);
+    let loaded = tokio::task::spawn_blocking(move || source()).await;
+    let failure = match loaded {
+        Ok(Ok(loaded)) => {
+            return Ok(Json(json!({
+                "file": loaded.file,
+                "version": loaded.policy.version(),
+                "policy": loaded.policy,
+            })));
+        }
+        Ok(Err(error)) => error_chain(&*error),
+        Err(_) => "loading the policy panicked".to_owned(),
+    };
+    tracing::error!(cause = %failure, "loading the policy in force failed");
+    Err(ApiError::new(
+        ErrorCode::Internal,
+        "the policy in force could not be loaded: the server log names the cause",
+    ))
+}

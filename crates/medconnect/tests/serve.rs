@@ -1,0 +1,411 @@
+//! End-to-end tests of `medconnect serve`: the real binary on 127.0.0.1 with a port the
+//! system picks, its self-signed development certificate, real TLS connections, and SIGTERM.
+
+#[allow(dead_code, reason = "the shared helpers serve several test files; this one uses some")]
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::TestStore;
+use medconnect_api::testing::{HttpResponse, HttpsClient};
+use medconnect_store::testing::{admin_url, database_url, postgres_available, unique_schema};
+use medconnect_store::PgStore;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateDer;
+
+/// How long a test waits for the server to log that it listens, or to exit, before failing.
+/// Generous, because a debug build on a busy machine starts slowly.
+const STARTUP_WAIT: Duration = Duration::from_secs(120);
+
+/// Variables that would point the server elsewhere than the test's store and settings.
+const ENVIRONMENT_REMOVED: [&str; 16] = [
+    "MEDCONNECT_DATA_DIR",
+    "MEDCONNECT_CONFIG",
+    "MEDCONNECT_POLICY",
+    "MEDCONNECT_LOG",
+    "MEDCONNECT_LEDGER",
+    "MEDCONNECT_MASTER_KEY",
+    "MEDCONNECT_MASTER_KEY_FILE",
+    "MEDCONNECT_AUDIT_SIGNING_KEY_FILE",
+    "MEDCONNECT_DATABASE_URL",
+    "MEDCONNECT_OPERATOR_DATABASE_URL",
+    "MEDCONNECT_DATABASE_SCHEMA",
+    "MEDCONNECT_LISTEN",
+    "MEDCONNECT_TLS_CERT",
+    "MEDCONNECT_TLS_KEY",
+    "MEDCONNECT_LIFECYCLE_INTERVAL",
+    "MEDCONNECT_BODY_LIMIT",
+];
+
+/// A running `medconnect serve` process, killed when dropped unless it already exited.
+struct ServeProcess {
+    child: Child,
+    addr: SocketAddr,
+    /// Log lines read so far, and the channel that delivers the rest.
+    log: Vec<String>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ServeProcess {
+    /// Starts `medconnect serve` on `data_dir` with `extra` arguments and waits for the line
+    /// that names the address. Fails the test, with the log, when the server exits first.
+    fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = serve_command(data_dir, extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting medconnect serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        let addr = loop {
+            let Ok(line) = lines.recv_timeout(STARTUP_WAIT) else {
+                let _ = child.kill();
+                panic!("the server did not start listening:\n{}", log.join("\n"));
+            };
+            let addr = line.split("listening on https://").nth(1).map(str::trim).map(str::to_owned);
+            log.push(line);
+            if let Some(addr) = addr {
+                break addr.parse().unwrap_or_else(|_| panic!("address in {}", log.join("\n")));
+            }
+        };
+        ServeProcess { child, addr, log, lines }
+    }
+
+    fn client(&self, data_dir: &Path) -> HttpsClient {
+        HttpsClient::new(self.addr, &dev_cert(data_dir))
+    }
+
+    /// Reads the log lines that have arrived so far.
+    fn read_log(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        self.log.join("\n")
+    }
+
+    /// Sends SIGTERM and returns the exit status and the whole log.
+    fn terminate(mut self) -> (ExitStatus, String) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let status = self.wait_for_exit();
+        while let Ok(line) = self.lines.recv_timeout(STARTUP_WAIT) {
+            self.log.push(line);
+        }
+        (status, self.log.join("\n"))
+    }
+
+    /// Polls the child until it exits, failing the test after [`STARTUP_WAIT`].
+    fn wait_for_exit(&mut self) -> ExitStatus {
+        let polls = STARTUP_WAIT.as_millis() / 50;
+        for _ in 0..polls {
+            if let Some(status) = self.child.try_wait().expect("polling the server") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not exit after SIGTERM:\n{}", self.read_log());
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Returns the `medconnect serve` command for `data_dir` on port 0 with `extra` arguments,
+/// with the developer's environment removed.
+fn serve_command(data_dir: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_medconnect"));
+    command.arg("--data-dir").arg(data_dir).args(["serve", "--listen", "127.0.0.1:0"]).args(extra);
+    for variable in ENVIRONMENT_REMOVED {
+        command.env_remove(variable);
+    }
+    command
+}
+
+fn dev_cert(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls").join("dev-cert.pem")
+}
+
+/// Returns the SHA-256 fingerprint of the first certificate in a PEM file, as the log
+/// prints it.
+fn fingerprint_of(cert: &Path) -> String {
+    let der = CertificateDer::from_pem_file(cert).expect("reading the certificate");
+    medconnect_api::tls::fingerprint(&der)
+}
+
+/// Returns the value of the first log field `name=` on a line that contains `message`.
+fn log_field(log: &str, message: &str, name: &str) -> Option<String> {
+    let line = log.lines().find(|line| line.contains(message))?;
+    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    Some(line[start..].split_whitespace().next().unwrap_or_default().to_owned())
+}
+
+/// Asserts the JSON error shape with `code`.
+fn assert_json_error(response: &HttpResponse, status: u16, code: &str) {
+    assert_eq!(response.status, status, "{}", response.text());
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let json = response.json();
+    assert_eq!(json["error"]["code"], code, "{json}");
+    assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{json}");
+}
+
+/// Polls /metrics until `line` appears, failing after about a minute.
+fn wait_for_metrics_line(client: &HttpsClient, line: &str) -> String {
+    for _ in 0..600 {
+        let text = client.get("/metrics").text();
+        if text.lines().any(|candidate| candidate == line) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("metrics never showed {line:?}:\n{}", client.get("/metrics").text());
+}
+
+#[test]
+fn serve_answers_health_routes() {
+    let store = TestStore::init(false);
+    let server = ServeProcess::start(store.data_dir(), &["--lifecycle-interval", "0"]);
+    let client = server.client(store.data_dir());
+
+    let health = client.get("/healthz");
+    assert_eq!(health.status, 200, "{}", health.text());
+    assert_eq!(health.json()["status"], "ok");
+
+    let ready = client.get("/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["backend"], "sqlite");
+
+    let policy = client.get("/v1/policy");
+    assert_eq!(policy.status, 200, "{}", policy.text());
+    let cli = store.run_json(&["policy", "show", "--json"]);
+    assert_eq!(policy.json(), cli, "the API returns what `policy show --json` prints");
+
+    let metrics = client.get("/metrics").text();
+    let ready_line =
+        "medconnect_http_requests_total{route=\"/readyz\",method=\"GET\",status=\"200\"} 1";
+    assert!(metrics.lines().any(|line| line == ready_line), "{metrics}");
+    assert!(
+        metrics.lines().any(|line| line == "medconnect_lifecycle_interval_seconds 0"),
+        "{metrics}"
+    );
+    assert!(metrics.lines().any(|line| line == "medconnect_lifecycle_runs_total 0"), "{metrics}");
+}
+
+#[test]
+fn serve_errors_are_json() {
+    let store = TestStore::init(false);
+    let server = ServeProcess::start(store.data_dir(), &["--lifecycle-interval", "0"]);
+    let client = server.client(store.data_dir());
+
+    assert_json_error(&client.get("/v1/no-such-route"), 404, "not_found");
+    let wrong_method = client.request("DELETE", "/v1/policy", b"").expect("request");
+    assert_json_error(&wrong_method, 405, "method_not_allowed");
+
+    let secret = "Jane Roe 1962-03-01 ".repeat(4000);
+    let oversized = client.request("GET", "/v1/policy", secret.as_bytes()).expect("request");
+    assert_json_error(&oversized, 413, "payload_too_large");
+    assert!(!oversized.text().contains("Jane"), "the body is never echoed");
+}
+
+#[test]
+fn serve_body_limit_flag_applies() {
+    let store = TestStore::init(false);
+    let server =
+        ServeProcess::start(store.data_dir(), &["--lifecycle-interval", "0", "--body-limit", "10"]);
+    let client = server.client(store.data_dir());
+    let within = client.request("GET", "/healthz", b"0123456789").expect("request");
+    assert_eq!(within.status, 200, "{}", within.text());
+    let over = client.request("GET", "/healthz", b"0123456789A").expect("request");
+    assert_json_error(&over, 413, "payload_too_large");
+}
+
+#[test]
+fn serve_sigterm_exits_zero() {
+    let store = TestStore::init(false);
+    let server = ServeProcess::start(store.data_dir(), &["--lifecycle-interval", "0"]);
+    assert_eq!(server.client(store.data_dir()).get("/healthz").status, 200);
+    let addr = server.addr;
+    let (status, log) = server.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("signal=\"SIGTERM\""), "{log}");
+    assert!(log.contains("server stopped"), "{log}");
+    assert!(std::net::TcpStream::connect(addr).is_err(), "the port is closed");
+}
+
+#[test]
+fn serve_dev_certificate_created_then_reused() {
+    let store = TestStore::init(false);
+    let cert = dev_cert(store.data_dir());
+    assert!(!cert.exists());
+
+    let first = ServeProcess::start(store.data_dir(), &["--lifecycle-interval", "0"]);
+    let (status, first_log) = first.terminate();
+    assert_eq!(status.code(), Some(0), "{first_log}");
+    assert!(first_log.contains("generated a self-signed development certificate"), "{first_log}");
+    let logged = log_field(&first_log, "TLS certificate loaded", "sha256");
+    assert_eq!(logged, Some(fingerprint_of(&cert)), "{first_log}");
+    let key = store.data_dir().join("tls").join("dev-key.pem");
+    let mode = std::fs::metadata(&key).expect("key file").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let second = ServeProcess::start(store.data_dir(), &["--lifecycle-interval", "0"]);
+    let (_, second_log) = second.terminate();
+    assert!(!second_log.contains("generated a self-signed"), "{second_log}");
+    let reused = log_field(&second_log, "TLS certificate loaded", "sha256");
+    assert_eq!(reused, Some(fingerprint_of(&cert)), "{second_log}");
+}
+
+#[test]
+fn serve_uses_given_certificate() {
+    let store = TestStore::init(false);
+    let other = tempfile::tempdir().expect("temporary folder");
+    let source = medconnect_api::TlsSource::Development { dir: other.path().to_owned() };
+    medconnect_api::tls::load(&source).expect("certificate for the test");
+    let cert = other.path().join("dev-cert.pem");
+    let key = other.path().join("dev-key.pem");
+    let (cert_arg, key_arg) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+
+    let mut server = ServeProcess::start(
+        store.data_dir(),
+        &["--lifecycle-interval", "0", "--tls-cert", cert_arg, "--tls-key", key_arg],
+    );
+    let client = HttpsClient::new(server.addr, &cert);
+    assert_eq!(client.get("/healthz").status, 200);
+    let log = server.read_log();
+    assert_eq!(log_field(&log, "TLS certificate loaded", "sha256"), Some(fingerprint_of(&cert)));
+    assert!(!dev_cert(store.data_dir()).exists(), "no development certificate is made");
+}
+
+#[test]
+fn serve_rejects_certificate_without_key() {
+    let store = TestStore::init(false);
+    let output = serve_command(store.data_dir(), &["--tls-cert", "/nonexistent/cert.pem"])
+        .output()
+        .expect("running medconnect serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--tls-key"), "{stderr}");
+}
+
+#[test]
+fn serve_without_store_fails_fast() {
+    let store = TestStore::empty();
+    let output = serve_command(store.data_dir(), &[]).output().expect("running medconnect serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("medconnect init"), "names the command that creates a store: {stderr}");
+}
+
+#[test]
+fn serve_rejects_tls11() {
+    let store = TestStore::init(false);
+    let server = ServeProcess::start(store.data_dir(), &["--lifecycle-interval", "0"]);
+    let output = Command::new("openssl")
+        .args(["s_client", "-connect", &server.addr.to_string(), "-tls1_1", "-msg"])
+        .args(["-cipher", "DEFAULT@SECLEVEL=0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("the openssl command line tool runs (install the openssl package)");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "TLS 1.1 accepted:\n{text}");
+    assert!(text.contains(">>> TLS 1.1, Handshake"), "no TLS 1.1 hello offered:\n{text}");
+    assert!(text.contains("Cipher is (NONE)"), "{text}");
+}
+
+#[test]
+fn serve_runs_scheduled_lifecycle() {
+    let store = TestStore::init(false);
+    let server = ServeProcess::start(store.data_dir(), &[]);
+    let client = server.client(store.data_dir());
+    let metrics = wait_for_metrics_line(&client, "medconnect_lifecycle_runs_total 1");
+    assert!(
+        metrics.lines().any(|line| line == "medconnect_lifecycle_failures_total 0"),
+        "{metrics}"
+    );
+    assert!(metrics.lines().any(|line| line == "medconnect_lifecycle_interval_seconds 3600"));
+
+    let runs = store.run_json(&["lifecycle", "status", "--json"]);
+    let runs = runs.as_array().expect("a list of runs");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(!runs[0]["finished_at"].is_null(), "the scheduled run finished: {runs:?}");
+    let verify = store.run_json(&["audit", "verify", "--json"]);
+    assert_eq!(verify["ok"], true, "{verify}");
+}
+
+/// A PostgreSQL store chosen by DATA_DIR/medconnect.toml, its schema dropped at the end.
+struct PostgresStore {
+    store: TestStore,
+    schema: String,
+}
+
+impl PostgresStore {
+    fn init() -> Self {
+        let store = TestStore::empty();
+        let schema = unique_schema();
+        std::fs::create_dir_all(store.data_dir()).expect("data dir");
+        let config =
+            format!("database_url = \"{}\"\ndatabase_schema = \"{schema}\"\n", database_url());
+        std::fs::write(store.data_dir().join("medconnect.toml"), config).expect("medconnect.toml");
+        let created = PostgresStore { store, schema };
+        created.store.run_ok(&["init", "--admin-url", &admin_url()]);
+        created
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Err(error) = PgStore::drop_schema(&admin_url(), &self.schema) {
+            eprintln!("could not drop test schema {}: {error}", self.schema);
+        }
+    }
+}
+
+#[test]
+fn serve_readyz_on_postgres() {
+    if !postgres_available() {
+        return;
+    }
+    let postgres = PostgresStore::init();
+    let data_dir = postgres.store.data_dir();
+    let server = ServeProcess::start(data_dir, &[]);
+    let client = server.client(data_dir);
+
+    let ready = client.get("/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["backend"], "postgres");
+    wait_for_metrics_line(&client, "medconnect_lifecycle_runs_total 1");
+    let metrics = client.get("/metrics").text();
+    assert!(
+        metrics.lines().any(|line| line == "medconnect_lifecycle_failures_total 0"),
+        "{metrics}"
+    );
+
+    let (status, log) = server.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+}
