@@ -28,6 +28,9 @@ pub enum Outcome {
     Success,
     Failure,
     Skipped,
+    /// The record a read asked for does not exist in the caller's tenant: missing, or
+    /// another tenant's, which the caller must not be able to tell apart.
+    NotFound,
 }
 
 /// Amounts one disposal destroyed.

@@ -11,6 +11,7 @@
 //!   [`medconnect_domain::audit`], except that retention removes entries from its start,
 //!   keeping a signed checkpoint at the last removed entry.
 
+mod access;
 mod accounts;
 mod error;
 mod keys;
@@ -21,6 +22,7 @@ pub mod sqlite;
 pub mod testing;
 mod types;
 
+pub use access::{Access, InvalidRequestId, PatientRecord, MAX_REQUEST_ID_CHARS};
 pub use accounts::{
     CredentialState, InvalidRole, LoginUser, NewServiceToken, NewUser, Role, ServiceTokenInfo,
     SessionInfo, UserRef, MAX_TOKEN_NAME_CHARS, MAX_USERNAME_CHARS,
@@ -139,6 +141,33 @@ pub trait Store {
 
     /// Lists a tenant's providers with decrypted names, ordered by id. Needs the master key.
     fn providers(&self, tenant: &Tenant) -> Result<Vec<ProviderView>>;
+
+    /// Lists the patients linked to a tenant, as [`Store::patient_links`] does, for `access`,
+    /// and appends `patient.list` (with the count) in the same transaction.
+    fn read_patient_links(&mut self, tenant: &Tenant, access: &Access) -> Result<Vec<LinkSummary>>;
+
+    /// Returns one linked patient, link detail and decrypted profile, for `access`, and
+    /// appends `patient.read` naming the patient in the same transaction. A patient missing
+    /// from the tenant, or linked only to another tenant, returns
+    /// [`StoreError::PatientNotFound`] and commits a `not_found` entry in `tenant`. Fails
+    /// with [`StoreError::MasterKeyRequired`], writing no entry, when no master key is set.
+    fn read_patient(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        access: &Access,
+    ) -> Result<PatientRecord>;
+
+    /// Returns the decrypted bytes of one of a tenant's ID photos for `access`, and appends
+    /// `id_photo.read` naming the photo in the same transaction. A photo missing from the
+    /// tenant returns [`StoreError::PhotoNotFound`] and commits a `not_found` entry; no
+    /// master key fails as [`Store::read_patient`] does.
+    fn read_id_photo_audited(
+        &mut self,
+        tenant: &Tenant,
+        photo: PhotoId,
+        access: &Access,
+    ) -> Result<Vec<u8>>;
 
     /// Lists every tenant link of a patient, across tenants. Only lifecycle jobs, which
     /// decide cross-tenant protection, may call this.

@@ -12,6 +12,7 @@
 //! the row of `audit_head`, and disposals claim rows with `FOR UPDATE SKIP LOCKED`, so a row
 //! one node is disposing of is skipped by the others and released if that node dies.
 
+mod access;
 mod accounts;
 mod audit;
 mod chain;
@@ -852,6 +853,32 @@ impl crate::Store for PgStore {
 
     fn receipts_for(&self, record_id: &str) -> Result<Vec<crate::AuditRecord>> {
         self.receipts_for_impl(record_id)
+    }
+
+    fn read_patient_links(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        access: &crate::Access,
+    ) -> Result<Vec<crate::LinkSummary>> {
+        self.read_patient_links_impl(tenant, access)
+    }
+
+    fn read_patient(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        access: &crate::Access,
+    ) -> Result<crate::PatientRecord> {
+        self.read_patient_impl(tenant, patient, access)
+    }
+
+    fn read_id_photo_audited(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        photo: medconnect_domain::PhotoId,
+        access: &crate::Access,
+    ) -> Result<Vec<u8>> {
+        self.read_id_photo_audited_impl(tenant, photo, access)
     }
 
     fn links_of_patient(

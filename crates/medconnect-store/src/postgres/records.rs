@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::import::{write_import, CORE_TENANT, PROFILE_COLUMNS};
 use super::{PgAudit, PgStore};
-use crate::keys::{seal_bytes, seal_text, KeyScope, Place};
+use crate::keys::{seal_bytes, seal_text, KeyScope, Keys, Place};
 use crate::sqlite::values::{parse_optional_instant, parse_stored_id, parse_stored_instant};
 use crate::{
     LinkCounts, LinkDetail, LinkSummary, PatientProfileView, ProviderView, RecordCandidate, Result,
@@ -87,7 +87,11 @@ fn patient_not_found(tenant: &Tenant, patient: PatientId) -> StoreError {
     StoreError::PatientNotFound { tenant: tenant.slug.clone(), patient: patient.to_string() }
 }
 
-fn require_link(tx: &mut Transaction<'_>, tenant: &Tenant, patient: PatientId) -> Result<i64> {
+pub(super) fn require_link(
+    tx: &mut Transaction<'_>,
+    tenant: &Tenant,
+    patient: PatientId,
+) -> Result<i64> {
     link_key(tx, tenant.id, patient)?.ok_or_else(|| patient_not_found(tenant, patient))
 }
 
@@ -321,13 +325,7 @@ impl PgStore {
     }
 
     pub(crate) fn patient_links_impl(&self, tenant: &Tenant) -> Result<Vec<LinkSummary>> {
-        let sql = format!(
-            "SELECT {LINK_COLUMNS} FROM patient_links l JOIN tenants t ON t.id = l.tenant_id
-             WHERE l.tenant_id = $1 ORDER BY l.patient_id"
-        );
-        let rows =
-            self.tenant_tx(tenant.id, |tx| Ok(tx.query(&sql, &[&tenant.id.to_string()])?))?;
-        rows.iter().map(link_from_row).collect()
+        self.tenant_tx(tenant.id, |tx| tenant_links(tx, tenant))
     }
 
     pub(crate) fn find_patient_impl(
@@ -354,64 +352,15 @@ impl PgStore {
         tenant: &Tenant,
         patient: PatientId,
     ) -> Result<PatientProfileView> {
-        let id = patient.to_string();
-        let place = Place { tenant: CORE_TENANT, table: "patient_profiles", record: &id };
-        let sql =
-            format!("SELECT {} FROM patient_profiles WHERE id = $1", PROFILE_COLUMNS.join(", "));
-        let opened = self.tenant_tx(tenant.id, |tx| {
+        self.tenant_tx(tenant.id, |tx| {
             require_link(tx, tenant, patient)?;
-            let keys = self.keys()?;
-            let row = tx.query_one(&sql, &[&id])?;
-            let mut opened: Vec<Option<String>> = Vec::with_capacity(PROFILE_COLUMNS.len());
-            for (index, column) in PROFILE_COLUMNS.iter().enumerate() {
-                let sealed: Option<Vec<u8>> = row.get(index);
-                let value = sealed
-                    .map(|bytes| keys.open_text(&mut *tx, place, column, &bytes))
-                    .transpose()?;
-                opened.push(value);
-            }
-            Ok(opened)
-        })?;
-        let mut field = opened.into_iter();
-        let mut next = || field.next().flatten();
-        Ok(PatientProfileView {
-            patient_id: patient,
-            given_name: next().unwrap_or_default(),
-            family_name: next().unwrap_or_default(),
-            birth_date: next().unwrap_or_default(),
-            death_date: next(),
-            ssn: next(),
-            phone: next(),
-            email: next(),
-            address_line: next().unwrap_or_default(),
-            city: next().unwrap_or_default(),
-            state: next().unwrap_or_default(),
-            postal_code: next().unwrap_or_default(),
-            sex: next().unwrap_or_default(),
+            open_profile(tx, self.keys()?, patient)
         })
     }
 
     pub(crate) fn read_id_photo_impl(&self, tenant: &Tenant, photo: PhotoId) -> Result<Vec<u8>> {
-        let id = photo.to_string();
-        let tenant_text = tenant.id.to_string();
-        self.tenant_tx(tenant.id, |tx| {
-            let row = tx.query_opt(
-                "SELECT content FROM id_photos WHERE id = $1 AND tenant_id = $2",
-                &[&id, &tenant_text],
-            )?;
-            let Some(row) = row else {
-                return Err(StoreError::PhotoNotFound {
-                    tenant: tenant.slug.clone(),
-                    photo: id.clone(),
-                });
-            };
-            let sealed: Vec<u8> = row.get(0);
-            let place = Place { tenant: &tenant_text, table: "id_photos", record: &id };
-            let plain = self.keys()?.open_bytes(&mut *tx, place, "file", &sealed)?;
-            Ok(plain.to_vec())
-        })
+        self.tenant_tx(tenant.id, |tx| open_id_photo(tx, self.keys()?, tenant, photo))
     }
-
     pub(crate) fn providers_impl(&self, tenant: &Tenant) -> Result<Vec<ProviderView>> {
         let keys = self.keys()?;
         let tenant_text = tenant.id.to_string();
@@ -452,45 +401,7 @@ impl PgStore {
         tenant: &Tenant,
         patient: PatientId,
     ) -> Result<LinkDetail> {
-        self.tenant_tx(tenant.id, |tx| {
-            let key = require_link(tx, tenant, patient)?;
-            let sql = format!(
-                "SELECT {LINK_COLUMNS} FROM patient_links l JOIN tenants t ON t.id = l.tenant_id
-                 WHERE l.id = $1"
-            );
-            let link = link_from_row(&tx.query_one(&sql, &[&key])?)?;
-            let counts = tx.query_one(
-                "SELECT (SELECT count(*) FROM consultations WHERE link_id = $1),
-                        (SELECT count(*) FROM prescriptions WHERE link_id = $1),
-                        (SELECT count(*) FROM medical_history WHERE link_id = $1),
-                        (SELECT count(*) FROM intake_forms WHERE link_id = $1),
-                        (SELECT count(*) FROM id_photos WHERE link_id = $1),
-                        (SELECT count(*) FROM sessions WHERE link_id = $1)",
-                &[&key],
-            )?;
-            let count = |index: usize| counts.get::<_, i64>(index) as u64;
-            let counts = LinkCounts {
-                consultations: count(0),
-                prescriptions: count(1),
-                history_entries: count(2),
-                intake_forms: count(3),
-                id_photos: count(4),
-                sessions: count(5),
-            };
-            let id_photos = link_records(
-                tx,
-                "SELECT id, uploaded_at FROM id_photos WHERE link_id = $1 ORDER BY uploaded_at",
-                key,
-                &link,
-            )?;
-            let sessions = link_records(
-                tx,
-                "SELECT id, ends_at FROM sessions WHERE link_id = $1 ORDER BY ends_at",
-                key,
-                &link,
-            )?;
-            Ok(LinkDetail { link, counts, id_photos, sessions })
-        })
+        self.tenant_tx(tenant.id, |tx| link_detail(tx, tenant, patient))
     }
 
     pub(crate) fn place_hold_impl(
@@ -616,4 +527,118 @@ fn link_records(
             })
         })
         .collect()
+}
+
+/// Lists a tenant's patient links, ordered by patient id.
+pub(super) fn tenant_links(tx: &mut Transaction<'_>, tenant: &Tenant) -> Result<Vec<LinkSummary>> {
+    let sql = format!(
+        "SELECT {LINK_COLUMNS} FROM patient_links l JOIN tenants t ON t.id = l.tenant_id
+         WHERE l.tenant_id = $1 ORDER BY l.patient_id"
+    );
+    let rows = tx.query(&sql, &[&tenant.id.to_string()])?;
+    rows.iter().map(link_from_row).collect()
+}
+
+/// Returns one patient's link to a tenant with its counts, ID photos and sessions.
+pub(super) fn link_detail(
+    tx: &mut Transaction<'_>,
+    tenant: &Tenant,
+    patient: PatientId,
+) -> Result<LinkDetail> {
+    let key = require_link(tx, tenant, patient)?;
+    let sql = format!(
+        "SELECT {LINK_COLUMNS} FROM patient_links l JOIN tenants t ON t.id = l.tenant_id
+         WHERE l.id = $1"
+    );
+    let link = link_from_row(&tx.query_one(&sql, &[&key])?)?;
+    let counts = tx.query_one(
+        "SELECT (SELECT count(*) FROM consultations WHERE link_id = $1),
+                (SELECT count(*) FROM prescriptions WHERE link_id = $1),
+                (SELECT count(*) FROM medical_history WHERE link_id = $1),
+                (SELECT count(*) FROM intake_forms WHERE link_id = $1),
+                (SELECT count(*) FROM id_photos WHERE link_id = $1),
+                (SELECT count(*) FROM sessions WHERE link_id = $1)",
+        &[&key],
+    )?;
+    let count = |index: usize| counts.get::<_, i64>(index) as u64;
+    let counts = LinkCounts {
+        consultations: count(0),
+        prescriptions: count(1),
+        history_entries: count(2),
+        intake_forms: count(3),
+        id_photos: count(4),
+        sessions: count(5),
+    };
+    let id_photos = link_records(
+        tx,
+        "SELECT id, uploaded_at FROM id_photos WHERE link_id = $1 ORDER BY uploaded_at",
+        key,
+        &link,
+    )?;
+    let sessions = link_records(
+        tx,
+        "SELECT id, ends_at FROM sessions WHERE link_id = $1 ORDER BY ends_at",
+        key,
+        &link,
+    )?;
+    Ok(LinkDetail { link, counts, id_photos, sessions })
+}
+
+/// Opens a patient's core profile. The caller checks that the patient is linked to the
+/// tenant of the transaction.
+pub(super) fn open_profile(
+    tx: &mut Transaction<'_>,
+    keys: &Keys,
+    patient: PatientId,
+) -> Result<PatientProfileView> {
+    let id = patient.to_string();
+    let place = Place { tenant: CORE_TENANT, table: "patient_profiles", record: &id };
+    let sql = format!("SELECT {} FROM patient_profiles WHERE id = $1", PROFILE_COLUMNS.join(", "));
+    let row = tx.query_one(&sql, &[&id])?;
+    let mut opened: Vec<Option<String>> = Vec::with_capacity(PROFILE_COLUMNS.len());
+    for (index, column) in PROFILE_COLUMNS.iter().enumerate() {
+        let sealed: Option<Vec<u8>> = row.get(index);
+        let value =
+            sealed.map(|bytes| keys.open_text(&mut *tx, place, column, &bytes)).transpose()?;
+        opened.push(value);
+    }
+    let mut field = opened.into_iter();
+    let mut next = || field.next().flatten();
+    Ok(PatientProfileView {
+        patient_id: patient,
+        given_name: next().unwrap_or_default(),
+        family_name: next().unwrap_or_default(),
+        birth_date: next().unwrap_or_default(),
+        death_date: next(),
+        ssn: next(),
+        phone: next(),
+        email: next(),
+        address_line: next().unwrap_or_default(),
+        city: next().unwrap_or_default(),
+        state: next().unwrap_or_default(),
+        postal_code: next().unwrap_or_default(),
+        sex: next().unwrap_or_default(),
+    })
+}
+
+/// Returns the decrypted bytes of one of a tenant's ID photos.
+pub(super) fn open_id_photo(
+    tx: &mut Transaction<'_>,
+    keys: &Keys,
+    tenant: &Tenant,
+    photo: PhotoId,
+) -> Result<Vec<u8>> {
+    let id = photo.to_string();
+    let tenant_text = tenant.id.to_string();
+    let row = tx.query_opt(
+        "SELECT content FROM id_photos WHERE id = $1 AND tenant_id = $2",
+        &[&id, &tenant_text],
+    )?;
+    let Some(row) = row else {
+        return Err(StoreError::PhotoNotFound { tenant: tenant.slug.clone(), photo: id });
+    };
+    let sealed: Vec<u8> = row.get(0);
+    let place = Place { tenant: &tenant_text, table: "id_photos", record: &id };
+    let plain = keys.open_bytes(&mut *tx, place, "file", &sealed)?;
+    Ok(plain.to_vec())
 }

@@ -1,6 +1,7 @@
 //! The embedded backend: one SQLite database in WAL mode plus a folder of blobs, both under
 //! the data directory.
 
+mod access;
 pub(crate) mod accounts;
 mod audit;
 mod keys;
@@ -344,6 +345,32 @@ impl crate::Store for SqliteStore {
 
     fn receipts_for(&self, record_id: &str) -> Result<Vec<crate::AuditRecord>> {
         self.receipts_for_impl(record_id)
+    }
+
+    fn read_patient_links(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        access: &crate::Access,
+    ) -> Result<Vec<crate::LinkSummary>> {
+        self.read_patient_links_impl(tenant, access)
+    }
+
+    fn read_patient(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        access: &crate::Access,
+    ) -> Result<crate::PatientRecord> {
+        self.read_patient_impl(tenant, patient, access)
+    }
+
+    fn read_id_photo_audited(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        photo: medconnect_domain::PhotoId,
+        access: &crate::Access,
+    ) -> Result<Vec<u8>> {
+        self.read_id_photo_audited_impl(tenant, photo, access)
     }
 
     fn links_of_patient(

@@ -1,0 +1,88 @@
+//! Audited reads of patient data: each read and its audit entry run in one SQLite
+//! transaction, so the entry commits exactly when the read returns data or finds nothing.
+
+use medconnect_domain::audit::AuditEvent;
+use medconnect_domain::model::Tenant;
+use medconnect_domain::{PatientId, PhotoId};
+use rusqlite::{Transaction, TransactionBehavior};
+
+use super::audit::AuditAppender;
+use super::SqliteStore;
+use crate::access::{read_event, Access, PatientRecord};
+use crate::{LinkSummary, Result};
+
+impl SqliteStore {
+    /// Runs `read` inside an immediate transaction and appends the entry that `read_event` makes of
+    /// its result, with `describe` adding what a successful read returned. A not-found result
+    /// commits with its entry; any other error rolls back, writing none.
+    fn audited_read<T>(
+        &mut self,
+        event: AuditEvent,
+        read: impl FnOnce(&Self) -> Result<T>,
+        describe: impl FnOnce(AuditEvent, &T) -> AuditEvent,
+    ) -> Result<T> {
+        let (now, simulated) = (self.now(), self.simulated());
+        // The transaction is opened on a shared borrow of the connection, so the existing
+        // read methods, which take `&self`, run inside it. It is taken immediately, because
+        // the entry it appends needs the write lock anyway.
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let result = read(self);
+        let Some(mut entry) = read_event(event, &result) else {
+            return result;
+        };
+        if let Ok(value) = &result {
+            entry = describe(entry, value);
+        }
+        let mut audit = AuditAppender::begin(&tx, now, simulated)?;
+        audit.append(&tx, entry)?;
+        audit.finish(&tx)?;
+        tx.commit()?;
+        result
+    }
+
+    pub(crate) fn read_patient_links_impl(
+        &mut self,
+        tenant: &Tenant,
+        access: &Access,
+    ) -> Result<Vec<LinkSummary>> {
+        let event = access.event(tenant, "patient.list");
+        self.audited_read(
+            event,
+            |store| store.patient_links_impl(tenant),
+            |entry, links| {
+                let detail = format!("{} count={}", entry.detail, links.len());
+                entry.detail(detail)
+            },
+        )
+    }
+
+    pub(crate) fn read_patient_impl(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        access: &Access,
+    ) -> Result<PatientRecord> {
+        self.keys()?;
+        let event = access.event(tenant, "patient.read").subject(patient);
+        self.audited_read(
+            event,
+            |store| {
+                let link = store.patient_link_impl(tenant, patient)?;
+                let profile = store.patient_profile_impl(tenant, patient)?;
+                Ok(PatientRecord { link, profile })
+            },
+            |entry, _| entry,
+        )
+    }
+
+    pub(crate) fn read_id_photo_audited_impl(
+        &mut self,
+        tenant: &Tenant,
+        photo: PhotoId,
+        access: &Access,
+    ) -> Result<Vec<u8>> {
+        self.keys()?;
+        let event = access.event(tenant, "id_photo.read").subject(photo);
+        self.audited_read(event, |store| store.read_id_photo_impl(tenant, photo), |entry, _| entry)
+    }
+}
