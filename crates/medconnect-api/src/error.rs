@@ -16,6 +16,10 @@ use serde::Serialize;
 pub enum ErrorCode {
     /// The request is malformed.
     BadRequest,
+    /// The request carries no valid credentials, or a login failed.
+    Unauthorized,
+    /// The caller's role may not use this route.
+    Forbidden,
     /// No route matches the path.
     NotFound,
     /// The route exists but not for this method.
@@ -26,6 +30,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// The body is well-formed but its content is invalid.
     UnprocessableEntity,
+    /// Too many failed logins: the response's `Retry-After` header gives the seconds to wait.
+    TooManyRequests,
     /// No store could be opened or the store did not respond.
     StoreUnavailable,
     /// The server is shutting down or cannot take the request now.
@@ -39,11 +45,14 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::UnprocessableEntity => "unprocessable_entity",
+            ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::Internal => "internal",
@@ -54,11 +63,14 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::UnprocessableEntity => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::StoreUnavailable | ErrorCode::ServiceUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -70,11 +82,14 @@ impl ErrorCode {
     /// as axum's method router or the body limit.
     fn for_status(status: StatusCode) -> ErrorCode {
         match status {
+            StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+            StatusCode::FORBIDDEN => ErrorCode::Forbidden,
             StatusCode::NOT_FOUND => ErrorCode::NotFound,
             StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
             StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
             StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::UnprocessableEntity,
+            StatusCode::TOO_MANY_REQUESTS => ErrorCode::TooManyRequests,
             StatusCode::SERVICE_UNAVAILABLE => ErrorCode::ServiceUnavailable,
             status if status.is_client_error() => ErrorCode::BadRequest,
             _ => ErrorCode::Internal,
@@ -85,6 +100,11 @@ impl ErrorCode {
     fn default_message(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "the request is malformed",
+            ErrorCode::Unauthorized => {
+                "this route requires authentication: send `Authorization: Bearer TOKEN` with a \
+                 token from POST /v1/login or a service token"
+            }
+            ErrorCode::Forbidden => "the caller's role may not use this route",
             ErrorCode::NotFound => "no resource at this path: check the path against the API",
             ErrorCode::MethodNotAllowed => {
                 "this path does not accept this method: the Allow header lists the ones it does"
@@ -96,6 +116,9 @@ impl ErrorCode {
                 "the request body has an unsupported media type: send application/json"
             }
             ErrorCode::UnprocessableEntity => "the request body is not valid for this route",
+            ErrorCode::TooManyRequests => {
+                "too many failed logins: wait the seconds in the Retry-After header, then try again"
+            }
             ErrorCode::StoreUnavailable => "the store is not available: try again later",
             ErrorCode::ServiceUnavailable => "the server cannot take the request now: try again",
             ErrorCode::Internal => "the server failed to handle the request: try again later",

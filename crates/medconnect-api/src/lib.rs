@@ -8,6 +8,8 @@
 
 pub mod auth;
 pub mod error;
+pub mod limiter;
+pub mod login;
 pub mod metrics;
 pub mod pool;
 pub mod routes;
@@ -18,7 +20,9 @@ pub mod tls;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use auth::{Caller, Credential};
 pub use error::{ApiError, ErrorCode};
+pub use limiter::LoginLimits;
 pub use metrics::Metrics;
 pub use pool::{PoolError, StorePool};
 pub use routes::{PolicyInForce, PolicySource};

@@ -16,7 +16,10 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
+use tower_http::add_extension::AddExtension;
 
+use crate::limiter::{LoginLimiter, LoginLimits};
+use crate::login::{ClientAddr, DEFAULT_SESSION_TTL};
 use crate::metrics::Metrics;
 use crate::pool::StorePool;
 use crate::routes::{self, AppState, PolicySource};
@@ -47,6 +50,10 @@ pub struct ServerConfig {
     pub readiness_timeout: Duration,
     /// Connections served at once; further ones are closed on accept.
     pub max_connections: usize,
+    /// Lifetime of a session that `POST /v1/login` starts.
+    pub session_ttl: Duration,
+    /// Lockout after failed logins.
+    pub login_limits: LoginLimits,
 }
 
 impl ServerConfig {
@@ -63,15 +70,19 @@ impl ServerConfig {
             header_timeout: Duration::from_secs(10),
             readiness_timeout: Duration::from_secs(5),
             max_connections: 1024,
+            session_ttl: DEFAULT_SESSION_TTL,
+            login_limits: LoginLimits::default(),
         }
     }
 }
 
-/// Steps the binary supplies: opening stores (inside the pool), loading the policy, and the
-/// lifecycle job.
+/// Steps the binary supplies: opening stores (inside the pool), loading the policy, the
+/// lifecycle job, and the clock.
 pub struct Services {
     pub pool: StorePool,
     pub policy: Arc<PolicySource>,
+    /// Dates sessions and decides whether tokens have expired: the system clock in production.
+    pub clock: Arc<dyn medconnect_domain::clock::Clock>,
     /// The job the scheduler runs, or None where another process runs the lifecycle.
     pub lifecycle: Option<Arc<LifecycleJob>>,
 }
@@ -162,13 +173,16 @@ impl BoundServer {
             metrics: metrics.clone(),
             policy: services.policy,
             readiness_timeout: config.readiness_timeout,
+            clock: services.clock,
+            session_ttl: config.session_ttl,
+            limiter: Arc::new(LoginLimiter::new(config.login_limits)),
         };
         let router = routes::router(state, config.body_limit);
         let (stop_scheduler, scheduler_stopping) = watch::channel(false);
         let scheduler = start_scheduler(&config, services.lifecycle, &metrics, scheduler_stopping);
         let connections = Connections {
             acceptor,
-            service: TowerToHyperService::new(router),
+            router,
             graceful: GracefulShutdown::new(),
             slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
             handshake_timeout: config.handshake_timeout,
@@ -220,7 +234,7 @@ fn start_scheduler(
 /// Shared parts that each accepted connection uses.
 struct Connections {
     acceptor: TlsAcceptor,
-    service: TowerToHyperService<axum::Router>,
+    router: axum::Router,
     graceful: GracefulShutdown,
     slots: Arc<Semaphore>,
     handshake_timeout: Duration,
@@ -260,7 +274,9 @@ impl Connections {
             return;
         };
         let acceptor = self.acceptor.clone();
-        let service = self.service.clone();
+        // Each request of the connection carries the client's address, for the login lockout.
+        let service =
+            TowerToHyperService::new(AddExtension::new(self.router.clone(), ClientAddr(peer)));
         let watcher = self.graceful.watcher();
         let (handshake_timeout, header_timeout) = (self.handshake_timeout, self.header_timeout);
         tokio::spawn(async move {

@@ -92,10 +92,30 @@ impl HttpsClient {
 
     /// Sends one request with `Connection: close` and reads the response to the end.
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> std::io::Result<HttpResponse> {
+        self.request_with(method, path, &[], body)
+    }
+
+    /// Sends a GET request with `Authorization: Bearer TOKEN`.
+    pub fn get_with_token(&self, path: &str, token: &str) -> HttpResponse {
+        let authorization = format!("Bearer {token}");
+        self.request_with("GET", path, &[("Authorization", &authorization)], b"")
+            .unwrap_or_else(|error| panic!("GET {path}: {error}"))
+    }
+
+    /// Sends one request with extra `headers`, `Connection: close`, and a JSON content type.
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<HttpResponse> {
         let mut stream = self.connect()?;
+        let extra: String =
+            headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+             Content-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes())?;

@@ -14,10 +14,11 @@ use medconnect_api::{
     BoxError, LifecycleJob, LifecycleOutcome, PolicyInForce, PolicySource, Server, ServerConfig,
     Services, StorePool, TlsSource,
 };
+use medconnect_crypto::SecretToken;
 use medconnect_domain::clock::SystemClock;
 use medconnect_domain::policy::Policy;
 use medconnect_store::testing::{Backend, TestStore};
-use medconnect_store::{PgStore, SqliteStore};
+use medconnect_store::{NewServiceToken, PgStore, Role, SqliteStore};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
@@ -50,9 +51,27 @@ impl Setup {
                 pool: StorePool::new(2, || Err("no store in this test".into())),
                 policy: builtin_policy(),
                 lifecycle: None,
+                clock: Arc::new(SystemClock),
             },
             configure: Box::new(|_| {}),
         }
+    }
+
+    /// Uses a new SQLite store with one service token, and returns the store and the
+    /// token, for the routes that require authentication.
+    fn with_service_token(self) -> (Self, TestStore, String) {
+        let mut store = Backend::Sqlite.create(Box::new(SystemClock));
+        let tenant = store.create_tenant("northwind", "Northwind", "test").expect("tenant");
+        let token = SecretToken::generate().expect("token");
+        let new = NewServiceToken {
+            tenant: &tenant,
+            name: "test",
+            role: Role::TenantAdmin,
+            token_hash: token.hash(),
+            expires_at: None,
+        };
+        store.create_service_token(&new, "test").expect("service token");
+        (self.pool(pool_for(&store)), store, token.expose().to_owned())
     }
 
     fn pool(mut self, pool: StorePool) -> Self {
@@ -209,8 +228,9 @@ fn readyz_503_when_store_cannot_open() {
 
 #[test]
 fn policy_returns_policy_in_force() {
-    let server = Setup::new().start();
-    let response = server.get("/v1/policy");
+    let (setup, _store, token) = Setup::new().with_service_token();
+    let server = setup.start();
+    let response = server.client().get_with_token("/v1/policy", &token);
     assert_eq!(response.status, 200, "{}", response.text());
     let json = response.json();
     let builtin = Policy::builtin();
@@ -222,8 +242,9 @@ fn policy_returns_policy_in_force() {
 #[test]
 fn policy_load_failure_is_json_500() {
     let failing: Arc<PolicySource> = Arc::new(|| Err("policy file /secret/path not found".into()));
-    let server = Setup::new().policy(failing).start();
-    let response = server.get("/v1/policy");
+    let (setup, _store, token) = Setup::new().with_service_token();
+    let server = setup.policy(failing).start();
+    let response = server.client().get_with_token("/v1/policy", &token);
     assert_eq!(response.status, 500, "{}", response.text());
     assert_eq!(error_code(&response), "internal");
     assert!(!response.text().contains("/secret/path"), "{}", response.text());
@@ -254,7 +275,7 @@ fn oversized_body_is_json_413() {
     let server = Setup::new().start();
     let limit = medconnect_api::server::DEFAULT_BODY_LIMIT;
     let body = vec![b'x'; limit + 1];
-    let response = server.client().request("GET", "/v1/policy", &body).expect("request");
+    let response = server.client().request("GET", "/healthz", &body).expect("request");
     assert_eq!(response.status, 413, "{}", response.text());
     assert_eq!(error_code(&response), "payload_too_large");
     assert!(!response.text().contains("xxxx"), "the body is never echoed");
@@ -474,9 +495,10 @@ fn blocking_policy(entered: mpsc::Sender<()>, release: mpsc::Receiver<()>) -> Ar
 fn shutdown_finishes_request_in_flight() {
     let (entered_tx, entered) = mpsc::channel();
     let (release, release_rx) = mpsc::channel();
-    let mut server = Setup::new().policy(blocking_policy(entered_tx, release_rx)).start();
+    let (setup, _store, token) = Setup::new().with_service_token();
+    let mut server = setup.policy(blocking_policy(entered_tx, release_rx)).start();
     let client = server.client();
-    let request = std::thread::spawn(move || client.get("/v1/policy"));
+    let request = std::thread::spawn(move || client.get_with_token("/v1/policy", &token));
     entered.recv_timeout(Duration::from_secs(30)).expect("the request reaches the handler");
 
     let finished = server.begin_shutdown();

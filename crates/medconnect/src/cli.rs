@@ -143,6 +143,26 @@ pub struct ServeArgs {
     /// 30s.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Lifetime of a session that POST /v1/login starts, such as 30m or 12h; at least 1s.
+    #[arg(
+        long,
+        env = "MEDCONNECT_SESSION_TTL",
+        default_value = "12h",
+        value_name = "DURATION",
+        value_parser = parse_session_ttl
+    )]
+    pub session_ttl: Duration,
+}
+
+/// Parses a session lifetime: a duration of at least one second and at most 366 days.
+fn parse_session_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl.is_zero() || ttl > Duration::from_secs(366 * 24 * 60 * 60) {
+        return Err(format!(
+            "{text:?} is not a session lifetime: give 1s to 366d, such as 30m or 12h"
+        ));
+    }
+    Ok(ttl)
 }
 
 /// Parses a duration with a unit: seconds (`s`), minutes (`m`), hours (`h`) or days (`d`).

@@ -15,6 +15,7 @@ use medconnect_api::{
     StorePool, TlsFiles, TlsSource,
 };
 use medconnect_crypto::AuditSigner;
+use medconnect_domain::clock::SystemClock;
 use medconnect_lifecycle::RunOptions;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -44,11 +45,13 @@ pub fn run(context: Context, args: ServeArgs) -> Result<ExitCode> {
     config.body_limit = args.body_limit;
     config.lifecycle_interval = args.lifecycle_interval;
     config.shutdown_timeout = args.shutdown_timeout;
+    config.session_ttl = args.session_ttl;
     let context = Arc::new(context);
     let services = Services {
         pool: store_pool(&context, workers),
         policy: policy_source(&context),
         lifecycle: Some(lifecycle_job(&context)),
+        clock: Arc::new(SystemClock),
     };
 
     runtime.block_on(serve(config, services))?;

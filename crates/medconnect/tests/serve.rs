@@ -4,7 +4,7 @@
 #[allow(dead_code, reason = "the shared helpers serve several test files; this one uses some")]
 mod common;
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ use rustls::pki_types::CertificateDer;
 const STARTUP_WAIT: Duration = Duration::from_secs(120);
 
 /// Variables that would point the server elsewhere than the test's store and settings.
-const ENVIRONMENT_REMOVED: [&str; 16] = [
+const ENVIRONMENT_REMOVED: [&str; 17] = [
     "MEDCONNECT_DATA_DIR",
     "MEDCONNECT_CONFIG",
     "MEDCONNECT_POLICY",
@@ -41,6 +41,7 @@ const ENVIRONMENT_REMOVED: [&str; 16] = [
     "MEDCONNECT_TLS_KEY",
     "MEDCONNECT_LIFECYCLE_INTERVAL",
     "MEDCONNECT_BODY_LIMIT",
+    "MEDCONNECT_SESSION_TTL",
 ];
 
 /// A running `medconnect serve` process, killed when dropped unless it already exited.
@@ -56,7 +57,12 @@ impl ServeProcess {
     /// Starts `medconnect serve` on `data_dir` with `extra` arguments and waits for the line
     /// that names the address. Fails the test, with the log, when the server exits first.
     fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = serve_command(data_dir, extra)
+        ServeProcess::start_with(serve_command(data_dir, extra))
+    }
+
+    /// Starts `command` and waits for the line that names the address.
+    fn start_with(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -183,6 +189,14 @@ fn wait_for_metrics_line(client: &HttpsClient, line: &str) -> String {
     panic!("metrics never showed {line:?}:\n{}", client.get("/metrics").text());
 }
 
+/// Creates the tenant northwind and a tenant_admin service token of it, and returns the token.
+fn service_token(store: &TestStore) -> String {
+    store.run_ok(&["tenant", "create", "northwind"]);
+    let args = ["token", "create", "--tenant", "northwind", "--name", "test", "--role"];
+    let json = store.run_json(&[&args[..], &["tenant_admin", "--json"]].concat());
+    json["token"].as_str().expect("token printed").to_owned()
+}
+
 #[test]
 fn serve_answers_health_routes() {
     let store = TestStore::init(false);
@@ -197,7 +211,9 @@ fn serve_answers_health_routes() {
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(ready.json()["backend"], "sqlite");
 
-    let policy = client.get("/v1/policy");
+    assert_json_error(&client.get("/v1/policy"), 401, "unauthorized");
+    let token = service_token(&store);
+    let policy = client.get_with_token("/v1/policy", &token);
     assert_eq!(policy.status, 200, "{}", policy.text());
     let cli = store.run_json(&["policy", "show", "--json"]);
     assert_eq!(policy.json(), cli, "the API returns what `policy show --json` prints");
@@ -220,11 +236,11 @@ fn serve_errors_are_json() {
     let client = server.client(store.data_dir());
 
     assert_json_error(&client.get("/v1/no-such-route"), 404, "not_found");
-    let wrong_method = client.request("DELETE", "/v1/policy", b"").expect("request");
+    let wrong_method = client.request("GET", "/v1/login", b"").expect("request");
     assert_json_error(&wrong_method, 405, "method_not_allowed");
 
     let secret = "Jane Roe 1962-03-01 ".repeat(4000);
-    let oversized = client.request("GET", "/v1/policy", secret.as_bytes()).expect("request");
+    let oversized = client.request("POST", "/v1/login", secret.as_bytes()).expect("request");
     assert_json_error(&oversized, 413, "payload_too_large");
     assert!(!oversized.text().contains("Jane"), "the body is never echoed");
 }
@@ -408,4 +424,75 @@ fn serve_readyz_on_postgres() {
 
     let (status, log) = server.terminate();
     assert_eq!(status.code(), Some(0), "{log}");
+}
+
+/// Runs `medconnect user create` with the password on standard input.
+fn create_user(store: &TestStore, args: &[&str], password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_medconnect"))
+        .arg("--data-dir")
+        .arg(store.data_dir())
+        .args(["user", "create"])
+        .args(args)
+        .env_remove("MEDCONNECT_DATA_DIR")
+        .env_remove("MEDCONNECT_NEW_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting medconnect user create");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin.write_all(format!("{password}\n").as_bytes()).expect("writing the password");
+    drop(stdin);
+    let output = child.wait_with_output().expect("waiting for user create");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn serve_login_keeps_secrets_out_of_log() {
+    const PASSWORD: &str = "correct horse battery staple";
+    let store = TestStore::init(false);
+    store.run_ok(&["tenant", "create", "northwind"]);
+    let user = ["--tenant", "northwind", "--username", "admin@northwind.test"];
+    create_user(&store, &[&user[..], &["--role", "tenant_admin"]].concat(), PASSWORD);
+    let mut command = serve_command(store.data_dir(), &["--lifecycle-interval", "0"]);
+    command.env("MEDCONNECT_LOG", "debug").args(["--session-ttl", "30m"]);
+    let server = ServeProcess::start_with(command);
+    let client = server.client(store.data_dir());
+
+    let wrong =
+        r#"{"tenant":"northwind","username":"admin@northwind.test","password":"wrong password 1"}"#;
+    let failed = client.request("POST", "/v1/login", wrong.as_bytes()).expect("login");
+    assert_json_error(&failed, 401, "unauthorized");
+    let right = format!(
+        r#"{{"tenant":"northwind","username":"admin@northwind.test","password":"{PASSWORD}"}}"#
+    );
+    let login = client.request("POST", "/v1/login", right.as_bytes()).expect("login");
+    assert_eq!(login.status, 200, "{}", login.text());
+    let json = login.json();
+    let token = json["token"].as_str().expect("token").to_owned();
+    let cookie = login.header("set-cookie").expect("cookie");
+    assert!(cookie.contains("Max-Age=1800"), "--session-ttl sets the cookie's age: {cookie}");
+    let me = client.get_with_token("/v1/me", &token);
+    assert_eq!(me.status, 200, "{}", me.text());
+    assert_eq!(me.json()["tenant"]["slug"], "northwind");
+    let authorization = format!("Bearer {token}");
+    let logout = client
+        .request_with("POST", "/v1/logout", &[("Authorization", &authorization)], b"")
+        .expect("logout");
+    assert_eq!(logout.status, 204, "{}", logout.text());
+    assert_json_error(&client.get_with_token("/v1/me", &token), 401, "unauthorized");
+
+    let (status, log) = server.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("login succeeded"), "{log}");
+    let hash = medconnect_crypto::TokenHash::of_token(&token).expect("hash").to_hex();
+    let secrets = [PASSWORD, "wrong password 1", token.as_str(), hash.as_str(), "$argon2id$"];
+    for secret in secrets {
+        assert!(!log.contains(secret), "a secret is in the server log:\n{log}");
+    }
+    assert!(!log.contains("admin@northwind.test"), "the username is in the server log:\n{log}");
+    let audit: String = store.audit_entries().iter().map(|(_, _, body)| body.to_string()).collect();
+    for secret in secrets {
+        assert!(!audit.contains(secret), "a secret is in the audit log:\n{audit}");
+    }
 }
