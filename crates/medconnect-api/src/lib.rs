@@ -11,6 +11,7 @@ pub mod error;
 pub mod limiter;
 pub mod login;
 pub mod metrics;
+pub mod patients;
 pub mod pool;
 pub mod routes;
 pub mod scheduler;

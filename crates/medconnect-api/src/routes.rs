@@ -9,6 +9,8 @@
 //! | `POST /v1/logout` | 204 after ending the caller's session |
 //! | `GET /v1/me` | the caller's role, tenant and ids |
 //! | `GET /v1/policy` | the retention policy in force, as `medconnect policy show --json` prints it |
+//! | `GET /v1/patients` | the patients linked to the caller's tenant, as [`crate::patients`] describes |
+//! | `GET /v1/patients/{id}` | one patient of the caller's tenant: link, counts and profile |
 //!
 //! Every `/v1` route but the login requires a caller, as [`crate::auth`] describes.
 //! Paths that match no route get a JSON 404, known paths with another method a JSON 405.
@@ -33,6 +35,7 @@ use crate::error::{self, ApiError, ErrorCode};
 use crate::limiter::LoginLimiter;
 use crate::login::{self, LOGIN_BODY_LIMIT};
 use crate::metrics::{self, Metrics};
+use crate::patients;
 use crate::pool::StorePool;
 use crate::{error_chain, BoxError};
 
@@ -69,6 +72,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/policy", limited(get(policy), body_limit))
         .route("/v1/me", limited(get(me), body_limit))
         .route("/v1/logout", limited(post(login::logout), body_limit))
+        .route("/v1/patients", limited(get(patients::list), body_limit))
+        .route("/v1/patients/{id}", limited(get(patients::read), body_limit))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let login_limit = LOGIN_BODY_LIMIT.min(body_limit);
     Router::new()

@@ -253,7 +253,7 @@ fn policy_load_failure_is_json_500() {
 #[test]
 fn unknown_route_is_json_404() {
     let server = Setup::new().start();
-    for path in ["/nope", "/v1/patients", "/v1/policy/extra", "/healthz/"] {
+    for path in ["/nope", "/v1/nope", "/v1/policy/extra", "/healthz/"] {
         let response = server.get(path);
         assert_eq!(response.status, 404, "{path}: {}", response.text());
         assert_eq!(error_code(&response), "not_found", "{path}");

@@ -1,0 +1,122 @@
+//! `GET /v1/patients` and `GET /v1/patients/{id}`: a tenant's linked patients.
+//!
+//! Both routes read through the store's audited reads, which write `patient.list` or
+//! `patient.read` in the caller's tenant in the transaction of the read. The tenant always
+//! comes from the [`Caller`]; a platform operator has none and gets 403. Tenant admins and
+//! providers read every patient of their tenant. A patient account reads only its own
+//! record: any other id gets 403 before any store call, whether that patient exists or not,
+//! so the response reveals nothing. A patient of another tenant and a missing patient get
+//! the same 404 body, which names neither id.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use medconnect_domain::{PatientId, TenantId};
+use medconnect_store::{Access, LinkSummary, PatientRecord, Role, StoreError};
+use serde_json::json;
+
+use crate::auth::{store_failure, Caller, Credential};
+use crate::error::{ApiError, ErrorCode};
+use crate::pool::PoolError;
+use crate::routes::AppState;
+
+/// The message of every 404 of `GET /v1/patients/{id}`. It is the same for a missing patient
+/// and another tenant's, and names no id.
+const PATIENT_NOT_FOUND: &str =
+    "no patient with this id in the caller's tenant: list the tenant's patients at \
+     GET /v1/patients";
+
+/// Lists the patients linked to the caller's tenant.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(&[Role::TenantAdmin, Role::Provider])?;
+    let tenant = tenant_of(&caller)?;
+    let access = access_of(&caller)?;
+    let listed = state
+        .pool
+        .run(move |store| -> Result<Vec<LinkSummary>, StoreError> {
+            let tenant = store.tenant(tenant)?;
+            store.read_patient_links(&tenant, &access)
+        })
+        .await;
+    let links = finish(listed)?;
+    Ok(Json(json!({ "patients": links })))
+}
+
+/// Returns one patient of the caller's tenant: the link with its counts and the profile.
+pub async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<PatientRecord>, ApiError> {
+    caller.require(&[Role::TenantAdmin, Role::Provider, Role::Patient])?;
+    let tenant = tenant_of(&caller)?;
+    // The path value is never echoed: a client may paste PHI where an id belongs.
+    let patient = PatientId::parse(&id).map_err(|_| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            "path parameter id is not a patient id: use a UUID such as \
+             3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab from GET /v1/patients",
+        )
+    })?;
+    if caller.role == Role::Patient && caller.patient != Some(patient) {
+        tracing::info!(%tenant, %patient, "a patient account requested another patient: 403");
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "a patient account may read only its own record: use the patient_id of GET /v1/me",
+        ));
+    }
+    let access = access_of(&caller)?;
+    let read = state
+        .pool
+        .run(move |store| -> Result<PatientRecord, StoreError> {
+            let tenant = store.tenant(tenant)?;
+            store.read_patient(&tenant, patient, &access)
+        })
+        .await;
+    let record = finish(read).inspect_err(|error| {
+        if error.code == ErrorCode::NotFound {
+            tracing::info!(%tenant, %patient, "patient not found in the caller's tenant");
+        }
+    })?;
+    Ok(Json(record))
+}
+
+/// Returns the caller's tenant, or the 403 of a caller without one.
+fn tenant_of(caller: &Caller) -> Result<TenantId, ApiError> {
+    caller.tenant_id.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            "patient data belongs to a tenant and this caller has none: log in as a user of \
+             the tenant",
+        )
+    })
+}
+
+/// Returns the [`Access`] that the audit entries of this request name: the caller's account
+/// or service token, its role and a new request id.
+fn access_of(caller: &Caller) -> Result<Access, ApiError> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let access = match caller.credential {
+        Credential::Session { user_id, .. } => Access::user(user_id, caller.role, &request_id),
+        Credential::ServiceToken { token_id } => Access::token(token_id, caller.role, &request_id),
+    };
+    access.map_err(|error| {
+        tracing::error!(%error, "a generated request id was rejected");
+        ApiError::from_code(ErrorCode::Internal)
+    })
+}
+
+/// Turns the result of a store call into the value or the error for the client: 404 for a
+/// patient the tenant does not have, 503 for anything else, with the cause in the log.
+fn finish<T>(result: Result<Result<T, StoreError>, PoolError>) -> Result<T, ApiError> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(StoreError::PatientNotFound { .. })) => {
+            Err(ApiError::new(ErrorCode::NotFound, PATIENT_NOT_FOUND))
+        }
+        Ok(Err(error)) => Err(store_failure(&error)),
+        Err(error) => Err(store_failure(&error)),
+    }
+}
