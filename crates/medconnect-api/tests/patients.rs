@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use medconnect_api::testing::{HttpResponse, HttpsClient};
 use medconnect_api::{PolicyInForce, Server, ServerConfig, Services, StorePool, TlsSource};
-use medconnect_crypto::{hash_password, MasterKey};
+use medconnect_crypto::{hash_password, MasterKey, SecretToken};
 use medconnect_domain::clock::SystemClock;
 use medconnect_domain::model::{ImportBatch, NewPatientProfile, Tenant};
 use medconnect_domain::policy::Policy;
 use medconnect_domain::{PatientId, UserId};
 use medconnect_store::testing::{Backend, TestStore};
-use medconnect_store::{NewUser, PgStore, Role, SqliteStore, Store};
+use medconnect_store::{NewServiceToken, NewUser, PgStore, Role, SqliteStore, Store};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -372,6 +372,35 @@ fn other_tenant_provider_sees_own_patient_only() {
     assert_eq!(patients[0]["patient_id"], fixture.b_patient.to_string());
     let path = format!("/v1/patients/{}", fixture.a_patients[0]);
     assert_error(&fixture.get(&path, &token), 404, "not_found");
+}
+
+/// A service token's reads are audited under `token:ID` with the token's role.
+#[test]
+fn service_token_read_audited() {
+    let mut fixture = Fixture::new(Backend::Sqlite);
+    let secret = SecretToken::generate().expect("token");
+    let new = NewServiceToken {
+        tenant: &fixture.clinic_a,
+        name: "records",
+        role: Role::Provider,
+        token_hash: secret.hash(),
+        expires_at: None,
+    };
+    let token_id = fixture.store.create_service_token(&new, "test").expect("service token");
+    let patient = fixture.a_patients[1];
+
+    let before = fixture.head();
+    let response = fixture.get(&format!("/v1/patients/{patient}"), secret.expose());
+    assert_eq!(response.status, 200, "{}", response.text());
+    let entries = fixture.patient_entries_after(before);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["action"], "patient.read");
+    assert_eq!(entries[0]["outcome"], "success");
+    assert_eq!(entries[0]["actor"], format!("token:{token_id}"));
+    assert_eq!(entries[0]["tenant_id"], fixture.clinic_a.id.to_string());
+    assert_eq!(subjects(&entries[0]), vec![patient.to_string()]);
+    let detail = entries[0]["detail"].as_str().expect("detail");
+    assert!(detail.starts_with("role=provider request="), "{detail}");
 }
 
 medconnect_store::backend_tests!(
