@@ -24,7 +24,7 @@ pub const PASSWORD_PARALLELISM: u32 = 1;
 /// Length of the random salt in bytes (16, as RFC 9106 recommends).
 pub const PASSWORD_SALT_LEN: usize = 16;
 
-/// Fewest characters a new password may have.
+/// Minimum length of a new password, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 12;
 
 /// Most characters a new password may have, so that a request cannot make the server hash

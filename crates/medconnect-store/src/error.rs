@@ -169,7 +169,7 @@ pub enum StoreError {
     /// The database reported an error.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// PostgreSQL reported an error. The text holds the SQLSTATE and the server's message,
+    /// PostgreSQL reported an error. The text contains the SQLSTATE and the server's message,
     /// never the DETAIL line, which can quote stored values.
     #[error("database error (postgres): {message}")]
     Postgres { code: Option<String>, message: String },
@@ -179,13 +179,13 @@ pub enum StoreError {
          that the server runs and that {setting} names it"
     )]
     PostgresUnreachable { target: String, setting: String, attempts: u32, reason: String },
-    /// `init` was asked to create a store in a schema that holds one.
+    /// `init` was requested for a schema that already contains a store.
     #[error(
         "PostgreSQL schema {0:?} already holds a MedConnect store: use it, or set another \
          database_schema"
     )]
     PostgresStoreExists(String),
-    /// The schema holds no store yet.
+    /// The schema contains no store yet.
     #[error(
         "PostgreSQL schema {0:?} holds no MedConnect store: create one with `medconnect init`"
     )]

@@ -75,14 +75,14 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
 }
 
-/// A configuration for a test schema of the given name.
+/// Returns a configuration for a test schema of the given name.
 pub fn pg_config(schema: &str) -> PgConfig {
     let mut config = PgConfig::new(database_url());
     config.schema = schema.to_owned();
     config
 }
 
-/// A schema name no other test of any run uses.
+/// Returns a schema name that no other test of any run uses.
 pub fn unique_schema() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -153,7 +153,7 @@ impl TestStore {
         }
     }
 
-    /// The data directory of a SQLite store.
+    /// Returns the data directory of a SQLite store.
     pub fn data_dir(&self) -> Option<std::path::PathBuf> {
         match &self.place {
             Place::Dir(dir) => Some(dir.path().join("data")),
@@ -161,7 +161,7 @@ impl TestStore {
         }
     }
 
-    /// The configuration of a PostgreSQL store.
+    /// Returns the configuration of a PostgreSQL store.
     pub fn pg_config(&self) -> Option<&PgConfig> {
         match &self.place {
             Place::Dir(_) => None,
@@ -169,7 +169,7 @@ impl TestStore {
         }
     }
 
-    /// The folder of a SQLite store, for tests that look at its files.
+    /// Returns the folder of a SQLite store, for tests that read its files.
     pub fn dir(&self) -> Option<&Path> {
         match &self.place {
             Place::Dir(dir) => Some(dir.path()),

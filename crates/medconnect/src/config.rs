@@ -23,7 +23,7 @@ struct FileSettings {
     node_name: Option<String>,
 }
 
-/// Where the store lives.
+/// Location of the store.
 #[derive(Debug, Clone)]
 pub enum StoreLocation {
     /// The embedded store in the data directory.
@@ -134,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_setting_names_the_line_but_not_its_value() {
+    fn unknown_setting_hides_value() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = write(
             dir.path(),

@@ -100,7 +100,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 /// Locations of the store and its policy.
 #[derive(Clone)]
 pub struct Context {
-    /// The backend that holds the store, from `medconnect.toml` and the environment.
+    /// Backend of the store, from `medconnect.toml` and the environment.
     pub location: StoreLocation,
     pub data_dir: PathBuf,
     pub policy: Option<PathBuf>,

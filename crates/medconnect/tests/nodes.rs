@@ -189,7 +189,7 @@ fn killed_node_leaves_its_work_to_the_others() {
         assert!(victim.try_wait().expect("status").is_none(), "the run ended before the kill");
         std::thread::sleep(Duration::from_millis(5));
     }
-    // The survivors start while the victim holds rows; their plans include those rows.
+    // The survivors start while the victim has rows locked, so their plans include them.
     let survivors: Vec<Child> = ["b", "c"].iter().map(|node| cluster.spawn_run(node)).collect();
     victim.kill().expect("kill");
     victim.wait().expect("reap");

@@ -276,8 +276,7 @@ impl PgStore {
     }
 
     // TODO: sessions of platform operators have no tenant, so the join on tenants leaves them
-    // out and no purge disposes of them; a candidate without a tenant, kept under the
-    // default session period, would cover them.
+    // out and no purge disposes of them. A candidate without a tenant would cover them.
     pub(crate) fn session_candidates_impl(
         &self,
         ended_before: DateTime<Utc>,

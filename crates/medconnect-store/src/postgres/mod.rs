@@ -40,7 +40,7 @@ pub(crate) use chain::PgAudit;
 use crate::sqlite::values::parse_stored_instant;
 use crate::{ClockMode, Result, StoreError, StoreInfo};
 
-/// Schema that holds the store when the configuration names none.
+/// Schema of the store when the configuration names none.
 pub const DEFAULT_SCHEMA: &str = "medconnect";
 
 /// Role of the application connection. Row-level security confines it to one tenant.
@@ -74,7 +74,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// stuck node had claimed.
 const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
 
-/// Where a PostgreSQL store lives and how the nodes reach it.
+/// Location of a PostgreSQL store and the URLs the nodes connect with.
 #[derive(Clone)]
 pub struct PgConfig {
     /// URL of the application connection. Without a user name it connects as
@@ -83,14 +83,14 @@ pub struct PgConfig {
     /// URL of the operator connection. Without it, `database_url` with the user
     /// [`OPERATOR_ROLE`].
     pub operator_database_url: Option<String>,
-    /// Schema that holds the store's tables.
+    /// Schema that contains the store's tables.
     pub schema: String,
     /// Name of this node in lifecycle runs and connection listings.
     pub node: String,
 }
 
 impl PgConfig {
-    /// A configuration with the default schema and the host name as node name.
+    /// Creates a configuration with the default schema and the host name as node name.
     pub fn new(database_url: impl Into<String>) -> Self {
         PgConfig {
             database_url: database_url.into(),
@@ -211,7 +211,7 @@ fn database_of(config: &postgres::Config) -> (String, u16, String) {
     (host, port, dbname)
 }
 
-/// Returns the errors of `error`'s chain, so that "error connecting to server" says why.
+/// Returns the messages of `error`'s chain, so that "error connecting to server" gets its cause.
 fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -240,8 +240,8 @@ fn connect(config: &postgres::Config, setting: &str) -> Result<Client> {
                         target(config)
                     )))
                 }
-                // A server that answers with an error (unknown role, refused authentication)
-                // will answer the same way again.
+                // A server that replies with an error (unknown role, failed authentication)
+                // replies the same way on the next attempt.
                 Some(_) => return Err(error.into()),
                 None if error.to_string().contains("invalid configuration") => {
                     return Err(StoreError::PostgresConfig(format!(
@@ -282,7 +282,7 @@ fn quote_ident(name: &str) -> String {
 struct RoleConnection {
     client: Client,
     config: postgres::Config,
-    /// Where the URL came from, for messages.
+    /// Setting the URL came from, for messages.
     setting: &'static str,
     schema: String,
     node: String,
@@ -360,7 +360,7 @@ impl RoleConnection {
 fn retryable(error: &StoreError, connection_lost: bool) -> bool {
     match error {
         // Errors the client raises itself (a value of the wrong type, a protocol error) come
-        // back the same on every attempt; only a lost connection is worth another.
+        // back the same on every attempt. Only a lost connection is worth another.
         StoreError::Postgres { code: None, .. } => connection_lost,
         StoreError::Postgres { code: Some(code), .. } => {
             code == "40001" || code == "40P01" || code.starts_with("08") || code == "57P01"
@@ -529,7 +529,7 @@ impl PgStore {
         run_tx(&self.app, Some(tenant), TxMode::ReadCommitted, work)
     }
 
-    /// Runs `work` in a transaction on the operator connection, which sees every tenant.
+    /// Runs `work` in a transaction on the operator connection, which reads every tenant.
     pub(crate) fn operator_tx<T>(
         &self,
         work: impl FnMut(&mut Transaction<'_>) -> Result<T>,
@@ -625,7 +625,7 @@ fn run_tx<T>(
     }
 }
 
-/// How one attempt of a transaction failed.
+/// Failure of one attempt of a transaction.
 enum Failure {
     /// Before COMMIT was sent: nothing of the attempt is stored.
     BeforeCommit(StoreError),
