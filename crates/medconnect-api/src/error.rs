@@ -97,7 +97,7 @@ impl ErrorCode {
 
     /// Returns the code for an error status that a layer below the handlers produced, such
     /// as axum's method router or the body limit.
-    fn for_status(status: StatusCode) -> ErrorCode {
+    pub(crate) fn for_status(status: StatusCode) -> ErrorCode {
         match status {
             StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
             StatusCode::FORBIDDEN => ErrorCode::Forbidden,

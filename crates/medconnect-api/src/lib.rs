@@ -7,6 +7,7 @@
 //! turns errors into HTTP statuses, in [`error`].
 
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod limiter;
 pub mod login;

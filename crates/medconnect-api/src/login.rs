@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::{store_failure, Caller, Credential, SESSION_COOKIE};
+use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::limiter::LoginAttempt;
 use crate::routes::AppState;
@@ -98,7 +99,7 @@ enum LoginOutcome {
                     `medconnect_session` cookie: Secure, HttpOnly, SameSite=Strict."),
                 ("Cache-Control" = String, description = "`no-store`."),
             )),
-        (status = 400, description = "The body is not valid JSON.", body = ErrorBody),
+        (status = 400, description = "The body is empty or not valid JSON.", body = ErrorBody),
         (status = 401, description = "The tenant, username or password is wrong, or the account \
             is disabled. The message is the same for each.", body = ErrorBody),
         (status = 415, description = "The request has no `Content-Type: application/json`.",
@@ -115,7 +116,7 @@ enum LoginOutcome {
 pub async fn login(
     State(state): State<AppState>,
     Extension(ClientAddr(client)): Extension<ClientAddr>,
-    Json(request): Json<LoginRequest>,
+    JsonBody(request): JsonBody<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let attempt = LoginAttempt::new(request.tenant.as_deref(), &request.username, client.ip());
     if let Some(wait) = state.limiter.locked_for(&attempt, Instant::now()) {

@@ -6,7 +6,9 @@
 //! To add a handler to the document:
 //! 1. Return a type that derives `Serialize` and `ToSchema` rather than a `serde_json::json!`
 //!    value, so the schema describes the type that is serialized. Store types derive
-//!    `ToSchema` behind the store's `openapi` feature.
+//!    `ToSchema` behind the store's `openapi` feature. Take a request body as
+//!    [`crate::body::JsonBody`] of a type with `Deserialize`, `ToSchema` and
+//!    `#[serde(deny_unknown_fields)]`, and list its 400, 415 and 422.
 //! 2. Annotate the handler with `#[utoipa::path(...)]`: method, `path`, a unique
 //!    `operation_id`, `tag`, `request_body`, `params` for path parameters, and `responses`
 //!    with the success body and every error status the handler itself returns, each with

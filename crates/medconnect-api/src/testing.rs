@@ -110,12 +110,28 @@ impl HttpsClient {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<HttpResponse> {
+        self.request_typed(method, path, Some("application/json"), headers, body)
+    }
+
+    /// Sends one request with extra `headers`, `Connection: close`, and `content_type`, or no
+    /// `Content-Type` header when it is None.
+    pub fn request_typed(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<HttpResponse> {
         let mut stream = self.connect()?;
-        let extra: String =
+        let mut extra: String =
             headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+        if let Some(content_type) = content_type {
+            extra.push_str(&format!("Content-Type: {content_type}\r\n"));
+        }
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
+             Content-Length: {}\r\n{extra}\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes())?;
