@@ -82,9 +82,12 @@ fn error_schema_lists_every_code() {
     assert_eq!(body["required"], serde_json::json!(["error"]), "{body}");
 }
 
-/// Every operation lists 413, and every operation that requires a caller lists 401 and 503.
+/// Every operation lists 413, every operation that requires a caller lists 401 and 503, and
+/// every operation with a JSON request body lists the 400, 415 and 422 of [`JsonBody`].
+///
+/// [`JsonBody`]: medconnect_api::body::JsonBody
 #[test]
-fn layer_responses_on_every_operation() {
+fn shared_error_responses_listed() {
     let document = document();
     for (path, method, operation) in operations(&document) {
         let responses = &operation["responses"];
@@ -93,6 +96,11 @@ fn layer_responses_on_every_operation() {
         if secured {
             assert!(responses.get("401").is_some(), "{method} {path} lacks 401");
             assert!(responses.get("503").is_some(), "{method} {path} lacks 503");
+        }
+        if operation.get("requestBody").is_some() {
+            for status in ["400", "415", "422"] {
+                assert!(responses.get(status).is_some(), "{method} {path} lacks {status}");
+            }
         }
     }
 }
@@ -105,7 +113,7 @@ fn every_operation_is_routed() {
     let operations = operations(&document);
     assert!(operations.len() >= 10, "{} operations", operations.len());
     for (path, method, operation) in operations {
-        let concrete = path.replace("{id}", "3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab");
+        let concrete = with_uuid_parameters(&path);
         let response = client
             .request(&method.to_ascii_uppercase(), &concrete, b"")
             .unwrap_or_else(|error| panic!("{method} {path}: {error}"));
@@ -125,6 +133,21 @@ fn served_document_matches_generated() {
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.header("content-type"), Some("application/json"));
     assert_eq!(response.text(), document_json());
+}
+
+/// Returns the path with every `{parameter}` replaced by a UUID that names no record.
+fn with_uuid_parameters(template: &str) -> String {
+    let segments: Vec<&str> = template
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with('{') && segment.ends_with('}') {
+                "3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab"
+            } else {
+                segment
+            }
+        })
+        .collect();
+    segments.join("/")
 }
 
 /// Returns every (path, method, operation) of the document.
