@@ -1,14 +1,16 @@
 //! A small blocking HTTPS client for tests (feature `testing`): one request per connection,
-//! over rustls, trusting exactly the certificate it is given.
+//! over rustls, trusting exactly the certificate it is given and, on request, offering a
+//! client certificate. [`TestCa`] issues client certificates for it.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use medconnect_store::CertificateFingerprint;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, StreamOwned};
 
 /// How long a test waits for the server on one socket operation before failing.
@@ -62,16 +64,48 @@ impl HttpsClient {
         ca_pem: &Path,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Self {
+        HttpsClient::configured(addr, ca_pem, versions, None)
+    }
+
+    /// Creates a client that offers TLS 1.3 and TLS 1.2, trusts the certificate in `ca_pem`,
+    /// and offers `client_cert` when the server asks for a client certificate.
+    pub fn with_client_certificate(
+        addr: SocketAddr,
+        ca_pem: &Path,
+        client_cert: &ClientCertFiles,
+    ) -> Self {
+        let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+        HttpsClient::configured(addr, ca_pem, &versions, Some(client_cert))
+    }
+
+    /// Creates a client that offers only `versions`, trusts the certificate in `ca_pem`, and
+    /// offers `client_cert`, if any, when the server asks for a client certificate.
+    pub fn configured(
+        addr: SocketAddr,
+        ca_pem: &Path,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        client_cert: Option<&ClientCertFiles>,
+    ) -> Self {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(ca_pem).expect("reading the test CA file") {
             roots.add(cert.expect("parsing the test CA file")).expect("adding the test CA");
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match client_cert {
+            None => builder.with_no_client_auth(),
+            Some(files) => {
+                let chain = CertificateDer::pem_file_iter(&files.cert)
+                    .expect("reading the client certificate")
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("parsing the client certificate");
+                let key = PrivateKeyDer::from_pem_file(&files.key).expect("reading the client key");
+                builder.with_client_auth_cert(chain, key).expect("client certificate and key")
+            }
+        };
         HttpsClient { addr, config: Arc::new(config) }
     }
 
@@ -191,4 +225,63 @@ fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
         body.truncate(length);
     }
     Ok(HttpResponse { status, headers, body })
+}
+
+/// A client certificate and its key as PEM files, with the certificate's fingerprint.
+#[derive(Debug, Clone)]
+pub struct ClientCertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// SHA-256 of the certificate in DER.
+    pub sha256: CertificateFingerprint,
+}
+
+/// A certificate authority for tests, with its certificate in a PEM file, that issues client
+/// certificates. Each CA has its own ECDSA P-256 key, so two CAs never verify each other's
+/// certificates.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    dir: PathBuf,
+    /// The CA certificate in PEM, for `--client-ca`.
+    pub cert: PathBuf,
+}
+
+impl TestCa {
+    /// Creates a CA named `name` and writes its certificate to `dir/NAME-ca.pem`.
+    pub fn create(dir: &Path, name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("CA parameters");
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let path = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&path, cert.pem()).expect("writing the CA certificate");
+        TestCa { issuer: rcgen::Issuer::new(params, key), dir: dir.to_owned(), cert: path }
+    }
+
+    /// Issues a client certificate for `name`, with the client authentication extended key
+    /// usage, and writes it to `dir/NAME.pem` and its key to `dir/NAME-key.pem`.
+    pub fn issue_client(&self, name: &str) -> ClientCertFiles {
+        let mut params =
+            rcgen::CertificateParams::new(vec![format!("{name}.test")]).expect("parameters");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().expect("client key");
+        let cert = params.signed_by(&key, &self.issuer).expect("client certificate");
+        let files = ClientCertFiles {
+            cert: self.dir.join(format!("{name}.pem")),
+            key: self.dir.join(format!("{name}-key.pem")),
+            sha256: CertificateFingerprint::of_der(cert.der()),
+        };
+        std::fs::write(&files.cert, cert.pem()).expect("writing the client certificate");
+        std::fs::write(&files.key, key.serialize_pem()).expect("writing the client key");
+        files
+    }
 }

@@ -24,7 +24,7 @@ use rustls::pki_types::CertificateDer;
 const STARTUP_WAIT: Duration = Duration::from_secs(120);
 
 /// Variables that would point the server elsewhere than the test's store and settings.
-const ENVIRONMENT_REMOVED: [&str; 17] = [
+const ENVIRONMENT_REMOVED: [&str; 18] = [
     "MEDCONNECT_DATA_DIR",
     "MEDCONNECT_CONFIG",
     "MEDCONNECT_POLICY",
@@ -39,6 +39,7 @@ const ENVIRONMENT_REMOVED: [&str; 17] = [
     "MEDCONNECT_LISTEN",
     "MEDCONNECT_TLS_CERT",
     "MEDCONNECT_TLS_KEY",
+    "MEDCONNECT_CLIENT_CA",
     "MEDCONNECT_LIFECYCLE_INTERVAL",
     "MEDCONNECT_BODY_LIMIT",
     "MEDCONNECT_SESSION_TTL",
