@@ -201,11 +201,15 @@ fn bound_certificate_presented(
     };
     tracing::warn!(
         token_id = %token.id,
-        bound_sha256 = ?token.client_cert.map(|fingerprint| fingerprint.to_string()),
-        presented_sha256 = ?presented.map(|fingerprint| fingerprint.to_string()),
+        bound_sha256 = %fingerprint_or_none(token.client_cert),
+        presented_sha256 = %fingerprint_or_none(presented),
         "storefront token rejected: {reason}"
     );
     false
+}
+
+fn fingerprint_or_none(fingerprint: Option<CertificateFingerprint>) -> String {
+    fingerprint.map_or_else(|| "none".to_owned(), |fingerprint| fingerprint.to_string())
 }
 
 fn unauthorized() -> ApiError {

@@ -431,6 +431,60 @@ mod tests {
     }
 
     #[test]
+    fn client_certificate_fingerprint_is_of_leaf() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let leaf = rcgen::generate_simple_self_signed(vec!["leaf.test".to_owned()]).expect("leaf");
+        let other =
+            rcgen::generate_simple_self_signed(vec!["other.test".to_owned()]).expect("other");
+        let chain = dir.path().join("chain.pem");
+        let pem =
+            format!("{}{}{}", leaf.signing_key.serialize_pem(), leaf.cert.pem(), other.cert.pem());
+        std::fs::write(&chain, pem).expect("write");
+        let fingerprint = client_certificate_fingerprint(&chain).expect("fingerprint");
+        assert_eq!(fingerprint, CertificateFingerprint::of_der(leaf.cert.der()));
+        assert_eq!(fingerprint.to_string(), self::fingerprint(leaf.cert.der()));
+    }
+
+    #[test]
+    fn client_certificate_file_without_certificate_rejected() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, rcgen::KeyPair::generate().expect("key").serialize_pem())
+            .expect("write");
+        let not_x509 = dir.path().join("not-x509.pem");
+        std::fs::write(
+            &not_x509,
+            "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        for path in [key, not_x509] {
+            let error = client_certificate_fingerprint(&path).expect_err("rejected");
+            assert!(matches!(error, TlsError::NoClientCertificate { .. }), "{error}");
+            assert!(!error.to_string().contains("PRIVATE KEY"), "{error}");
+        }
+    }
+
+    #[test]
+    fn client_ca_file_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = TlsSource::Development { dir: dir.path().join("tls") };
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        let error = load_with_client_ca(&source, Some(&empty)).err().expect("rejected");
+        assert!(matches!(error, TlsError::NoClientCa { .. }), "{error}");
+        let missing = dir.path().join("missing.pem");
+        let error = load_with_client_ca(&source, Some(&missing)).err().expect("rejected");
+        assert!(error.to_string().contains("client CA file"), "{error}");
+
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).expect("ca");
+        let two = dir.path().join("two.pem");
+        std::fs::write(&two, format!("{}{}", ca.cert.pem(), ca.cert.pem())).expect("write");
+        let loaded = load_with_client_ca(&source, Some(&two)).expect("loaded");
+        assert_eq!(loaded.client_cas, 2);
+        assert_eq!(load(&source).expect("loaded").client_cas, 0);
+    }
+
+    #[test]
     fn key_of_another_certificate_rejected() {
         let first = tempfile::tempdir().expect("temp dir");
         let second = tempfile::tempdir().expect("temp dir");
