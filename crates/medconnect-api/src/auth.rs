@@ -9,7 +9,7 @@
 //!
 //! A storefront token is bound to a client certificate. It authenticates only over a TLS
 //! connection whose verified client certificate ([`ClientCertificate`]) has the fingerprint
-//! stored with the token; otherwise it gets the same 401 as an unknown token, and the log
+//! stored with the token. Otherwise it gets the same 401 as an unknown token, and the log
 //! names the token id and the reason.
 
 use axum::extract::{FromRequestParts, Request, State};

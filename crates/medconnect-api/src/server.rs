@@ -36,8 +36,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub tls: TlsSource,
-    /// PEM file of the CAs that issue client certificates. With it the server asks clients
-    /// for a certificate, and storefront tokens can authenticate. None: no client
+    /// PEM file of the CAs that issue client certificates. With it the server requests a
+    /// client certificate, and storefront tokens can authenticate. None: no client
     /// certificates, so every storefront token gets 401.
     pub client_ca: Option<std::path::PathBuf>,
     /// Largest request body any route accepts, in bytes.
@@ -172,7 +172,7 @@ impl BoundServer {
     }
 
     /// Returns the number of CA certificates that client certificates are verified against,
-    /// 0 when the server asks for no client certificate.
+    /// 0 when the server requests no client certificate.
     pub fn client_ca_certificates(&self) -> usize {
         self.client_cas
     }

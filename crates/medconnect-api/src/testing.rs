@@ -68,7 +68,7 @@ impl HttpsClient {
     }
 
     /// Creates a client that offers TLS 1.3 and TLS 1.2, trusts the certificate in `ca_pem`,
-    /// and offers `client_cert` when the server asks for a client certificate.
+    /// and offers `client_cert` when the server requests a client certificate.
     pub fn with_client_certificate(
         addr: SocketAddr,
         ca_pem: &Path,
@@ -79,7 +79,7 @@ impl HttpsClient {
     }
 
     /// Creates a client that offers only `versions`, trusts the certificate in `ca_pem`, and
-    /// offers `client_cert`, if any, when the server asks for a client certificate.
+    /// offers `client_cert`, if any, when the server requests a client certificate.
     pub fn configured(
         addr: SocketAddr,
         ca_pem: &Path,
@@ -267,12 +267,29 @@ impl TestCa {
     /// Issues a client certificate for `name`, with the client authentication extended key
     /// usage, and writes it to `dir/NAME.pem` and its key to `dir/NAME-key.pem`.
     pub fn issue_client(&self, name: &str) -> ClientCertFiles {
+        self.issue_client_with(name, |_| {})
+    }
+
+    /// Issues a client certificate for `name` that expired in 2000.
+    pub fn issue_expired_client(&self, name: &str) -> ClientCertFiles {
+        self.issue_client_with(name, |params| {
+            params.not_before = rcgen::date_time_ymd(1999, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2000, 1, 1);
+        })
+    }
+
+    fn issue_client_with(
+        &self,
+        name: &str,
+        adjust: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> ClientCertFiles {
         let mut params =
             rcgen::CertificateParams::new(vec![format!("{name}.test")]).expect("parameters");
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
+        adjust(&mut params);
         let key = rcgen::KeyPair::generate().expect("client key");
         let cert = params.signed_by(&key, &self.issuer).expect("client certificate");
         let files = ClientCertFiles {

@@ -4,7 +4,7 @@
 //! development certificate for `localhost` and `127.0.0.1` that is generated on first start
 //! into a folder of the data directory and reused afterwards.
 //!
-//! With a client CA file the server also asks every client for a certificate. A client that
+//! With a client CA file the server also requests a certificate from every client. A client that
 //! sends one that the CA did not issue fails the handshake. A client that sends none still
 //! connects, because people and operators authenticate with tokens alone. The verified
 //! certificate's fingerprint reaches the handlers as [`ClientCertificate`], and
@@ -121,7 +121,7 @@ pub struct LoadedTls {
     /// Whether a development certificate was generated during this load.
     pub generated: bool,
     /// Number of CA certificates that client certificates are verified against; 0 when the
-    /// server asks for no client certificate.
+    /// server requests no client certificate.
     pub client_cas: usize,
 }
 
@@ -200,7 +200,7 @@ pub fn load_with_client_ca(
 
 /// Builds a server configuration that accepts TLS 1.3 and TLS 1.2 only, with the provider's
 /// cipher suites (for `ring`, AEAD suites with forward secrecy), and offers HTTP/1.1 by ALPN.
-/// With `client_verifier` the server asks clients for a certificate and checks it with that
+/// With `client_verifier` the server requests a client certificate and checks it with that
 /// verifier.
 pub fn server_config(
     provider: Arc<rustls::crypto::CryptoProvider>,
@@ -220,7 +220,7 @@ pub fn server_config(
 }
 
 /// Returns the fingerprint of the first certificate in a PEM file: the leaf, when the file
-/// holds a chain. Other PEM sections, such as a private key, are skipped.
+/// contains a chain. Other PEM sections, such as a private key, are skipped.
 pub fn client_certificate_fingerprint(path: &Path) -> Result<CertificateFingerprint, TlsError> {
     let bytes = read_file("client certificate file", path)?;
     let no_certificate = || TlsError::NoClientCertificate { path: path.to_owned() };

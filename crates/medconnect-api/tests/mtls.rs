@@ -34,6 +34,8 @@ struct Fixture {
     other_client: ClientCertFiles,
     /// A certificate of a CA the server does not trust.
     foreign_client: ClientCertFiles,
+    /// An expired certificate of the trusted CA.
+    expired_client: ClientCertFiles,
     server: RunningServer,
     _dir: TempDir,
 }
@@ -80,11 +82,21 @@ impl Fixture {
         let ca = TestCa::create(dir.path(), "storefronts");
         let storefront = ca.issue_client("storefront-northwind");
         let other_client = ca.issue_client("storefront-other");
+        let expired_client = ca.issue_expired_client("storefront-expired");
         let foreign_client =
             TestCa::create(dir.path(), "foreign").issue_client("storefront-foreign");
         let client_ca = with_client_ca.then(|| ca.cert.clone());
         let server = start_server(&store, dir.path(), client_ca);
-        Fixture { store, northwind, storefront, other_client, foreign_client, server, _dir: dir }
+        Fixture {
+            store,
+            northwind,
+            storefront,
+            other_client,
+            foreign_client,
+            expired_client,
+            server,
+            _dir: dir,
+        }
     }
 
     /// Returns a client that offers `client_cert`, or none.
@@ -238,7 +250,7 @@ fn users_need_no_certificate(backend: Backend) {
 }
 
 #[test]
-fn certificate_of_other_ca_fails_handshake() {
+fn untrusted_certificates_fail_handshake() {
     let mut fixture = Fixture::new(Backend::Sqlite);
     let (_, token) = fixture.storefront_token();
     let server = &fixture.server;
@@ -267,6 +279,12 @@ fn certificate_of_other_ca_fails_handshake() {
     let error = result.expect_err("TLS 1.3 request with a foreign certificate");
     assert!(error.to_string().contains("alert"), "{error}");
 
+    // An expired certificate of the trusted CA fails the handshake too.
+    let expired = fixture.client(Some(&fixture.expired_client));
+    let result = expired.request_with("GET", "/v1/me", &[("Authorization", &authorization)], b"");
+    let error = result.expect_err("request with an expired certificate");
+    assert!(error.to_string().contains("alert"), "{error}");
+
     // The server keeps serving the Storefront.
     assert_eq!(fixture.me(Some(&fixture.storefront), &token).status, 200);
 }
@@ -275,7 +293,7 @@ fn certificate_of_other_ca_fails_handshake() {
 fn server_without_client_ca_rejects_storefront() {
     let mut fixture = Fixture::start(Backend::Sqlite, false);
     let (_, token) = fixture.storefront_token();
-    // The server asks for no certificate, so the client sends none.
+    // The server requests no client certificate, so the client sends none.
     let response = fixture.me(Some(&fixture.storefront), &token);
     assert_eq!(response.status, 401, "{}", response.text());
     let (_, provider) = fixture.token(Role::Provider, None);

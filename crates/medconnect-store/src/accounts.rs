@@ -207,8 +207,8 @@ impl SessionInfo {
 }
 
 /// SHA-256 of a certificate's DER bytes. It identifies the client certificate that a
-/// storefront token is bound to. A fingerprint is no secret: anyone who sees the certificate
-/// can compute it.
+/// storefront token is bound to. A fingerprint is no secret, because anyone with the
+/// certificate can compute it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CertificateFingerprint([u8; 32]);
 

@@ -126,7 +126,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MEDCONNECT_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// CA certificates in PEM that issue Storefront client certificates. With it the server
-    /// asks clients for a certificate, rejects one these CAs did not issue, and still admits
+    /// requests a client certificate, rejects one these CAs did not issue, and still admits
     /// clients that send none. Without it, storefront tokens cannot authenticate.
     #[arg(long, env = "MEDCONNECT_CLIENT_CA", value_name = "FILE")]
     pub client_ca: Option<PathBuf>,

@@ -83,7 +83,7 @@ async fn serve(config: ServerConfig, services: Services) -> Result<()> {
              still connect"
         ),
         None => tracing::warn!(
-            "no --client-ca given: the server asks for no client certificate, so storefront \
+            "no --client-ca given: the server requests no client certificate, so storefront \
              tokens cannot authenticate"
         ),
     }

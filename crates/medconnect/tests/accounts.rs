@@ -214,7 +214,7 @@ fn token_create_prints_token_once() {
 fn token_create_text_and_no_expiry() {
     let store = store_with_tenant();
     let cert = storefront_certificate(&store);
-    // The certificate file also holds the key, as some tools write it; the key is never
+    // The certificate file also contains the key, as some tools write it; the key is never
     // read into the output.
     let combined = store.scratch_path("certificates/storefront-with-key.pem");
     let key = std::fs::read_to_string(&cert.key).expect("key");
