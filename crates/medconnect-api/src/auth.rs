@@ -179,7 +179,8 @@ fn resolve(
 }
 
 /// Returns whether the connection presented the client certificate a storefront token is
-/// bound to, and logs why when it did not. The log names the token by id only.
+/// bound to, and logs why when it did not. The log names the token by its id, never by the
+/// token itself.
 fn bound_certificate_presented(
     token: &ServiceTokenInfo,
     presented: Option<CertificateFingerprint>,

@@ -11,7 +11,9 @@ use std::time::Duration;
 use medconnect_store::CertificateFingerprint;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, StreamOwned};
+use rustls::{
+    ClientConfig, ClientConnection, HandshakeKind, ProtocolVersion, RootCertStore, StreamOwned,
+};
 
 /// How long a test waits for the server on one socket operation before failing.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
@@ -144,6 +146,28 @@ impl HttpsClient {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<HttpResponse> {
+        self.send(method, path, headers, body).map(|(_, response)| response)
+    }
+
+    /// Sends a GET request with `Authorization: Bearer TOKEN`, and returns the response with
+    /// the kind of TLS handshake the connection made: full, or resumed from an earlier one.
+    pub fn get_with_token_and_handshake(
+        &self,
+        path: &str,
+        token: &str,
+    ) -> (Option<HandshakeKind>, HttpResponse) {
+        let authorization = format!("Bearer {token}");
+        self.send("GET", path, &[("Authorization", &authorization)], b"")
+            .unwrap_or_else(|error| panic!("GET {path}: {error}"))
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(Option<HandshakeKind>, HttpResponse)> {
         let mut stream = self.connect()?;
         let extra: String =
             headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
@@ -156,8 +180,9 @@ impl HttpsClient {
         // A server that rejects the body early may close before reading all of it; the
         // response it sent is still worth reading.
         let _ = stream.write_all(body).and_then(|()| stream.flush());
+        let handshake = stream.conn.handshake_kind();
         let raw = read_until_closed(stream)?;
-        parse_response(&raw)
+        Ok((handshake, parse_response(&raw)?))
     }
 
     fn connect(&self) -> std::io::Result<StreamOwned<ClientConnection, TcpStream>> {

@@ -17,6 +17,7 @@ use medconnect_store::testing::{Backend, TestStore};
 use medconnect_store::{
     CertificateFingerprint, NewServiceToken, NewUser, PgStore, Role, SqliteStore,
 };
+use rustls::HandshakeKind;
 use serde_json::json;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -287,6 +288,30 @@ fn untrusted_certificates_fail_handshake() {
 
     // The server keeps serving the Storefront.
     assert_eq!(fixture.me(Some(&fixture.storefront), &token).status, 200);
+}
+
+#[test]
+fn resumed_session_keeps_certificate() {
+    let mut fixture = Fixture::new(Backend::Sqlite);
+    let (_, token) = fixture.storefront_token();
+    let server = &fixture.server;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // One client reuses its session cache, so its second connection resumes the first
+        // one's session, whose client certificate the server must still report.
+        let client = HttpsClient::configured(
+            server.addr,
+            &server.cert,
+            &[version],
+            Some(&fixture.storefront),
+        );
+        let (first_kind, first) = client.get_with_token_and_handshake("/v1/me", &token);
+        assert_eq!(first_kind, Some(HandshakeKind::Full), "{version:?}");
+        assert_eq!(first.status, 200, "{version:?}: {}", first.text());
+        let (second_kind, second) = client.get_with_token_and_handshake("/v1/me", &token);
+        assert_eq!(second_kind, Some(HandshakeKind::Resumed), "{version:?}");
+        assert_eq!(second.status, 200, "{version:?}: {}", second.text());
+        assert_eq!(second.json()["role"], "storefront");
+    }
 }
 
 #[test]
