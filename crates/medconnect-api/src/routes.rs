@@ -37,6 +37,7 @@ use crate::login::{self, LOGIN_BODY_LIMIT};
 use crate::metrics::{self, Metrics};
 use crate::patients;
 use crate::pool::StorePool;
+use crate::reads::PatientReads;
 use crate::{error_chain, BoxError};
 
 /// Loads the policy in force. Called on a blocking thread for each request that needs it, so
@@ -62,6 +63,8 @@ pub struct AppState {
     /// Lifetime of a new session.
     pub session_ttl: Duration,
     pub limiter: Arc<LoginLimiter>,
+    /// The queue that runs `GET /v1/patients/{id}` reads in batches.
+    pub reads: PatientReads,
 }
 
 /// Builds the router. Every route accepts request bodies of at most `body_limit` bytes, and

@@ -364,6 +364,13 @@ impl crate::Store for SqliteStore {
         self.read_patient_impl(tenant, patient, access)
     }
 
+    fn read_patients(
+        &mut self,
+        reads: &[crate::PatientRead],
+    ) -> Result<Vec<Result<crate::PatientRecord>>> {
+        self.read_patients_impl(reads)
+    }
+
     fn read_id_photo_audited(
         &mut self,
         tenant: &medconnect_domain::model::Tenant,
