@@ -170,6 +170,11 @@ impl SqliteStore {
     }
 }
 
+/// Prepared statements kept per connection. rusqlite keeps 16 by default, fewer than the
+/// distinct statements of one authenticated patient read with its audit entry, so each read
+/// would parse its SQL again.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
 fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     // FULL sync makes each commit durable before files named in it are unlinked. Secure
@@ -181,6 +186,7 @@ fn open_connection(path: &Path) -> Result<Connection> {
          PRAGMA secure_delete = ON;
          PRAGMA busy_timeout = 60000;",
     )?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     Ok(conn)
 }
 
