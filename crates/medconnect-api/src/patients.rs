@@ -1,7 +1,8 @@
 //! `GET /v1/patients` and `GET /v1/patients/{id}`: a tenant's linked patients.
 //!
 //! Both routes read through the store's audited reads, which write `patient.list` or
-//! `patient.read` in the caller's tenant in the transaction of the read. The tenant always
+//! `patient.read` in the caller's tenant in the transaction of the read. Reads of one patient
+//! queue in [`crate::reads`], which commits concurrent reads together. The tenant always
 //! comes from the [`Caller`]; a platform operator has none and gets 403. Tenant admins and
 //! providers read every patient of their tenant. A patient account reads only its own
 //! record: any other id gets 403 before any store call, whether that patient exists or not,
@@ -17,7 +18,6 @@ use utoipa::ToSchema;
 
 use crate::auth::{store_failure, Caller, Credential};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::pool::PoolError;
 use crate::routes::AppState;
 
 /// The message of every 404 of `GET /v1/patients/{id}`. It is the same for a missing patient
@@ -109,13 +109,7 @@ pub async fn read(
         ));
     }
     let access = access_of(&caller)?;
-    let read = state
-        .pool
-        .run(move |store| -> Result<PatientRecord, StoreError> {
-            let tenant = store.tenant(tenant)?;
-            store.read_patient(&tenant, patient, &access)
-        })
-        .await;
+    let read = state.reads.read(tenant, patient, access).await;
     let record = finish(read).inspect_err(|error| {
         if error.code == ErrorCode::NotFound {
             tracing::info!(%tenant, %patient, "patient not found in the caller's tenant");
@@ -151,7 +145,10 @@ fn access_of(caller: &Caller) -> Result<Access, ApiError> {
 
 /// Turns the result of a store call into the value or the error for the client: 404 for a
 /// patient the tenant does not have, 503 for anything else, with the cause in the log.
-fn finish<T>(result: Result<Result<T, StoreError>, PoolError>) -> Result<T, ApiError> {
+fn finish<T, E>(result: Result<Result<T, StoreError>, E>) -> Result<T, ApiError>
+where
+    E: std::error::Error + 'static,
+{
     match result {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(StoreError::PatientNotFound { .. })) => {

@@ -40,6 +40,7 @@ use crate::limiter::LoginLimiter;
 use crate::login::{self, LOGIN_BODY_LIMIT};
 use crate::metrics::{self, Metrics};
 use crate::pool::StorePool;
+use crate::reads::PatientReads;
 use crate::{error_chain, BoxError};
 use crate::{openapi, patients};
 
@@ -66,6 +67,8 @@ pub struct AppState {
     /// Lifetime of a new session.
     pub session_ttl: Duration,
     pub limiter: Arc<LoginLimiter>,
+    /// The queue that runs `GET /v1/patients/{id}` reads in batches.
+    pub reads: PatientReads,
 }
 
 /// Builds the router. Every route accepts request bodies of at most `body_limit` bytes, and

@@ -22,6 +22,7 @@ use crate::limiter::{LoginLimiter, LoginLimits};
 use crate::login::{ClientAddr, DEFAULT_SESSION_TTL};
 use crate::metrics::Metrics;
 use crate::pool::StorePool;
+use crate::reads::PatientReads;
 use crate::routes::{self, AppState, PolicySource};
 use crate::scheduler::{self, LifecycleJob};
 use crate::tls::{self, ClientCertificate, TlsError, TlsSource};
@@ -58,6 +59,9 @@ pub struct ServerConfig {
     pub session_ttl: Duration,
     /// Lockout after failed logins.
     pub login_limits: LoginLimits,
+    /// Batches of patient reads that run at once (see [`crate::reads`]). One suits SQLite,
+    /// which lets one transaction write at a time; PostgreSQL runs reads in parallel.
+    pub concurrent_read_batches: usize,
 }
 
 impl ServerConfig {
@@ -77,6 +81,7 @@ impl ServerConfig {
             max_connections: 1024,
             session_ttl: DEFAULT_SESSION_TTL,
             login_limits: LoginLimits::default(),
+            concurrent_read_batches: 1,
         }
     }
 }
@@ -189,6 +194,7 @@ impl BoundServer {
             clock: services.clock,
             session_ttl: config.session_ttl,
             limiter: Arc::new(LoginLimiter::new(config.login_limits)),
+            reads: PatientReads::start(services.pool.clone(), config.concurrent_read_batches),
         };
         let router = routes::router(state, config.body_limit);
         let (stop_scheduler, scheduler_stopping) = watch::channel(false);

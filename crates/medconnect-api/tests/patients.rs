@@ -312,6 +312,57 @@ fn other_tenant_patient_looks_missing(backend: Backend) {
     }
 }
 
+/// Reads of two tenants at once, which the server may commit in shared batches: each gets its
+/// own tenant's record or 404, and writes exactly one entry in its caller's tenant.
+fn concurrent_reads_each_audited(backend: Backend) {
+    let fixture = Fixture::new(backend);
+    let token_a = fixture.token_of(Some("clinic-a"), "provider@a.test");
+    let token_b = fixture.token_of(Some("clinic-b"), "provider@b.test");
+    let clinic_a = fixture.clinic_a.clone();
+    let clinic_b = fixture.store.tenant_by_slug("clinic-b").expect("tenant b");
+    let (a1, a2, b1) = (fixture.a_patients[0], fixture.a_patients[1], fixture.b_patient);
+    // (token, caller's tenant, patient, expected status, expected given name)
+    let requests = [
+        (&token_a, &clinic_a, a1, 200, Some("Givena1")),
+        (&token_a, &clinic_a, a2, 200, Some("Givena2")),
+        (&token_a, &clinic_a, b1, 404, None),
+        (&token_b, &clinic_b, b1, 200, Some("Givenb1")),
+        (&token_b, &clinic_b, a1, 404, None),
+    ];
+    const ROUNDS: usize = 4;
+    let before = fixture.head();
+    std::thread::scope(|scope| {
+        for (token, _, patient, status, given) in requests {
+            let client = fixture.client();
+            scope.spawn(move || {
+                for _ in 0..ROUNDS {
+                    let response = client.get_with_token(&format!("/v1/patients/{patient}"), token);
+                    assert_eq!(response.status, status, "{}", response.text());
+                    if let Some(given) = given {
+                        assert_eq!(response.json()["profile"]["given_name"], given);
+                    }
+                }
+            });
+        }
+    });
+
+    let entries = fixture.patient_entries_after(before);
+    assert_eq!(entries.len(), requests.len() * ROUNDS, "{entries:?}");
+    for (_, tenant, patient, status, _) in requests {
+        let outcome = if status == 200 { "success" } else { "not_found" };
+        let matching = entries
+            .iter()
+            .filter(|entry| {
+                subjects(entry) == vec![patient.to_string()]
+                    && entry["tenant_id"] == tenant.id.to_string()
+                    && entry["outcome"] == outcome
+            })
+            .count();
+        assert_eq!(matching, ROUNDS, "{patient} in {}: {entries:?}", tenant.slug);
+    }
+    assert!(fixture.store.verify_audit().expect("verify").ok);
+}
+
 /// A patient account reads its own record and gets 403 for any other id, of its tenant or
 /// another, without a store read or an audit entry.
 #[test]
@@ -421,4 +472,5 @@ medconnect_store::backend_tests!(
     provider_lists_own_tenant_only,
     provider_reads_patient,
     other_tenant_patient_looks_missing,
+    concurrent_reads_each_audited,
 );

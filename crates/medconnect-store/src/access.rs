@@ -12,7 +12,7 @@ use std::fmt;
 
 use medconnect_domain::audit::{AuditEvent, Outcome};
 use medconnect_domain::model::Tenant;
-use medconnect_domain::{ServiceTokenId, UserId};
+use medconnect_domain::{PatientId, ServiceTokenId, UserId};
 
 use crate::accounts::user_actor;
 use crate::{LinkDetail, PatientProfileView, Role, StoreError};
@@ -102,6 +102,14 @@ impl fmt::Display for Access {
 pub struct PatientRecord {
     pub link: LinkDetail,
     pub profile: PatientProfileView,
+}
+
+/// One read of [`crate::Store::read_patients`]: a patient of `tenant`, read for `access`.
+#[derive(Debug, Clone)]
+pub struct PatientRead {
+    pub tenant: Tenant,
+    pub patient: PatientId,
+    pub access: Access,
 }
 
 /// Returns whether an error says that the tenant has no such record, which an audited read

@@ -22,7 +22,7 @@ pub mod sqlite;
 pub mod testing;
 mod types;
 
-pub use access::{Access, InvalidRequestId, PatientRecord, MAX_REQUEST_ID_CHARS};
+pub use access::{Access, InvalidRequestId, PatientRead, PatientRecord, MAX_REQUEST_ID_CHARS};
 pub use accounts::{
     CertificateFingerprint, CredentialState, InvalidRole, LoginUser, NewServiceToken, NewUser,
     Role, ServiceTokenInfo, SessionInfo, UserRef, MAX_TOKEN_NAME_CHARS, MAX_USERNAME_CHARS,
@@ -157,6 +157,18 @@ pub trait Store {
         patient: PatientId,
         access: &Access,
     ) -> Result<PatientRecord>;
+
+    /// Reads several patients as [`Store::read_patient`] does and returns one result per
+    /// read, in order. Each read that returns data or finds nothing appends its own
+    /// `patient.read` entry in the transaction of that read. A backend may run several reads
+    /// in one transaction so that one commit covers them: the outer error is the failure of
+    /// such a transaction, and then none of its reads and entries committed. The default runs
+    /// each read in a transaction of its own.
+    fn read_patients(&mut self, reads: &[PatientRead]) -> Result<Vec<Result<PatientRecord>>> {
+        let read_one =
+            |read: &PatientRead| self.read_patient(&read.tenant, read.patient, &read.access);
+        Ok(reads.iter().map(read_one).collect())
+    }
 
     /// Returns the decrypted bytes of one of a tenant's ID photos for `access`, and appends
     /// `id_photo.read` naming the photo in the same transaction. A photo missing from the

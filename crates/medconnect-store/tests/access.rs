@@ -9,7 +9,7 @@ use medconnect_domain::policy::Policy;
 use medconnect_domain::time::parse_instant;
 use medconnect_domain::{PatientId, PhotoId, ServiceTokenId, UserId};
 use medconnect_store::testing::{Backend, TestStore};
-use medconnect_store::{backend_tests, Access, Role, Store, StoreError};
+use medconnect_store::{backend_tests, Access, PatientRead, Role, Store, StoreError};
 use serde_json::Value;
 
 const MASTER: [u8; 32] = [7; 32];
@@ -215,6 +215,90 @@ fn read_whose_entry_fails_returns_no_data(backend: Backend) {
     assert!(entries_after(&seeded, before).is_empty());
 }
 
+/// Checks that a batch of reads returns one result per read in order, and writes one entry
+/// per read in the reader's tenant: success, or not_found for another tenant's patient and a
+/// missing one.
+fn batch_reads_write_one_entry_each(backend: Backend) {
+    let mut seeded = seeded(backend);
+    let ours = access();
+    let theirs_access = Access::token(ServiceTokenId::new(), Role::Provider, "req-b").expect("id");
+    let (tenant, other) = (seeded.tenant.clone(), seeded.other.clone());
+    let missing = PatientId::new();
+    let read = |tenant: &Tenant, patient, access: &Access| PatientRead {
+        tenant: tenant.clone(),
+        patient,
+        access: access.clone(),
+    };
+    let reads = [
+        read(&tenant, seeded.patient, &ours),
+        read(&tenant, seeded.theirs, &ours),
+        read(&other, seeded.theirs, &theirs_access),
+        read(&tenant, missing, &ours),
+        read(&other, seeded.patient, &theirs_access),
+    ];
+
+    let before = head(&*seeded.store);
+    let results = seeded.store.read_patients(&reads).expect("batch");
+    assert_eq!(results.len(), reads.len());
+    let record = results[0].as_ref().expect("own patient");
+    assert_eq!(record.profile.given_name, "Quillon");
+    assert_eq!(record.link.link.tenant_id, tenant.id);
+    assert!(matches!(results[1], Err(StoreError::PatientNotFound { .. })));
+    let record = results[2].as_ref().expect("other tenant's own patient");
+    assert_eq!(record.link.link.patient_id, seeded.theirs);
+    assert_eq!(record.link.link.tenant_id, other.id);
+    assert!(matches!(results[3], Err(StoreError::PatientNotFound { .. })));
+    assert!(matches!(results[4], Err(StoreError::PatientNotFound { .. })));
+
+    let entries = entries_after(&seeded, before);
+    assert_eq!(entries.len(), reads.len());
+    let expected = [
+        (&tenant, seeded.patient, "success"),
+        (&tenant, seeded.theirs, "not_found"),
+        (&other, seeded.theirs, "success"),
+        (&tenant, missing, "not_found"),
+        (&other, seeded.patient, "not_found"),
+    ];
+    for (entry, (tenant, patient, outcome)) in entries.iter().zip(expected) {
+        assert_eq!(entry["action"], "patient.read", "{entry}");
+        assert_eq!(entry["outcome"], outcome, "{entry}");
+        assert_eq!(entry["tenant_id"], tenant.id.to_string(), "{entry}");
+        assert_eq!(subjects(entry), vec![patient.to_string()]);
+        let text = entry.to_string();
+        for value in phi_values() {
+            assert!(!text.contains(&value), "entry {text} contains PHI");
+        }
+    }
+    assert_eq!(entries[0]["actor"], ours.actor());
+    assert_eq!(entries[2]["actor"], theirs_access.actor());
+    assert!(seeded.store.verify_audit().expect("verify").ok);
+}
+
+/// Checks that no read of a batch returns data when the entries cannot be written, and that
+/// a batch without a master key writes nothing.
+fn batch_reads_without_entries_return_no_data(backend: Backend) {
+    let mut seeded = seeded(backend);
+    let reads =
+        [PatientRead { tenant: seeded.tenant.clone(), patient: seeded.patient, access: access() }];
+    let mut keyless = seeded.store.open_again();
+    let before = head(&*seeded.store);
+    match keyless.read_patients(&reads) {
+        Err(error) => assert!(matches!(error, StoreError::MasterKeyRequired), "{error}"),
+        Ok(results) => {
+            assert!(matches!(results[0], Err(StoreError::MasterKeyRequired)));
+        }
+    }
+
+    refuse_audit_rows(&seeded.store);
+    // A backend that commits the batch at once fails it as a whole; one that commits each
+    // read alone fails each read.
+    if let Ok(results) = seeded.store.read_patients(&reads) {
+        assert_eq!(results.len(), 1);
+        assert!(results[0].is_err());
+    }
+    assert!(entries_after(&seeded, before).is_empty());
+}
+
 fn refuse_audit_rows(store: &TestStore) {
     match store.backend() {
         Backend::Sqlite => {
@@ -271,4 +355,6 @@ backend_tests!(
     read_without_master_key_writes_no_entry,
     read_whose_entry_fails_returns_no_data,
     token_access_and_request_ids,
+    batch_reads_write_one_entry_each,
+    batch_reads_without_entries_return_no_data,
 );

@@ -20,6 +20,7 @@ use medconnect_lifecycle::RunOptions;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::cli::ServeArgs;
+use crate::config::StoreLocation;
 use crate::{as_of_or_now, Context};
 
 /// Folder of the development certificate inside the data directory.
@@ -47,6 +48,11 @@ pub fn run(context: Context, args: ServeArgs) -> Result<ExitCode> {
     config.lifecycle_interval = args.lifecycle_interval;
     config.shutdown_timeout = args.shutdown_timeout;
     config.session_ttl = args.session_ttl;
+    // SQLite lets one transaction write at a time, so one batch of patient reads runs at a
+    // time there. PostgreSQL reads in parallel and serializes only the audit chain's head.
+    if let StoreLocation::Postgres(_) = context.location {
+        config.concurrent_read_batches = workers;
+    }
     let context = Arc::new(context);
     let services = Services {
         pool: store_pool(&context, workers),

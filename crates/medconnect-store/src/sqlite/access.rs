@@ -8,7 +8,7 @@ use rusqlite::{Transaction, TransactionBehavior};
 
 use super::audit::AuditAppender;
 use super::SqliteStore;
-use crate::access::{read_event, Access, PatientRecord};
+use crate::access::{read_event, Access, PatientRead, PatientRecord};
 use crate::{LinkSummary, Result};
 
 impl SqliteStore {
@@ -64,15 +64,43 @@ impl SqliteStore {
     ) -> Result<PatientRecord> {
         self.keys()?;
         let event = access.event(tenant, "patient.read").subject(patient);
-        self.audited_read(
-            event,
-            |store| {
-                let link = store.patient_link_impl(tenant, patient)?;
-                let profile = store.patient_profile_impl(tenant, patient)?;
-                Ok(PatientRecord { link, profile })
-            },
-            |entry, _| entry,
-        )
+        self.audited_read(event, |store| store.patient_record(tenant, patient), |entry, _| entry)
+    }
+
+    /// Runs every read and appends its entry in one immediate transaction, so that one commit,
+    /// and with `synchronous = FULL` one sync of the write-ahead log, covers all of them. A
+    /// read that fails for a reason other than not-found writes no entry, as a single read
+    /// does, and the others go on. A failure to append or commit fails the whole batch.
+    pub(crate) fn read_patients_impl(
+        &mut self,
+        reads: &[PatientRead],
+    ) -> Result<Vec<Result<PatientRecord>>> {
+        self.keys()?;
+        if reads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (now, simulated) = (self.now(), self.simulated());
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let mut audit = AuditAppender::begin(&tx, now, simulated)?;
+        let mut results = Vec::with_capacity(reads.len());
+        for read in reads {
+            let (tenant, patient) = (&read.tenant, read.patient);
+            let result = self.patient_record(tenant, patient);
+            let event = read.access.event(tenant, "patient.read").subject(patient);
+            if let Some(entry) = read_event(event, &result) {
+                audit.append(&tx, entry)?;
+            }
+            results.push(result);
+        }
+        audit.finish(&tx)?;
+        tx.commit()?;
+        Ok(results)
+    }
+
+    fn patient_record(&self, tenant: &Tenant, patient: PatientId) -> Result<PatientRecord> {
+        let link = self.patient_link_impl(tenant, patient)?;
+        let profile = self.patient_profile_impl(tenant, patient)?;
+        Ok(PatientRecord { link, profile })
     }
 
     pub(crate) fn read_id_photo_audited_impl(

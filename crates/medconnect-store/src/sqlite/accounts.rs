@@ -300,7 +300,8 @@ impl SqliteStore {
         );
         let row = self
             .conn
-            .query_row(&sql, [token_hash.to_hex()], |row| Ok(session_from_row(row)))
+            .prepare_cached(&sql)?
+            .query_row([token_hash.to_hex()], |row| Ok(session_from_row(row)))
             .optional()?
             .transpose()?;
         Ok(row.and_then(|(info, stored)| stored_hash_matches(&stored, token_hash).then_some(info)))
@@ -387,7 +388,8 @@ impl SqliteStore {
         let sql = format!("SELECT {TOKEN_COLUMNS} FROM service_tokens WHERE token_hash = ?1");
         let row = self
             .conn
-            .query_row(&sql, [token_hash.to_hex()], |row| Ok(service_token_from_row(row)))
+            .prepare_cached(&sql)?
+            .query_row([token_hash.to_hex()], |row| Ok(service_token_from_row(row)))
             .optional()?
             .transpose()?;
         Ok(row.and_then(|(info, stored)| stored_hash_matches(&stored, token_hash).then_some(info)))

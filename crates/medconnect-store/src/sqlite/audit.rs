@@ -36,9 +36,8 @@ pub(crate) struct AuditAppender {
 impl AuditAppender {
     pub(crate) fn begin(tx: &Connection, at: DateTime<Utc>, simulated: bool) -> Result<Self> {
         let head: Option<(i64, String)> = tx
-            .query_row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
+            .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
         // Retention may have removed every entry inside this transaction; the chain then goes
         // on from the recorded head, which the kept checkpoint covers.
@@ -78,11 +77,11 @@ impl AuditAppender {
     /// entry to detect entries cut from the end. Someone who can write the database can
     /// rewrite this head too; signed checkpoints and exports held by auditors anchor it.
     pub(crate) fn finish(self, tx: &Connection) -> Result<()> {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO store_meta (key, value) VALUES ('audit_head', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [format!("{}:{}", self.seq, self.hash)],
-        )?;
+        )?
+        .execute([format!("{}:{}", self.seq, self.hash)])?;
         Ok(())
     }
 }

@@ -138,11 +138,8 @@ impl SqliteStore {
     pub(crate) fn tenant_impl(&self, id: TenantId) -> Result<Tenant> {
         let row = self
             .conn
-            .query_row(
-                "SELECT id, slug, name, created_at FROM tenants WHERE id = ?1",
-                [id.to_string()],
-                |row| Ok(tenant_from_row(row)),
-            )
+            .prepare_cached("SELECT id, slug, name, created_at FROM tenants WHERE id = ?1")?
+            .query_row([id.to_string()], |row| Ok(tenant_from_row(row)))
             .optional()?;
         row.ok_or_else(|| StoreError::TenantNotFound(id.to_string()))?
     }
@@ -365,7 +362,7 @@ impl SqliteStore {
             PROFILE_COLUMNS.join(", ")
         );
         let (sealed, sex): (Vec<Option<Vec<u8>>>, String) =
-            self.conn.query_row(&sql, [&id], |row| {
+            self.conn.prepare_cached(&sql)?.query_row([&id], |row| {
                 let sealed = (0..PROFILE_COLUMNS.len())
                     .map(|i| row.get(i))
                     .collect::<rusqlite::Result<_>>()?;
@@ -461,10 +458,12 @@ impl SqliteStore {
     ) -> Result<LinkDetail> {
         let key = self.require_link(tenant, patient)?;
         let sql = format!("SELECT {LINK_COLUMNS} FROM patient_links l JOIN tenants t ON t.id = l.tenant_id WHERE l.id = ?1");
-        let link = self.conn.query_row(&sql, [key], |row| Ok(link_from_row(row)))??;
+        let link =
+            self.conn.prepare_cached(&sql)?.query_row([key], |row| Ok(link_from_row(row)))??;
         let count = |table: &str| -> Result<u64> {
             let sql = format!("SELECT count(*) FROM {table} WHERE link_id = ?1");
-            Ok(self.conn.query_row(&sql, [key], |row| row.get::<_, i64>(0))? as u64)
+            let mut statement = self.conn.prepare_cached(&sql)?;
+            Ok(statement.query_row([key], |row| row.get::<_, i64>(0))? as u64)
         };
         let counts = LinkCounts {
             consultations: count("consultations")?,
@@ -493,7 +492,7 @@ impl SqliteStore {
         key: i64,
         link: &LinkSummary,
     ) -> Result<Vec<RecordCandidate>> {
-        let mut statement = self.conn.prepare(sql)?;
+        let mut statement = self.conn.prepare_cached(sql)?;
         let mut rows = statement.query([key])?;
         let mut records = Vec::new();
         while let Some(row) = rows.next()? {
