@@ -6,13 +6,17 @@
 //! and passes those steps to [`Server`] as closures through [`Services`]. Only this crate
 //! turns errors into HTTP statuses, in [`error`].
 
+pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod holds;
+pub mod lifecycle;
 pub mod limiter;
 pub mod login;
 pub mod metrics;
 pub mod patients;
 pub mod pool;
+mod query;
 pub mod routes;
 pub mod scheduler;
 pub mod server;
@@ -26,8 +30,8 @@ pub use error::{ApiError, ErrorCode};
 pub use limiter::LoginLimits;
 pub use metrics::Metrics;
 pub use pool::{PoolError, StorePool};
-pub use routes::{PolicyInForce, PolicySource};
-pub use scheduler::{LifecycleJob, LifecycleOutcome};
+pub use routes::{AuditKeySource, PolicyInForce, PolicySource};
+pub use scheduler::{LifecycleJob, LifecycleRunner, RunError};
 pub use server::{BoundServer, Server, ServerConfig, ServerError, Services};
 pub use tls::{TlsError, TlsFiles, TlsSource};
 
