@@ -67,7 +67,7 @@ pub async fn list(
 
 /// Verifies the whole audit chain and returns the report that `medconnect audit verify
 /// --json` prints. Checkpoint signatures are checked when the server has the audit public
-/// key, and `signatures_checked` says whether they were. A damaged chain is a 200 with `ok`
+/// key, and `signatures_checked` is true when they were. A damaged chain is a 200 with `ok`
 /// false, because the check itself succeeded.
 pub async fn verify(
     State(state): State<AppState>,
@@ -119,7 +119,7 @@ pub async fn verify(
     }
 }
 
-/// Why the chain could not be checked.
+/// A failure to check the chain.
 enum VerifyFailure {
     Key(BoxError),
     Store(medconnect_store::StoreError),

@@ -74,7 +74,8 @@ enum TenantTarget {
     Slug(String),
 }
 
-/// Where a request sent a value: a body field (422 when invalid) or a query parameter (400).
+/// The part of a request that carried a value: a body field (422 when invalid) or a query
+/// parameter (400 when invalid).
 #[derive(Clone, Copy)]
 enum Sent {
     Field,
@@ -273,10 +274,10 @@ fn resolve(
     }
 }
 
-/// Turns the result of a store call into the value or the error for the client: 422 for a
-/// tenant slug that names no tenant (400 when `slug` was a query parameter), 404 with
-/// `not_found` for a missing patient or hold, 409 for a hold released before, and 503 for
-/// anything else, with the cause in the log.
+/// Turns the result of a store call into the value or the error for the client. A tenant
+/// slug that names no tenant gets 422, or 400 when `slug` was a query parameter. A missing
+/// patient or hold gets 404 with `not_found`, a hold released before gets 409, and anything
+/// else gets 503, with the cause in the log.
 fn finish<T>(
     result: Result<Result<T, StoreError>, PoolError>,
     slug: Sent,

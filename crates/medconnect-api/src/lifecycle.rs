@@ -43,7 +43,7 @@ pub async fn plan(
     }
 }
 
-/// Why an explanation could not be given.
+/// A failure to explain a patient's records.
 enum ExplainFailure {
     Store(StoreError),
     /// The patient is linked to several tenants and the request named none.

@@ -1,5 +1,5 @@
-//! Query strings of the `/v1` routes. Each route names the parameters it accepts; any other
-//! parameter, a repeated one or one that does not parse is a 400 whose message names the
+//! Query strings of the `/v1` routes. Each route names the parameters it accepts. Any other
+//! parameter, a repeated one or one that does not parse gets a 400 whose message names the
 //! parameter and the expected form, never the value sent.
 
 use percent_encoding::percent_decode_str;

@@ -107,8 +107,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .with_state(state)
 }
 
-/// The routes of legal holds, the lifecycle and the audit log. Only `POST /v1/holds` reads a
-/// body.
+/// Builds the routes of legal holds, the lifecycle and the audit log. Only `POST /v1/holds`
+/// reads a body, so the others accept none.
 fn operator_routes(body_limit: usize) -> Router<AppState> {
     let hold_limit = holds::HOLD_BODY_LIMIT.min(body_limit);
     let empty = 0;

@@ -1,6 +1,6 @@
 //! Legal holds, lifecycle runs and the audit log through the real server on 127.0.0.1, over
-//! real TLS connections: roles, tenant isolation of holds, a hold placed through the API
-//! stopping a run from purging, audit reads recorded as `audit.read`, and bad input.
+//! real TLS connections. The tests cover roles, tenant isolation of holds, a hold placed
+//! through the API that stops a run from purging, `audit.read` entries, and bad input.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -280,7 +280,7 @@ fn start_server(
         }),
         lifecycle: Some(job),
         clock: Arc::new(SystemClock),
-        audit_public_key: Some(Arc::new(move || Ok(key.clone()))),
+        audit_public_key: Some(Arc::new(move || Ok(key))),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -368,8 +368,8 @@ fn admin_places_and_releases(backend: Backend) {
     assert_eq!(all.json().as_array().map(Vec::len), Some(1), "{}", all.text());
 }
 
-/// A tenant administrator of clinic A can neither see, place on nor release clinic B's
-/// holds: each gets the response of a missing id, naming nothing of clinic B.
+/// Checks that a tenant administrator of clinic A can neither see, place on nor release
+/// clinic B's holds. Each attempt gets the response of a missing id, naming nothing of B.
 fn admin_isolated_from_other_tenant(backend: Backend) {
     let mut fixture = Fixture::new(backend);
     let clinic_b = fixture.clinic_b.clone();
@@ -423,8 +423,9 @@ fn admin_isolated_from_other_tenant(backend: Backend) {
     fixture.store.release_hold(None, b_hold.id, "test").expect("release by the operator");
 }
 
-/// A hold placed through the API keeps a patient whose retention has ended through a run
-/// requested through the API, and the same run purges an unheld patient of another tenant.
+/// Checks that a hold placed through the API keeps a patient whose retention has ended
+/// through a run requested through the API, while that run purges an unheld patient of
+/// another tenant.
 fn hold_stops_purge(backend: Backend) {
     let fixture = Fixture::new(backend);
     let admin = fixture.admin_a();
@@ -585,6 +586,7 @@ fn wrong_roles_get_403() {
     let hold =
         fixture.post_json("/v1/holds", &fixture.admin_a(), &patient_hold(fixture.a_patients[1]));
     assert_eq!(hold.status, 201, "{}", hold.text());
+
     let release = format!("/v1/holds/{}/release", hold.json()["id"].as_str().expect("id"));
     let explain = format!("/v1/lifecycle/explain/{}", fixture.a_patients[0]);
     let body = serde_json::to_vec(&patient_hold(fixture.a_patients[0])).expect("JSON");
@@ -600,6 +602,7 @@ fn wrong_roles_get_403() {
     ];
     let operator_only =
         |path: &str| path.starts_with("/v1/lifecycle") || path.starts_with("/v1/audit");
+
     let before = fixture.head();
     let callers = [
         ("provider", fixture.token_of(Some("clinic-a"), "provider@a.test")),
@@ -621,6 +624,7 @@ fn wrong_roles_get_403() {
             assert!(message.contains("may not use this route"), "{role} {path}: {message}");
         }
     }
+
     let after = fixture.store.audit_entries(before, u32::MAX).expect("entries");
     let actions: Vec<&str> =
         after.iter().filter_map(|entry| entry.body["action"].as_str()).collect();
@@ -747,6 +751,7 @@ fn concurrent_run_gets_409() {
         })
     });
     let fixture = Fixture::with(Backend::Sqlite, Some(job), None);
+
     let authorization = format!("Bearer {}", fixture.operator());
     let client = fixture.client();
     let post_run = || {
@@ -763,6 +768,7 @@ fn concurrent_run_gets_409() {
         release_tx.send(()).expect("the run waits");
         first.join().expect("first request")
     });
+
     assert_eq!(first.status, 200, "{}", first.text());
     assert_eq!(first.json()["run_id"], format!("blocked-user:{}", fixture.operator));
 }
