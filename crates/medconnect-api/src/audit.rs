@@ -12,7 +12,7 @@ use medconnect_store::{AuditRecord, Role};
 use serde::Serialize;
 
 use crate::auth::{store_failure, Caller};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::patients::access_of;
 use crate::query::QueryParams;
 use crate::routes::AppState;
@@ -25,7 +25,7 @@ pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
 
 /// The body of `GET /v1/audit`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     /// Entries after `after_seq`, oldest first.
     pub entries: Vec<AuditRecord>,
@@ -36,6 +36,25 @@ pub struct AuditPage {
 
 /// Lists audit entries after `?after_seq=` (default 0), at most `?limit=` (1 to 1000,
 /// default 100), oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    operation_id = "list_audit_entries",
+    tag = "audit",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(
+        ("after_seq" = Option<i64>, Query, description = "List entries after this sequence \
+            number; default 0."),
+        ("limit" = Option<u32>, Query, description = "Entries to return, 1 to 1000; default 100."),
+    ),
+    responses(
+        (status = 200, description = "The entries, oldest first.", body = AuditPage),
+        (status = 400, description = "A query parameter is unknown or invalid.", body = ErrorBody),
+        (status = 403, description = "The caller is not a platform_operator.", body = ErrorBody),
+        (status = 500, description = "The request could not be prepared for the audit log.",
+            body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -69,6 +88,20 @@ pub async fn list(
 /// --json` prints. Checkpoint signatures are checked when the server has the audit public
 /// key, and `signatures_checked` is true when they were. A damaged chain is a 200 with `ok`
 /// false, because the check itself succeeded.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verify",
+    operation_id = "verify_audit",
+    tag = "audit",
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The report of the chain check.", body = VerifyReport),
+        (status = 400, description = "The request has a query parameter.", body = ErrorBody),
+        (status = 403, description = "The caller is not a platform_operator.", body = ErrorBody),
+        (status = 500, description = "The audit public key could not be loaded.",
+            body = ErrorBody),
+    )
+)]
 pub async fn verify(
     State(state): State<AppState>,
     caller: Caller,

@@ -17,9 +17,10 @@ use medconnect_domain::sanitize::contains_card_number;
 use medconnect_domain::{HoldId, PatientId, TenantId};
 use medconnect_store::{Role, StoreError};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::auth::{store_failure, Caller};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::patients::access_of;
 use crate::pool::PoolError;
 use crate::query::QueryParams;
@@ -48,13 +49,21 @@ const PATIENT_NOT_FOUND: &str = "field patient_id names no patient of the hold's
 
 /// The body of `POST /v1/holds`. Fields are checked in [`NewHold::validate`], so each error
 /// names its field.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct HoldRequest {
+pub struct HoldRequest {
+    /// `tenant` for every record of the tenant, or `patient` for one patient's.
+    #[schema(example = "patient")]
     scope: Option<String>,
+    /// The patient of a `patient` hold, from `GET /v1/patients`.
+    #[schema(value_type = Option<uuid::Uuid>)]
     patient_id: Option<String>,
+    /// The legal matter, such as a case number: one line of at most 200 characters.
+    #[schema(example = "case 2026-cv-0042")]
     matter: Option<String>,
+    /// Why the records are held: one line of at most 2000 characters.
     reason: Option<String>,
+    /// The tenant's slug. A platform operator must send it, and any other caller must not.
     tenant: Option<String>,
 }
 
@@ -100,6 +109,26 @@ impl Sent {
 
 /// Lists the active legal holds (with `?all=true` also the released ones) of the caller's
 /// tenant. A platform operator gets those of every tenant, or of one with `?tenant=SLUG`.
+#[utoipa::path(
+    get,
+    path = "/v1/holds",
+    operation_id = "list_holds",
+    tag = "holds",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(
+        ("all" = Option<bool>, Query, description = "Also list released holds."),
+        ("tenant" = Option<String>, Query, description = "A tenant's slug; platform operators \
+            only."),
+    ),
+    responses(
+        (status = 200, description = "The holds, as `medconnect hold list --json` prints them.",
+            body = Vec<LegalHold>),
+        (status = 400, description = "A query parameter is unknown or invalid, names no tenant, \
+            or names a tenant although the caller has one.", body = ErrorBody),
+        (status = 403, description = "The caller is neither tenant_admin nor platform_operator.",
+            body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -127,6 +156,26 @@ pub async fn list(
 }
 
 /// Places a legal hold and returns it with 201.
+#[utoipa::path(
+    post,
+    path = "/v1/holds",
+    operation_id = "place_hold",
+    tag = "holds",
+    security(("bearer" = []), ("session_cookie" = [])),
+    request_body = HoldRequest,
+    responses(
+        (status = 201, description = "The hold placed.", body = LegalHold),
+        (status = 400, description = "The body is not valid JSON.", body = ErrorBody),
+        (status = 403, description = "The caller is neither tenant_admin nor platform_operator.",
+            body = ErrorBody),
+        (status = 404, description = "The hold's tenant has no patient with this patient_id.",
+            body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid, or contains a \
+            card number.", body = ErrorBody),
+        (status = 500, description = "The request could not be prepared for the audit log.",
+            body = ErrorBody),
+    )
+)]
 pub async fn place(
     State(state): State<AppState>,
     caller: Caller,
@@ -149,6 +198,25 @@ pub async fn place(
 }
 
 /// Releases an active legal hold and returns it. A released hold gets 409.
+#[utoipa::path(
+    post,
+    path = "/v1/holds/{hold_id}/release",
+    operation_id = "release_hold",
+    tag = "holds",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(("hold_id" = uuid::Uuid, Path, description = "The hold id, from `GET /v1/holds`.")),
+    responses(
+        (status = 200, description = "The hold, released.", body = LegalHold),
+        (status = 400, description = "The hold id is not a UUID.", body = ErrorBody),
+        (status = 403, description = "The caller is neither tenant_admin nor platform_operator.",
+            body = ErrorBody),
+        (status = 404, description = "No hold with this id in the caller's tenant (any tenant \
+            for an operator).", body = ErrorBody),
+        (status = 409, description = "The hold is already released.", body = ErrorBody),
+        (status = 500, description = "The request could not be prepared for the audit log.",
+            body = ErrorBody),
+    )
+)]
 pub async fn release(
     State(state): State<AppState>,
     caller: Caller,

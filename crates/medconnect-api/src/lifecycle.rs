@@ -15,14 +15,45 @@ use medconnect_lifecycle::{Explanation, LifecycleError, Plan, RunReport};
 use medconnect_store::{Role, Store, StoreError};
 
 use crate::auth::{store_failure, Caller};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::error_chain;
 use crate::patients::access_of;
 use crate::query::QueryParams;
 use crate::routes::{AppState, PolicyInForce};
 use crate::scheduler::RunError;
 
+/// The schema of a lifecycle plan, as `medconnect lifecycle plan --json` prints it.
+// TODO: the lifecycle types derive no schema yet, so the document shows these three bodies
+// as free-form objects.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = Object)]
+pub struct LifecyclePlan(());
+
+/// The schema of an explanation, as `medconnect lifecycle explain --json` prints it.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = Object)]
+pub struct LifecycleExplanation(());
+
+/// The schema of a run report, as `medconnect lifecycle run --json` prints it.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = Object)]
+pub struct LifecycleRunReport(());
+
 /// Returns what the next lifecycle run would dispose of and keep, and why. Changes nothing.
+#[utoipa::path(
+    get,
+    path = "/v1/lifecycle/plan",
+    operation_id = "lifecycle_plan",
+    tag = "lifecycle",
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The plan as of now under the policy in force.",
+            body = LifecyclePlan),
+        (status = 400, description = "The request has a query parameter.", body = ErrorBody),
+        (status = 403, description = "The caller is not a platform_operator.", body = ErrorBody),
+        (status = 500, description = "The policy in force could not be loaded.", body = ErrorBody),
+    )
+)]
 pub async fn plan(
     State(state): State<AppState>,
     caller: Caller,
@@ -48,6 +79,8 @@ enum ExplainFailure {
     Store(StoreError),
     /// The patient is linked to several tenants and the request named none.
     Ambiguous(Vec<String>),
+    /// The request named no tenant and the patient is linked to none.
+    NotLinked,
 }
 
 impl From<StoreError> for ExplainFailure {
@@ -67,6 +100,29 @@ impl From<LifecycleError> for ExplainFailure {
 /// Explains why one patient's records in one tenant are kept, and until when, or that the
 /// next run purges them. The tenant is `?tenant=SLUG`, or may be left out when the patient
 /// is linked to one tenant only.
+#[utoipa::path(
+    get,
+    path = "/v1/lifecycle/explain/{patient_id}",
+    operation_id = "lifecycle_explain",
+    tag = "lifecycle",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(
+        ("patient_id" = uuid::Uuid, Path, description = "The patient id."),
+        ("tenant" = Option<String>, Query, description = "The tenant's slug; needed when the \
+            patient is linked to several tenants."),
+    ),
+    responses(
+        (status = 200, description = "Why the records are kept or due.",
+            body = LifecycleExplanation),
+        (status = 400, description = "The patient id is not a UUID, a query parameter is \
+            unknown, the tenant does not exist, or the patient is linked to several tenants.",
+            body = ErrorBody),
+        (status = 403, description = "The caller is not a platform_operator.", body = ErrorBody),
+        (status = 404, description = "The patient is not linked to the tenant, or to any.",
+            body = ErrorBody),
+        (status = 500, description = "The policy in force could not be loaded.", body = ErrorBody),
+    )
+)]
 pub async fn explain(
     State(state): State<AppState>,
     caller: Caller,
@@ -115,27 +171,26 @@ pub async fn explain(
         )),
         // TODO: a purged patient gets this 404; `medconnect lifecycle explain` lists its
         // disposal receipts instead.
-        ExplainFailure::Store(StoreError::PatientNotFound { .. }) => Err(ApiError::new(
-            ErrorCode::NotFound,
-            "no patient with this id is linked to the tenant: if its records were purged, \
+        ExplainFailure::NotLinked | ExplainFailure::Store(StoreError::PatientNotFound { .. }) => {
+            Err(ApiError::new(
+                ErrorCode::NotFound,
+                "no patient with this id is linked to the tenant: if its records were purged, \
              GET /v1/audit lists the lifecycle.dispose entries naming it",
-        )),
+            ))
+        }
         ExplainFailure::Store(error) => Err(store_failure(&error)),
     }
 }
 
-/// Returns the one tenant a patient is linked to. A patient linked to none returns
-/// [`StoreError::PatientNotFound`], and one linked to several returns their slugs.
+/// Returns the one tenant a patient is linked to, or the failure for a patient linked to none
+/// or to several.
 fn only_tenant_of(
     store: &mut dyn Store,
     patient: PatientId,
 ) -> Result<medconnect_domain::model::Tenant, ExplainFailure> {
     let links = store.links_of_patient(patient)?;
     match links.as_slice() {
-        [] => Err(ExplainFailure::Store(StoreError::PatientNotFound {
-            tenant: "any".to_owned(),
-            patient: patient.to_string(),
-        })),
+        [] => Err(ExplainFailure::NotLinked),
         [link] => Ok(store.tenant(link.tenant_id)?),
         several => Err(ExplainFailure::Ambiguous(
             several.iter().map(|link| link.tenant_slug.clone()).collect(),
@@ -145,6 +200,23 @@ fn only_tenant_of(
 
 /// Runs the lifecycle once now, as the scheduler does, and returns the run's report, the
 /// JSON that `medconnect lifecycle run --json` prints.
+#[utoipa::path(
+    post,
+    path = "/v1/lifecycle/run",
+    operation_id = "lifecycle_run",
+    tag = "lifecycle",
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The run's report.", body = LifecycleRunReport),
+        (status = 400, description = "The request has a query parameter.", body = ErrorBody),
+        (status = 403, description = "The caller is not a platform_operator.", body = ErrorBody),
+        (status = 409, description = "A lifecycle run is under way on this node.",
+            body = ErrorBody),
+        (status = 500, description = "The run failed; the server log names the cause.",
+            body = ErrorBody),
+        (status = 503, description = "This server does not run the lifecycle.", body = ErrorBody),
+    )
+)]
 pub async fn run(
     State(state): State<AppState>,
     caller: Caller,
