@@ -35,7 +35,7 @@ pub use pool::{PoolError, StorePool};
 pub use routes::{AuditKeySource, PolicyInForce, PolicySource};
 pub use scheduler::{LifecycleJob, LifecycleRunner, RunError};
 pub use server::{BoundServer, Server, ServerConfig, ServerError, Services};
-pub use tls::{TlsError, TlsFiles, TlsSource};
+pub use tls::{ClientCertificate, TlsError, TlsFiles, TlsSource};
 
 /// An error from a closure the binary supplies, such as opening a store or loading the
 /// policy.

@@ -12,7 +12,7 @@ use medconnect_api::testing::{HttpResponse, HttpsClient};
 use medconnect_api::{
     BoxError, LifecycleJob, PolicyInForce, Server, ServerConfig, Services, StorePool, TlsSource,
 };
-use medconnect_crypto::{hash_password, AuditSigningKey, MasterKey, SecretToken};
+use medconnect_crypto::{hash_password, AuditSigningKey, MasterKey};
 use medconnect_domain::checkpoint::AuditPublicKey;
 use medconnect_domain::clock::SystemClock;
 use medconnect_domain::model::{HoldScope, ImportBatch, NewPatientProfile, Tenant};
@@ -20,7 +20,7 @@ use medconnect_domain::policy::Policy;
 use medconnect_domain::{HoldId, PatientId, UserId};
 use medconnect_lifecycle::{RunOptions, RunReport, Tally};
 use medconnect_store::testing::{Backend, TestStore};
-use medconnect_store::{NewServiceToken, NewUser, PgConfig, PgStore, Role, SqliteStore, Store};
+use medconnect_store::{NewUser, PgConfig, PgStore, Role, SqliteStore, Store};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -97,7 +97,7 @@ fn person(source_id: &str) -> NewPatientProfile {
     }
 }
 
-/// Two tenants with patients and accounts of every role, and a server on their store.
+/// Two tenants with patients and user accounts, and a server on their store.
 struct Fixture {
     server: Option<RunningServer>,
     store: TestStore,
@@ -110,8 +110,6 @@ struct Fixture {
     b_patient: PatientId,
     admin_a: UserId,
     operator: UserId,
-    /// A service token of clinic A with the storefront role.
-    storefront_token: String,
     _tls_dir: TempDir,
 }
 
@@ -165,15 +163,6 @@ impl Fixture {
         user(Some(&clinic_a), "patient@a.test", Role::Patient, Some(a_patients[1]));
         user(Some(&clinic_b), "admin@b.test", Role::TenantAdmin, None);
         let operator = user(None, "ops", Role::PlatformOperator, None);
-        let storefront = SecretToken::generate().expect("token");
-        let new = NewServiceToken {
-            tenant: &clinic_a,
-            name: "shop",
-            role: Role::Storefront,
-            token_hash: storefront.hash(),
-            expires_at: None,
-        };
-        store.create_service_token(&new, "test").expect("service token");
 
         let spec = StoreSpec::of(&store);
         let job = job.unwrap_or_else(|| real_job(spec.clone()));
@@ -188,7 +177,6 @@ impl Fixture {
             b_patient,
             admin_a,
             operator,
-            storefront_token: storefront.expose().to_owned(),
             _tls_dir: tls_dir,
         }
     }
@@ -579,7 +567,8 @@ fn operator_manages_any_tenant() {
     assert_eq!(released.json()["released_by"], format!("user:{}", fixture.operator));
 }
 
-/// Every route rejects the roles that may not use it with 403, before any store change.
+/// Every route rejects the roles that may not use it with 403, before any store change. A
+/// storefront token needs a client certificate, so `tests/isolation.rs` checks that role.
 #[test]
 fn wrong_roles_get_403() {
     let fixture = Fixture::new(Backend::Sqlite);
@@ -607,7 +596,6 @@ fn wrong_roles_get_403() {
     let callers = [
         ("provider", fixture.token_of(Some("clinic-a"), "provider@a.test")),
         ("patient", fixture.token_of(Some("clinic-a"), "patient@a.test")),
-        ("storefront", fixture.storefront_token.clone()),
         ("tenant_admin", fixture.admin_a()),
     ];
     for (role, token) in callers {

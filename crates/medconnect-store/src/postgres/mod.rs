@@ -53,6 +53,7 @@ pub const OPERATOR_ROLE: &str = "medconnect_operator";
 const MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../../migrations/postgres/0001_initial.sql")),
     ("accounts", include_str!("../../migrations/postgres/0002_accounts.sql")),
+    ("token_client_cert", include_str!("../../migrations/postgres/0003_token_client_cert.sql")),
 ];
 
 /// The schema version this build writes.

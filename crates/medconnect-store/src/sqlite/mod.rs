@@ -40,6 +40,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("encryption", include_str!("../../migrations/sqlite/0003_encryption.sql")),
     ("audit_checkpoints", include_str!("../../migrations/sqlite/0004_audit_checkpoints.sql")),
     ("accounts", include_str!("../../migrations/sqlite/0005_accounts.sql")),
+    ("token_client_cert", include_str!("../../migrations/sqlite/0006_token_client_cert.sql")),
 ];
 
 /// The first schema version whose PHI columns hold ciphertexts.
