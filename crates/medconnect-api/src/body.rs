@@ -58,8 +58,20 @@ fn has_json_content_type(headers: &HeaderMap) -> bool {
     subtype == "json" || (subtype.ends_with("+json") && !subtype.contains('/'))
 }
 
-/// Deserializes one JSON value that fills the whole body.
+/// Deserializes one JSON object that fills the whole body. Every request body of the API is
+/// an object, so valid JSON of another kind gets 422 before serde could read an array into a
+/// struct's fields by position.
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|byte| !byte.is_ascii_whitespace());
+    if first.is_some_and(|byte| *byte != b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    {
+        return Err(ApiError::new(
+            ErrorCode::UnprocessableEntity,
+            "the request body is JSON but not an object: send one JSON object with the \
+             route's fields",
+        ));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let segments: Vec<&Segment> = error.path().iter().collect();
@@ -191,6 +203,16 @@ mod tests {
 
     fn rejected(body: &str) -> ApiError {
         parse::<Request>(body.as_bytes()).expect_err("body rejected")
+    }
+
+    #[test]
+    fn json_that_is_not_an_object_rejected() {
+        for body in [r#"["a", 2]"#, r#""text""#, "42", "null", " [] "] {
+            let error = rejected(body);
+            assert_eq!(error.code, ErrorCode::UnprocessableEntity, "{body}");
+            assert!(error.message.contains("not an object"), "{body}: {}", error.message);
+        }
+        assert_eq!(rejected("[").code, ErrorCode::BadRequest);
     }
 
     #[test]

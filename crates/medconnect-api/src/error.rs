@@ -30,6 +30,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The request body has a media type the route does not accept.
     UnsupportedMediaType,
+    /// The request conflicts with the current state, such as a run already under way.
+    Conflict,
     /// The body is well-formed but its content is invalid.
     UnprocessableEntity,
     /// Too many failed logins: the response's `Retry-After` header gives the seconds to wait.
@@ -68,6 +70,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::UnprocessableEntity => "unprocessable_entity",
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::StoreUnavailable => "store_unavailable",
@@ -86,6 +89,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::UnprocessableEntity => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::StoreUnavailable | ErrorCode::ServiceUnavailable => {
@@ -105,6 +109,7 @@ impl ErrorCode {
             StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
             StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+            StatusCode::CONFLICT => ErrorCode::Conflict,
             StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::UnprocessableEntity,
             StatusCode::TOO_MANY_REQUESTS => ErrorCode::TooManyRequests,
             StatusCode::SERVICE_UNAVAILABLE => ErrorCode::ServiceUnavailable,
@@ -132,6 +137,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => {
                 "the request body has an unsupported media type: send application/json"
             }
+            ErrorCode::Conflict => "the request conflicts with the current state: try again later",
             ErrorCode::UnprocessableEntity => "the request body is not valid for this route",
             ErrorCode::TooManyRequests => {
                 "too many failed logins: wait the seconds in the Retry-After header, then try again"

@@ -6,15 +6,19 @@
 //! and passes those steps to [`Server`] as closures through [`Services`]. Only this crate
 //! turns errors into HTTP statuses, in [`error`].
 
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod holds;
+pub mod lifecycle;
 pub mod limiter;
 pub mod login;
 pub mod metrics;
 pub mod openapi;
 pub mod patients;
 pub mod pool;
+mod query;
 pub mod reads;
 pub mod routes;
 pub mod scheduler;
@@ -31,8 +35,8 @@ pub use metrics::Metrics;
 pub use openapi::ApiDoc;
 pub use pool::{PoolError, StorePool};
 pub use reads::PatientReads;
-pub use routes::{PolicyInForce, PolicySource};
-pub use scheduler::{LifecycleJob, LifecycleOutcome};
+pub use routes::{AuditKeySource, PolicyInForce, PolicySource};
+pub use scheduler::{LifecycleJob, LifecycleRunner, RunError};
 pub use server::{BoundServer, Server, ServerConfig, ServerError, Services};
 pub use tls::{ClientCertificate, TlsError, TlsFiles, TlsSource};
 

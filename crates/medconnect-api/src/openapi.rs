@@ -33,7 +33,7 @@ use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
 use crate::auth::SESSION_COOKIE;
-use crate::{login, patients, routes};
+use crate::{audit, holds, lifecycle, login, patients, routes};
 
 /// The document. The info version is the version of this crate.
 // TODO: a route added to the router but not to `paths` goes unnoticed by the tests, which
@@ -57,6 +57,14 @@ use crate::{login, patients, routes};
         routes::policy,
         patients::list,
         patients::read,
+        holds::list,
+        holds::place,
+        holds::release,
+        lifecycle::plan,
+        lifecycle::explain,
+        lifecycle::run,
+        audit::list,
+        audit::verify,
     ),
     modifiers(&SecuritySchemes, &LayerResponses),
     tags(
@@ -65,6 +73,11 @@ use crate::{login, patients, routes};
         (name = "session", description = "Login, logout and the caller."),
         (name = "policy", description = "The retention policy in force."),
         (name = "patients", description = "A tenant's patients; every read is audited."),
+        (name = "holds", description = "Legal holds; placing and releasing are audited."),
+        (name = "lifecycle", description = "Retention plans, explanations and runs, for \
+            platform operators."),
+        (name = "audit", description = "The audit log and its chain check, for platform \
+            operators; every listing is audited."),
     )
 )]
 pub struct ApiDoc;

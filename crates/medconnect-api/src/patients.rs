@@ -131,7 +131,7 @@ fn tenant_of(caller: &Caller) -> Result<TenantId, ApiError> {
 
 /// Returns the [`Access`] that the audit entries of this request name: the caller's account
 /// or service token, its role and a new request id.
-fn access_of(caller: &Caller) -> Result<Access, ApiError> {
+pub(crate) fn access_of(caller: &Caller) -> Result<Access, ApiError> {
     let request_id = uuid::Uuid::new_v4().to_string();
     let access = match caller.credential {
         Credential::Session { user_id, .. } => Access::user(user_id, caller.role, &request_id),

@@ -12,6 +12,14 @@
 //! | `GET /v1/policy` | the retention policy in force, as `medconnect policy show --json` prints it |
 //! | `GET /v1/patients` | the patients linked to the caller's tenant, as [`crate::patients`] describes |
 //! | `GET /v1/patients/{id}` | one patient of the caller's tenant: link, counts and profile |
+//! | `GET /v1/holds` | legal holds of the caller's tenant, or of any tenant for an operator |
+//! | `POST /v1/holds` | 201 and the legal hold placed, as [`crate::holds`] describes |
+//! | `POST /v1/holds/{hold_id}/release` | the hold, released |
+//! | `GET /v1/lifecycle/plan` | what the next lifecycle run would do, as `lifecycle plan --json` |
+//! | `GET /v1/lifecycle/explain/{patient_id}` | why a patient's records are kept or due |
+//! | `POST /v1/lifecycle/run` | one lifecycle run now and its report; 409 while one is under way |
+//! | `GET /v1/audit` | audit entries after `after_seq`, at most `limit`; recorded as `audit.read` |
+//! | `GET /v1/audit/verify` | the audit chain check, as `medconnect audit verify --json` prints it |
 //!
 //! Every `/v1` route but the login requires a caller, as [`crate::auth`] describes.
 //! Paths that match no route get a JSON 404, known paths with another method a JSON 405.
@@ -41,12 +49,19 @@ use crate::login::{self, LOGIN_BODY_LIMIT};
 use crate::metrics::{self, Metrics};
 use crate::pool::StorePool;
 use crate::reads::PatientReads;
+use crate::scheduler::LifecycleRunner;
+use crate::{audit, holds, lifecycle, openapi, patients};
 use crate::{error_chain, BoxError};
-use crate::{openapi, patients};
 
 /// Loads the policy in force. Called on a blocking thread for each request that needs it, so
 /// a policy file changed on disk takes effect without a restart, as it does for the CLI.
 pub type PolicySource = dyn Fn() -> Result<PolicyInForce, BoxError> + Send + Sync;
+
+/// Loads the public key that audit checkpoints must be signed with, or None when the server
+/// has none. Called on a blocking thread for each `GET /v1/audit/verify`.
+pub type AuditKeySource = dyn Fn() -> Result<Option<medconnect_domain::checkpoint::AuditPublicKey>, BoxError>
+    + Send
+    + Sync;
 
 /// The retention policy in force and the file it was read from.
 pub struct PolicyInForce {
@@ -69,6 +84,9 @@ pub struct AppState {
     pub limiter: Arc<LoginLimiter>,
     /// The queue that runs `GET /v1/patients/{id}` reads in batches.
     pub reads: PatientReads,
+    /// Runs the lifecycle on this node, or None where another process runs it.
+    pub lifecycle: Option<Arc<LifecycleRunner>>,
+    pub audit_public_key: Option<Arc<AuditKeySource>>,
 }
 
 /// Builds the router. Every route accepts request bodies of at most `body_limit` bytes, and
@@ -81,6 +99,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/logout", limited(post(login::logout), body_limit))
         .route("/v1/patients", limited(get(patients::list), body_limit))
         .route("/v1/patients/{id}", limited(get(patients::read), body_limit))
+        .merge(operator_routes(body_limit))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let login_limit = LOGIN_BODY_LIMIT.min(body_limit);
     Router::new()
@@ -94,6 +113,21 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn_with_state(metrics, metrics::track_requests))
         .with_state(state)
+}
+
+/// Builds the routes of legal holds, the lifecycle and the audit log. Only `POST /v1/holds`
+/// reads a body, so the others accept none.
+fn operator_routes(body_limit: usize) -> Router<AppState> {
+    let hold_limit = holds::HOLD_BODY_LIMIT.min(body_limit);
+    let empty = 0;
+    Router::new()
+        .route("/v1/holds", limited(get(holds::list).post(holds::place), hold_limit))
+        .route("/v1/holds/{hold_id}/release", limited(post(holds::release), empty))
+        .route("/v1/lifecycle/plan", limited(get(lifecycle::plan), empty))
+        .route("/v1/lifecycle/explain/{patient_id}", limited(get(lifecycle::explain), empty))
+        .route("/v1/lifecycle/run", limited(post(lifecycle::run), empty))
+        .route("/v1/audit", limited(get(audit::list), empty))
+        .route("/v1/audit/verify", limited(get(audit::verify), empty))
 }
 
 /// Limits the request body of one route to `limit` bytes. A declared `Content-Length` above

@@ -23,8 +23,8 @@ use crate::login::{ClientAddr, DEFAULT_SESSION_TTL};
 use crate::metrics::Metrics;
 use crate::pool::StorePool;
 use crate::reads::PatientReads;
-use crate::routes::{self, AppState, PolicySource};
-use crate::scheduler::{self, LifecycleJob};
+use crate::routes::{self, AppState, AuditKeySource, PolicySource};
+use crate::scheduler::{self, LifecycleJob, LifecycleRunner};
 use crate::tls::{self, ClientCertificate, TlsError, TlsSource};
 
 /// Default listen address.
@@ -93,8 +93,12 @@ pub struct Services {
     pub policy: Arc<PolicySource>,
     /// Dates sessions and decides whether tokens have expired: the system clock in production.
     pub clock: Arc<dyn medconnect_domain::clock::Clock>,
-    /// The job the scheduler runs, or None where another process runs the lifecycle.
+    /// The job the scheduler and `POST /v1/lifecycle/run` run, or None where another process
+    /// runs the lifecycle.
     pub lifecycle: Option<Arc<LifecycleJob>>,
+    /// Loads the public key that audit checkpoints must be signed with, for
+    /// `GET /v1/audit/verify`, or None when no key is configured.
+    pub audit_public_key: Option<Arc<AuditKeySource>>,
 }
 
 /// Errors starting the server. Errors after start are logged, not returned.
@@ -186,6 +190,8 @@ impl BoundServer {
     /// timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         let BoundServer { listener, acceptor, metrics, config, services, .. } = self;
+        let lifecycle =
+            services.lifecycle.map(|job| Arc::new(LifecycleRunner::new(job, metrics.clone())));
         let state = AppState {
             pool: services.pool.clone(),
             metrics: metrics.clone(),
@@ -195,10 +201,12 @@ impl BoundServer {
             session_ttl: config.session_ttl,
             limiter: Arc::new(LoginLimiter::new(config.login_limits)),
             reads: PatientReads::start(services.pool.clone(), config.concurrent_read_batches),
+            lifecycle: lifecycle.clone(),
+            audit_public_key: services.audit_public_key,
         };
         let router = routes::router(state, config.body_limit);
         let (stop_scheduler, scheduler_stopping) = watch::channel(false);
-        let scheduler = start_scheduler(&config, services.lifecycle, &metrics, scheduler_stopping);
+        let scheduler = start_scheduler(&config, lifecycle, &metrics, scheduler_stopping);
         let connections = Connections {
             acceptor,
             router,
@@ -233,20 +241,20 @@ impl BoundServer {
 /// Starts the scheduler unless the interval is zero or there is no job.
 fn start_scheduler(
     config: &ServerConfig,
-    job: Option<Arc<LifecycleJob>>,
+    runner: Option<Arc<LifecycleRunner>>,
     metrics: &Metrics,
     stopping: watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let interval = config.lifecycle_interval;
-    let job = job.filter(|_| !interval.is_zero());
-    let Some(job) = job else {
+    let runner = runner.filter(|_| !interval.is_zero());
+    let Some(runner) = runner else {
         metrics.set_lifecycle_interval(Duration::ZERO);
         tracing::info!("lifecycle scheduler off: run `medconnect lifecycle run` elsewhere");
         return None;
     };
     metrics.set_lifecycle_interval(interval);
     tracing::info!(interval_s = interval.as_secs(), "lifecycle scheduler on");
-    let task = scheduler::run_schedule(job, interval, metrics.clone(), stopping);
+    let task = scheduler::run_schedule(runner, interval, stopping);
     Some(tokio::spawn(task))
 }
 

@@ -156,6 +156,7 @@ fn start_server(
         }),
         lifecycle: None,
         clock,
+        audit_public_key: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

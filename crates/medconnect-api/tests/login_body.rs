@@ -62,6 +62,7 @@ impl Fixture {
                 })
             }),
             lifecycle: None,
+            audit_public_key: None,
             clock: Arc::new(SystemClock),
         };
 

@@ -162,6 +162,7 @@ fn start_server(store: &TestStore, dir: &Path, client_ca: Option<PathBuf>) -> Ru
         }),
         lifecycle: None,
         clock: Arc::new(SystemClock),
+        audit_public_key: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -183,6 +183,7 @@ impl TestServer {
             }),
             lifecycle: None,
             clock: Arc::new(SystemClock),
+            audit_public_key: None,
         };
         let tls_dir = tempfile::tempdir().expect("temporary folder for the certificate");
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");

@@ -178,6 +178,7 @@ fn start_server(store: &TestStore, tls_dir: &TempDir) -> RunningServer {
         }),
         lifecycle: None,
         clock: Arc::new(SystemClock),
+        audit_public_key: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

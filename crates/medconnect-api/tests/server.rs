@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use medconnect_api::testing::{HttpResponse, HttpsClient};
 use medconnect_api::{
-    BoxError, LifecycleJob, LifecycleOutcome, PolicyInForce, PolicySource, Server, ServerConfig,
-    Services, StorePool, TlsSource,
+    BoxError, LifecycleJob, PolicyInForce, PolicySource, Server, ServerConfig, Services, StorePool,
+    TlsSource,
 };
 use medconnect_crypto::SecretToken;
 use medconnect_domain::clock::SystemClock;
 use medconnect_domain::policy::Policy;
+use medconnect_lifecycle::{RunReport, Tally};
 use medconnect_store::testing::{Backend, TestStore};
 use medconnect_store::{NewServiceToken, PgStore, Role, SqliteStore};
 use tempfile::TempDir;
@@ -52,6 +53,7 @@ impl Setup {
                 policy: builtin_policy(),
                 lifecycle: None,
                 clock: Arc::new(SystemClock),
+                audit_public_key: None,
             },
             configure: Box::new(|_| {}),
         }
@@ -423,12 +425,20 @@ fn fingerprint_matches_certificate_file() {
 
 /// Returns a lifecycle job that counts its runs, and fails each one when `fail` is set.
 fn counting_job(runs: Arc<AtomicU32>, fail: bool) -> Arc<LifecycleJob> {
-    Arc::new(move || -> Result<LifecycleOutcome, BoxError> {
+    Arc::new(move |_actor| -> Result<RunReport, BoxError> {
         let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
         if fail {
             return Err("the store is locked".into());
         }
-        Ok(LifecycleOutcome { run_id: format!("run-{run}"), purged: 0, receipts: 0, skipped: 0 })
+        Ok(RunReport {
+            run_id: format!("run-{run}"),
+            as_of: chrono::Utc::now(),
+            policy_version: "test".to_owned(),
+            tally: Tally::default(),
+            resumed_file_deletions: 0,
+            audit_entries_disposed: 0,
+            audit_checkpoint_seq: None,
+        })
     })
 }
 

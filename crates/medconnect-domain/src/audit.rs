@@ -194,6 +194,7 @@ pub struct StoredEntry {
 
 /// The kind of damage verification found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Breach {
     /// The entry's content no longer matches its hash.
@@ -214,6 +215,7 @@ pub enum Breach {
 
 /// The result of verifying the chain.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VerifyReport {
     pub ok: bool,
     pub entries: u64,

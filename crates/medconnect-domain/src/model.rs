@@ -77,6 +77,7 @@ impl fmt::Display for Category {
 
 /// Scope of a legal hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "scope", content = "patient_id", rename_all = "snake_case")]
 pub enum HoldScope {
     /// Every record of the tenant.
@@ -88,6 +89,7 @@ pub enum HoldScope {
 /// A legal hold. The matter and reason are operator text, not patient text, but they are
 /// still passed through the sanitizer before they reach the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LegalHold {
     pub id: HoldId,
     pub tenant_id: TenantId,

@@ -272,7 +272,7 @@ fn released_hold_purges_on_next_run(backend: Backend) {
         .expect("hold");
     assert_eq!(fx.run("2020-01-01T00:00:00Z").tally.receipts, 0);
 
-    fx.store.release_hold(hold.id, ACTOR).expect("release");
+    fx.store.release_hold(None, hold.id, ACTOR).expect("release");
     let report = fx.run("2020-01-01T00:00:00Z");
     assert_eq!(report.tally.purged[&Category::PatientRecords], 1);
     assert!(!fx.linked(&tenant, patient));

@@ -81,6 +81,12 @@ impl Access {
     pub(crate) fn event(&self, tenant: &Tenant, action: &str) -> AuditEvent {
         AuditEvent::new(&self.actor, action).tenant(tenant.id).detail(self.to_string())
     }
+
+    /// Starts the entry of an access that belongs to no tenant, such as a platform operator
+    /// reading the audit log: actor, action and the detail of [`Access::event`].
+    pub(crate) fn platform_event(&self, action: &str) -> AuditEvent {
+        AuditEvent::new(&self.actor, action).detail(self.to_string())
+    }
 }
 
 impl fmt::Display for Access {
@@ -129,4 +135,17 @@ pub(crate) fn read_event<T>(
         Err(error) if is_not_found(error) => Some(event.outcome(Outcome::NotFound)),
         Err(_) => None,
     }
+}
+
+/// Returns the `audit.read` entry of a read of the audit log: who read it, the range asked
+/// for and how many entries it returned, but none of their content.
+pub(crate) fn audit_read_event(
+    access: &Access,
+    after_seq: i64,
+    limit: u32,
+    count: usize,
+) -> AuditEvent {
+    let event = access.platform_event("audit.read");
+    let detail = format!("{} after_seq={after_seq} limit={limit} count={count}", event.detail);
+    event.detail(detail)
 }

@@ -195,8 +195,14 @@ pub trait Store {
         actor: &str,
     ) -> Result<LegalHold>;
 
-    /// Releases an active hold.
-    fn release_hold(&mut self, id: HoldId, actor: &str) -> Result<LegalHold>;
+    /// Releases an active hold of `tenant`, or of any tenant when it is None. A hold of
+    /// another tenant fails with [`StoreError::HoldNotFound`], as a missing one does.
+    fn release_hold(
+        &mut self,
+        tenant: Option<TenantId>,
+        id: HoldId,
+        actor: &str,
+    ) -> Result<LegalHold>;
 
     /// Lists holds, optionally of one tenant, optionally including released ones.
     fn holds(&self, tenant: Option<TenantId>, include_released: bool) -> Result<Vec<LegalHold>>;
@@ -304,6 +310,16 @@ pub trait Store {
 
     /// Returns audit entries after `after_seq`, oldest first, at most `limit`.
     fn audit_entries(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRecord>>;
+
+    /// Returns audit entries as [`Store::audit_entries`] does, for `access`, and appends
+    /// `audit.read` (with `after_seq`, `limit` and the count returned, and no tenant) in the
+    /// same transaction.
+    fn read_audit_entries(
+        &mut self,
+        after_seq: i64,
+        limit: u32,
+        access: &Access,
+    ) -> Result<Vec<AuditRecord>>;
 
     /// Returns the `after_seq` that lists the last `count` audit entries.
     fn audit_tail_start(&self, count: u32) -> Result<i64>;

@@ -161,9 +161,12 @@ pub enum DisposalOutcome {
 
 /// An audit entry as listed to an operator.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditRecord {
     pub seq: i64,
     pub hash: String,
+    /// The entry's body as hashed: actor, action, tenant, subjects, outcome and detail.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub body: serde_json::Value,
 }
 

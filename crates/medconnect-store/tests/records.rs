@@ -416,7 +416,10 @@ fn holds_place_release_list(backend: Backend) {
     assert_eq!(ids(store.holds(None, false).expect("all")).len(), 3);
     assert_eq!(ids(store.holds(Some(other.id), false).expect("other")), [elsewhere.id]);
 
-    let released = store.release_hold(on_patient.id, "releaser").expect("release");
+    let err = store.release_hold(Some(other.id), on_patient.id, ACTOR).expect_err("other tenant");
+    assert!(matches!(err, StoreError::HoldNotFound(_)), "{err}");
+    assert!(store.holds(Some(tenant.id), false).expect("holds").contains(&on_patient));
+    let released = store.release_hold(Some(tenant.id), on_patient.id, "releaser").expect("release");
     assert_eq!(released.released_at, Some(at("2024-01-01T00:00:00Z")));
     assert_eq!(released.released_by.as_deref(), Some("releaser"));
     assert!(!released.is_active());
@@ -425,9 +428,9 @@ fn holds_place_release_list(backend: Backend) {
     expected.sort_by_key(|hold| hold.id.to_string());
     assert_eq!(store.holds(Some(tenant.id), true).expect("with released"), expected);
 
-    let err = store.release_hold(on_patient.id, ACTOR).expect_err("second release");
+    let err = store.release_hold(None, on_patient.id, ACTOR).expect_err("second release");
     assert!(matches!(err, StoreError::HoldAlreadyReleased(_)), "{err}");
-    let err = store.release_hold(HoldId::new(), ACTOR).expect_err("unknown hold");
+    let err = store.release_hold(None, HoldId::new(), ACTOR).expect_err("unknown hold");
     assert!(matches!(err, StoreError::HoldNotFound(_)), "{err}");
 }
 

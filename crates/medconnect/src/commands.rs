@@ -423,7 +423,7 @@ pub fn hold(context: &Context, command: HoldCommand) -> Result<ExitCode> {
         }
         HoldCommand::Release { id } => {
             let id = HoldId::parse(&id)?;
-            let hold = store.release_hold(id, &context.actor)?;
+            let hold = store.release_hold(None, id, &context.actor)?;
             outln!(
                 "released legal hold {}; the next run purges what it protected if expired",
                 hold.id

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use medconnect_api::{
-    LifecycleJob, LifecycleOutcome, PolicyInForce, PolicySource, Server, ServerConfig, Services,
+    AuditKeySource, LifecycleJob, PolicyInForce, PolicySource, Server, ServerConfig, Services,
     StorePool, TlsFiles, TlsSource,
 };
 use medconnect_crypto::AuditSigner;
 use medconnect_domain::clock::SystemClock;
-use medconnect_lifecycle::RunOptions;
+use medconnect_lifecycle::{RunOptions, RunReport};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::cli::ServeArgs;
@@ -59,6 +59,7 @@ pub fn run(context: Context, args: ServeArgs) -> Result<ExitCode> {
         policy: policy_source(&context),
         lifecycle: Some(lifecycle_job(&context)),
         clock: Arc::new(SystemClock),
+        audit_public_key: Some(audit_key_source(&context)),
     };
 
     runtime.block_on(serve(config, services))?;
@@ -149,15 +150,30 @@ fn policy_source(context: &Arc<Context>) -> Arc<PolicySource> {
     })
 }
 
-/// Returns the scheduled lifecycle run. It disposes of every record whose retention has
-/// ended and that no hold protects, as `medconnect lifecycle run` does, with the same policy,
-/// signing key, actor and ledger.
-fn lifecycle_job(context: &Arc<Context>) -> Arc<LifecycleJob> {
+/// Returns the loader of the audit public key for `GET /v1/audit/verify`: the key file in the
+/// data directory, read again for each request, or None when it does not exist, as
+/// `medconnect audit verify` reads it.
+fn audit_key_source(context: &Arc<Context>) -> Arc<AuditKeySource> {
     let context = Arc::clone(context);
-    Arc::new(move || Ok(run_lifecycle(&context)?))
+    Arc::new(move || {
+        let path = context.audit_public_key_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(crate::read_public_key(&path)?))
+    })
 }
 
-fn run_lifecycle(context: &Context) -> Result<LifecycleOutcome> {
+/// Returns the lifecycle run of the scheduler and of `POST /v1/lifecycle/run`. It disposes of
+/// every record whose retention has ended and that no hold protects, as
+/// `medconnect lifecycle run` does, with the same policy, signing key and ledger. Its audit
+/// entries name the configured actor, or the API caller that requested the run.
+fn lifecycle_job(context: &Arc<Context>) -> Arc<LifecycleJob> {
+    let context = Arc::clone(context);
+    Arc::new(move |actor| Ok(run_lifecycle(&context, actor)?))
+}
+
+fn run_lifecycle(context: &Context, actor: Option<&str>) -> Result<RunReport> {
     let mut store = context.open_store()?;
     let policy = context.load_policy()?;
     let signer = match context.load_signing_key() {
@@ -170,7 +186,8 @@ fn run_lifecycle(context: &Context) -> Result<LifecycleOutcome> {
             None
         }
     };
-    let options = RunOptions { actor: context.actor.clone(), ..RunOptions::default() };
+    let actor = actor.map_or_else(|| context.actor.clone(), str::to_owned);
+    let options = RunOptions { actor, ..RunOptions::default() };
     let report = medconnect_lifecycle::run_with_signer(
         &mut *store,
         &policy,
@@ -180,13 +197,7 @@ fn run_lifecycle(context: &Context) -> Result<LifecycleOutcome> {
         &mut |_, _| {},
     )?;
     crate::backup::sync_ledger_after_run(context, &*store)?;
-    let skipped = report.tally.skipped.values().flat_map(|counts| counts.values()).sum();
-    Ok(LifecycleOutcome {
-        run_id: report.run_id,
-        purged: report.tally.purged.values().sum(),
-        receipts: report.tally.receipts,
-        skipped,
-    })
+    Ok(report)
 }
 
 /// The signals that start a graceful shutdown, installed before the listener opens so that

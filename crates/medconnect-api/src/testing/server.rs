@@ -67,6 +67,7 @@ impl TestServer {
             }),
             lifecycle: None,
             clock: options.clock,
+            audit_public_key: None,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -19,8 +19,9 @@ use postgres::types::ToSql;
 use postgres::{Row, Transaction};
 
 use super::{PgAudit, PgStore};
+use crate::access::audit_read_event;
 use crate::sqlite::values::parse_stored_instant;
-use crate::{AuditCut, AuditExported, AuditRecord, CheckpointSigned, Result, StoreError};
+use crate::{Access, AuditCut, AuditExported, AuditRecord, CheckpointSigned, Result, StoreError};
 
 /// Columns of `audit_log` in the order [`entry_from_row`] reads them.
 const ENTRY_COLUMNS: &str = "seq, at, tenant_id, action, body, prev_hash, hash";
@@ -191,6 +192,27 @@ impl PgStore {
                 &[&after_seq, &i64::from(limit)],
             )?;
             audit_records(&rows)
+        })
+    }
+
+    pub(crate) fn read_audit_entries_impl(
+        &self,
+        after_seq: i64,
+        limit: u32,
+        access: &Access,
+    ) -> Result<Vec<AuditRecord>> {
+        let (now, simulated) = (self.now(), self.simulated());
+        self.operator_tx(|tx| {
+            let rows = tx.query(
+                "SELECT seq, hash, body FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&after_seq, &i64::from(limit)],
+            )?;
+            let records = audit_records(&rows)?;
+            // The head is taken after the read, as every writer does.
+            let mut audit = PgAudit::begin(tx, now, simulated)?;
+            audit.append(tx, audit_read_event(access, after_seq, limit, records.len()))?;
+            audit.finish(tx)?;
+            Ok(records)
         })
     }
 

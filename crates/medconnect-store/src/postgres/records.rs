@@ -469,14 +469,25 @@ impl PgStore {
         Ok(hold)
     }
 
-    pub(crate) fn release_hold_impl(&mut self, id: HoldId, actor: &str) -> Result<LegalHold> {
+    pub(crate) fn release_hold_impl(
+        &mut self,
+        tenant: Option<TenantId>,
+        id: HoldId,
+        actor: &str,
+    ) -> Result<LegalHold> {
         let (now, simulated) = (self.now(), self.simulated());
         let sql = format!("SELECT {HOLD_COLUMNS} FROM legal_holds WHERE id = $1 FOR UPDATE");
+        // The application role may not update holds, so a tenant's release also runs on the
+        // operator connection, and the tenant is checked here instead of by row-level security.
         self.operator_tx(|tx| {
             // The row lock makes a second release of the same hold wait, then see it released.
             let row = tx.query_opt(&sql, &[&id.to_string()])?;
-            let hold =
-                hold_from_row(&row.ok_or_else(|| StoreError::HoldNotFound(id.to_string()))?)?;
+            let hold = row
+                .as_ref()
+                .map(hold_from_row)
+                .transpose()?
+                .filter(|hold| tenant.is_none_or(|tenant| hold.tenant_id == tenant))
+                .ok_or_else(|| StoreError::HoldNotFound(id.to_string()))?;
             if !hold.is_active() {
                 return Err(StoreError::HoldAlreadyReleased(id.to_string()));
             }

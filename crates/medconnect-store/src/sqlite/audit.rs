@@ -11,11 +11,12 @@ use medconnect_domain::checkpoint::{
 };
 use medconnect_domain::policy::Policy;
 use medconnect_domain::time::format_instant;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::values::parse_stored_instant;
 use super::{meta_value, SqliteStore};
-use crate::{AuditCut, AuditExported, AuditRecord, CheckpointSigned, Result, StoreError};
+use crate::access::audit_read_event;
+use crate::{Access, AuditCut, AuditExported, AuditRecord, CheckpointSigned, Result, StoreError};
 
 /// Columns of `audit_log` in the order [`entry_from_row`] reads them.
 const ENTRY_COLUMNS: &str = "seq, at, tenant_id, action, body, prev_hash, hash";
@@ -237,6 +238,25 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    pub(crate) fn read_audit_entries_impl(
+        &mut self,
+        after_seq: i64,
+        limit: u32,
+        access: &Access,
+    ) -> Result<Vec<AuditRecord>> {
+        let (now, simulated) = (self.now(), self.simulated());
+        // Immediate, because the entry it appends needs the write lock anyway. The read runs
+        // on a shared borrow of the connection inside the transaction.
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let records = self.audit_entries_impl(after_seq, limit)?;
+        let event = audit_read_event(access, after_seq, limit, records.len());
+        let mut audit = AuditAppender::begin(&tx, now, simulated)?;
+        audit.append(&tx, event)?;
+        audit.finish(&tx)?;
+        tx.commit()?;
+        Ok(records)
+    }
+
     pub(crate) fn receipts_for_impl(&self, record_id: &str) -> Result<Vec<AuditRecord>> {
         // Receipts are inside the hashed JSON body, so this scans disposal entries. It serves
         // operators asking about one record, not a hot path.

@@ -407,10 +407,11 @@ impl crate::Store for SqliteStore {
 
     fn release_hold(
         &mut self,
+        tenant: Option<medconnect_domain::TenantId>,
         id: medconnect_domain::HoldId,
         actor: &str,
     ) -> Result<medconnect_domain::model::LegalHold> {
-        self.release_hold_impl(id, actor)
+        self.release_hold_impl(tenant, id, actor)
     }
 
     fn holds(
@@ -542,6 +543,15 @@ impl crate::Store for SqliteStore {
 
     fn audit_entries(&self, after_seq: i64, limit: u32) -> Result<Vec<crate::AuditRecord>> {
         self.audit_entries_impl(after_seq, limit)
+    }
+
+    fn read_audit_entries(
+        &mut self,
+        after_seq: i64,
+        limit: u32,
+        access: &crate::Access,
+    ) -> Result<Vec<crate::AuditRecord>> {
+        self.read_audit_entries_impl(after_seq, limit, access)
     }
 
     fn audit_tail_start(&self, count: u32) -> Result<i64> {

@@ -560,14 +560,21 @@ impl SqliteStore {
         Ok(hold)
     }
 
-    pub(crate) fn release_hold_impl(&mut self, id: HoldId, actor: &str) -> Result<LegalHold> {
+    pub(crate) fn release_hold_impl(
+        &mut self,
+        tenant: Option<TenantId>,
+        id: HoldId,
+        actor: &str,
+    ) -> Result<LegalHold> {
         let (now, simulated) = (self.now(), self.simulated());
         let tx = self.write_tx()?;
         let sql = format!("SELECT {HOLD_COLUMNS} FROM legal_holds WHERE id = ?1");
         let hold = tx
             .query_row(&sql, [id.to_string()], |row| Ok(hold_from_row(row)))
             .optional()?
-            .ok_or_else(|| StoreError::HoldNotFound(id.to_string()))??;
+            .transpose()?
+            .filter(|hold| tenant.is_none_or(|tenant| hold.tenant_id == tenant))
+            .ok_or_else(|| StoreError::HoldNotFound(id.to_string()))?;
         if !hold.is_active() {
             return Err(StoreError::HoldAlreadyReleased(id.to_string()));
         }
