@@ -291,8 +291,8 @@ fn photos_round_trip_sealed(backend: Backend) {
     assert!(seeded.store.verify_audit().expect("verify").ok);
 }
 
-/// Checks that a photo is read only under its own patient's path: another patient's photo of the same
-/// tenant, another tenant's photo and a missing one are all not found.
+/// Checks that a photo is read only under its own patient's path: another patient's photo
+/// of the same tenant, another tenant's photo and a missing one are all not found.
 fn photo_of_another_patient_is_not_found(backend: Backend) {
     let mut seeded = seeded(backend);
     let access = access();
