@@ -8,9 +8,12 @@
 
 pub mod auth;
 pub mod error;
+pub mod id_photos;
+pub mod intake_forms;
 pub mod limiter;
 pub mod login;
 pub mod metrics;
+mod patient_path;
 pub mod patients;
 pub mod pool;
 pub mod routes;

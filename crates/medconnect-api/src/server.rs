@@ -36,7 +36,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub tls: TlsSource,
-    /// Largest request body any route accepts, in bytes.
+    /// Largest request body of every route but the ID photo upload, which accepts
+    /// [`crate::id_photos::ID_PHOTO_BODY_LIMIT`], in bytes.
     pub body_limit: usize,
     /// Time between scheduled lifecycle runs; zero turns the scheduler off.
     pub lifecycle_interval: Duration,

@@ -53,8 +53,8 @@ pub struct IntakeForm {
 /// An ID photo to store: a JPEG or PNG image whose first bytes match its media type. Only
 /// [`NewIdPhoto::new`] builds one, so the store never stores an image of another type. It
 /// contains PHI, so it has no `Debug`.
-pub struct NewIdPhoto<'a> {
-    bytes: &'a [u8],
+pub struct NewIdPhoto {
+    bytes: Vec<u8>,
     content_type: &'static str,
 }
 
@@ -68,23 +68,23 @@ pub enum InvalidIdPhoto {
     ContentMismatch(&'static str),
 }
 
-impl<'a> NewIdPhoto<'a> {
+impl NewIdPhoto {
     /// Checks that `content_type` (parameters such as `; charset` ignored, compared without
     /// regard to case) is JPEG or PNG and that `bytes` start with that format's signature.
-    pub fn new(bytes: &'a [u8], content_type: &str) -> Result<Self, InvalidIdPhoto> {
+    pub fn new(bytes: Vec<u8>, content_type: &str) -> Result<Self, InvalidIdPhoto> {
         let essence = content_type.split(';').next().unwrap_or_default().trim();
         let content_type = ID_PHOTO_CONTENT_TYPES
             .into_iter()
             .find(|known| known.eq_ignore_ascii_case(essence))
             .ok_or(InvalidIdPhoto::UnsupportedType)?;
-        if sniff_image(bytes) != Some(content_type) {
+        if sniff_image(&bytes) != Some(content_type) {
             return Err(InvalidIdPhoto::ContentMismatch(content_type));
         }
         Ok(NewIdPhoto { bytes, content_type })
     }
 
-    pub fn bytes(&self) -> &'a [u8] {
-        self.bytes
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     pub fn content_type(&self) -> &'static str {

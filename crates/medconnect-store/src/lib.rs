@@ -205,7 +205,7 @@ pub trait Store {
         &mut self,
         tenant: &Tenant,
         patient: PatientId,
-        photo: &NewIdPhoto<'_>,
+        photo: &NewIdPhoto,
         access: &Access,
     ) -> Result<IdPhotoInfo>;
 

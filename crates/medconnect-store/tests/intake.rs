@@ -244,7 +244,7 @@ fn photos_round_trip_sealed(backend: Backend) {
         .expect("legacy photo");
 
     let before = head(&*seeded.store);
-    let jpeg = NewIdPhoto::new(JPEG, "image/jpeg").expect("valid JPEG");
+    let jpeg = NewIdPhoto::new(JPEG.to_vec(), "image/jpeg").expect("valid JPEG");
     let uploaded = seeded.store.upload_id_photo(&tenant, patient, &jpeg, &access).expect("upload");
     assert_eq!(uploaded.content_type, "image/jpeg");
     assert_eq!(uploaded.uploaded_at, at("2024-03-01T12:00:00Z"));
@@ -297,7 +297,7 @@ fn photo_of_another_patient_is_not_found(backend: Backend) {
     let mut seeded = seeded(backend);
     let access = access();
     let (tenant, other) = (seeded.tenant.clone(), seeded.other.clone());
-    let png = NewIdPhoto::new(PNG, "image/png").expect("valid PNG");
+    let png = NewIdPhoto::new(PNG.to_vec(), "image/png").expect("valid PNG");
     let ours = seeded.store.upload_id_photo(&tenant, seeded.patient, &png, &access).expect("up");
     let access_b = Access::user(UserId::new(), Role::Provider, REQUEST).expect("valid");
     let theirs = seeded.store.upload_id_photo(&other, seeded.theirs, &png, &access_b).expect("up");
@@ -329,7 +329,7 @@ fn photo_for_missing_patient_leaves_nothing(backend: Backend) {
     let mut seeded = seeded(backend);
     let access = access();
     let tenant = seeded.tenant.clone();
-    let jpeg = NewIdPhoto::new(JPEG, "image/jpeg").expect("valid JPEG");
+    let jpeg = NewIdPhoto::new(JPEG.to_vec(), "image/jpeg").expect("valid JPEG");
     for requested in [seeded.theirs, PatientId::new()] {
         let before = head(&*seeded.store);
         let result = seeded.store.upload_id_photo(&tenant, requested, &jpeg, &access);
@@ -356,7 +356,7 @@ fn upload_whose_entry_fails_leaves_no_file(backend: Backend) {
     let access = access();
     let tenant = seeded.tenant.clone();
     refuse_audit_rows(&seeded.store);
-    let jpeg = NewIdPhoto::new(JPEG, "image/jpeg").expect("valid JPEG");
+    let jpeg = NewIdPhoto::new(JPEG.to_vec(), "image/jpeg").expect("valid JPEG");
     assert!(seeded.store.upload_id_photo(&tenant, seeded.patient, &jpeg, &access).is_err());
     let submitted = form("intake", "2024-02-01T00:00:00Z", json!({ "a": 1 }));
     let result = seeded.store.submit_intake_form(&tenant, seeded.patient, &submitted, &access);
@@ -408,7 +408,7 @@ fn writes_without_master_key_write_no_entry(backend: Backend) {
     let submitted = form("intake", "2024-02-01T00:00:00Z", json!({ "a": 1 }));
     let result = keyless.submit_intake_form(&seeded.tenant, seeded.patient, &submitted, &access);
     assert!(matches!(result, Err(StoreError::MasterKeyRequired)));
-    let jpeg = NewIdPhoto::new(JPEG, "image/jpeg").expect("valid JPEG");
+    let jpeg = NewIdPhoto::new(JPEG.to_vec(), "image/jpeg").expect("valid JPEG");
     let result = keyless.upload_id_photo(&seeded.tenant, seeded.patient, &jpeg, &access);
     assert!(matches!(result, Err(StoreError::MasterKeyRequired)));
     let result = keyless.read_intake_forms(&seeded.tenant, seeded.patient, &access);
@@ -428,8 +428,14 @@ backend_tests!(
 
 #[test]
 fn photo_type_must_match_bytes() {
-    assert_eq!(NewIdPhoto::new(JPEG, "image/jpeg").expect("JPEG").content_type(), "image/jpeg");
-    assert_eq!(NewIdPhoto::new(PNG, "IMAGE/PNG; q=1").expect("PNG").content_type(), "image/png");
+    assert_eq!(
+        NewIdPhoto::new(JPEG.to_vec(), "image/jpeg").expect("JPEG").content_type(),
+        "image/jpeg"
+    );
+    assert_eq!(
+        NewIdPhoto::new(PNG.to_vec(), "IMAGE/PNG; q=1").expect("PNG").content_type(),
+        "image/png"
+    );
     let cases: [(&[u8], &str, InvalidIdPhoto); 5] = [
         (PNG, "image/jpeg", InvalidIdPhoto::ContentMismatch("image/jpeg")),
         (JPEG, "image/png", InvalidIdPhoto::ContentMismatch("image/png")),
@@ -438,7 +444,7 @@ fn photo_type_must_match_bytes() {
         (JPEG, "application/octet-stream", InvalidIdPhoto::UnsupportedType),
     ];
     for (bytes, content_type, expected) in cases {
-        let result = NewIdPhoto::new(bytes, content_type).err();
+        let result = NewIdPhoto::new(bytes.to_vec(), content_type).err();
         assert_eq!(result, Some(expected), "{content_type}");
     }
 }

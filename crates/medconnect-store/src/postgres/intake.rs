@@ -107,7 +107,7 @@ impl PgStore {
         &self,
         tenant: &Tenant,
         patient: PatientId,
-        photo: &NewIdPhoto<'_>,
+        photo: &NewIdPhoto,
         access: &Access,
     ) -> Result<IdPhotoInfo> {
         let keys = self.keys()?;

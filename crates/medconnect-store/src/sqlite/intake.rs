@@ -108,7 +108,7 @@ impl SqliteStore {
         &mut self,
         tenant: &Tenant,
         patient: PatientId,
-        photo: &NewIdPhoto<'_>,
+        photo: &NewIdPhoto,
         access: &Access,
     ) -> Result<IdPhotoInfo> {
         self.keys()?;

@@ -401,7 +401,7 @@ impl crate::Store for SqliteStore {
         &mut self,
         tenant: &medconnect_domain::model::Tenant,
         patient: medconnect_domain::PatientId,
-        photo: &crate::NewIdPhoto<'_>,
+        photo: &crate::NewIdPhoto,
         access: &crate::Access,
     ) -> Result<crate::IdPhotoInfo> {
         self.upload_id_photo_impl(tenant, patient, photo, access)
