@@ -25,7 +25,7 @@ use crate::patients::{access_of, finish, tenant_of};
 use crate::routes::AppState;
 
 /// Largest request body of `POST /v1/patients/{id}/intake-forms`, in bytes, unless the
-/// server's body limit is lower. It is four times the 16 KiB of a small JSON body, because a
+/// server's body limit is lower. It is above the 16 KiB that suits most JSON bodies because a
 /// form carries up to [`MAX_ANSWERS`] free-text answers. A form whose every answer has the
 /// maximum length does not fit and gets 413.
 pub const INTAKE_FORM_BODY_LIMIT: usize = 64 * 1024;
@@ -60,8 +60,8 @@ pub struct IntakeFormRequest {
     /// digits and underscores starting with a letter, and whose values are strings of at most
     /// 2000 characters, numbers or booleans.
     pub answers: Map<String, Value>,
-    /// When the patient completed the form, RFC 3339 with an offset; the time of the request
-    /// when absent.
+    /// When the patient completed the form, as RFC 3339 with an offset. The time of the
+    /// request is used when it is absent.
     #[serde(default)]
     pub submitted_at: Option<String>,
 }
@@ -178,8 +178,9 @@ pub fn parse_request(body: &[u8], now: DateTime<Utc>) -> Result<NewIntakeForm, A
         return Err(unprocessable("submitted_at must be a string such as 2026-03-01T09:30:00Z"));
     }
 
-    let request: IntakeFormRequest = serde_json::from_value(value).map_err(|error| {
-        tracing::warn!(%error, "a checked intake form did not deserialize");
+    let request: IntakeFormRequest = serde_json::from_value(value).map_err(|_| {
+        // The error text of serde can quote a value, so it is not logged.
+        tracing::warn!("an intake form that passed the field checks did not deserialize");
         unprocessable("the request body is not a valid intake form")
     })?;
     if !is_name(&request.form, b'-') {
@@ -320,7 +321,9 @@ mod tests {
             (json!({ "form": "intake", "answers": { "pay": 4111111111111111u64 } }), "answers.pay"),
             (json!({ "form": "a-4111111111111111", "answers": { "a": 1 } }), "form"),
             (
-                json!({ "form": "intake", "answers": { "a": 1 }, "submitted_at": "4111111111111111" }),
+                json!({
+                    "form": "intake", "answers": { "a": 1 }, "submitted_at": "4111111111111111"
+                }),
                 "submitted_at",
             ),
         ];
@@ -357,7 +360,9 @@ mod tests {
                 "with an offset",
             ),
             (
-                json!({ "form": "intake", "answers": { "a": 1 }, "submitted_at": "2026-03-01T12:05:01Z" }),
+                json!({
+                    "form": "intake", "answers": { "a": 1 }, "submitted_at": "2026-03-01T12:05:01Z"
+                }),
                 "in the future",
             ),
             (
@@ -370,7 +375,9 @@ mod tests {
             assert!(message.contains(expected), "{message:?} lacks {expected:?}");
             assert!(!message.contains("Jane"), "{message}");
         }
-        let within_skew = json!({ "form": "intake", "answers": { "a": 1 }, "submitted_at": "2026-03-01T12:05:00Z" });
+        let within_skew = json!({
+            "form": "intake", "answers": { "a": 1 }, "submitted_at": "2026-03-01T12:05:00Z"
+        });
         assert!(parse(within_skew).is_ok());
         let not_json = parse_request(b"{\"form\":", now()).err().expect("rejected");
         assert_eq!(not_json.code, ErrorCode::BadRequest);

@@ -108,7 +108,8 @@ impl HttpsClient {
             .unwrap_or_else(|error| panic!("GET {path}: {error}"))
     }
 
-    /// Sends one request with extra `headers`, `Connection: close`, and a JSON content type.
+    /// Sends one request with extra `headers`, `Connection: close`, and a JSON content type
+    /// unless `headers` name another.
     pub fn request_with(
         &self,
         method: &str,
@@ -119,9 +120,11 @@ impl HttpsClient {
         let mut stream = self.connect()?;
         let extra: String =
             headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+        let has_type = headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+        let json_type = if has_type { "" } else { "Content-Type: application/json\r\n" };
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
+             {json_type}Content-Length: {}\r\n{extra}\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes())?;

@@ -32,12 +32,40 @@ struct Route {
     serves: &'static [Role],
 }
 
-const ROUTES: &[Route] = &[Route {
-    method: "GET",
-    path: "/v1/patients/{patient}",
-    body: "",
-    serves: &[Role::TenantAdmin, Role::Provider],
-}];
+const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        path: "/v1/patients/{patient}",
+        body: "",
+        serves: &[Role::TenantAdmin, Role::Provider],
+    },
+    Route {
+        method: "POST",
+        path: "/v1/patients/{patient}/intake-forms",
+        body: r#"{"form": "intake", "answers": {"reason": "follow-up"}}"#,
+        serves: &[Role::Provider, Role::Storefront],
+    },
+    Route {
+        method: "GET",
+        path: "/v1/patients/{patient}/intake-forms",
+        body: "",
+        serves: &[Role::Provider],
+    },
+    // The photo upload takes an image body, which this table's JSON requests cannot carry,
+    // so tests/intake.rs checks it the same way.
+    Route {
+        method: "GET",
+        path: "/v1/patients/{patient}/id-photos",
+        body: "",
+        serves: &[Role::Provider],
+    },
+    Route {
+        method: "GET",
+        path: "/v1/patients/{patient}/id-photos/{photo}",
+        body: "",
+        serves: &[Role::Provider],
+    },
+];
 
 /// The roles of tenant A, each with a token.
 const ROLES: [Role; 5] =

@@ -911,7 +911,8 @@ impl PhotoFile {
     /// path stays queued and the next lifecycle run deletes the file.
     pub(super) fn remove(&self) {
         if let Err(error) = fs::remove_file(&self.path) {
-            tracing::warn!(photo = %self.id, %error, "removing the file of an unstored ID photo failed");
+            let photo = self.id;
+            tracing::warn!(%photo, %error, "removing the file of an unstored ID photo failed");
         }
     }
 }
