@@ -20,10 +20,11 @@ use medconnect_store::{
     IdPhotoContent, IdPhotoInfo, InvalidIdPhoto, NewIdPhoto, Role, StoreError,
     UNKNOWN_PHOTO_CONTENT_TYPE,
 };
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::patient_path::patient_in_path;
 use crate::patients::{access_of, finish, tenant_of};
 use crate::pool::PoolError;
@@ -37,8 +38,39 @@ pub const ID_PHOTO_BODY_LIMIT: usize = 5 * 1024 * 1024;
 const PHOTO_NOT_FOUND: &str = "no ID photo with this id for this patient: list the patient's \
                                photos at GET /v1/patients/{id}/id-photos";
 
+/// The body of `GET /v1/patients/{id}/id-photos`.
+#[derive(Serialize, ToSchema)]
+pub struct IdPhotoList {
+    /// The patient's photos, newest first.
+    pub id_photos: Vec<IdPhotoInfo>,
+}
+
 /// Stores the request body as an ID photo of a patient of the caller's tenant. Returns 201
 /// with the photo's metadata.
+#[utoipa::path(
+    post,
+    path = "/v1/patients/{id}/id-photos",
+    operation_id = "upload_id_photo",
+    tag = "patients",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`.")),
+    request_body(
+        description = "The raw image, at most 5 MiB, whose first bytes match its media type.",
+        content(("image/jpeg"), ("image/png")),
+    ),
+    responses(
+        (status = 201, description = "The photo is stored.", body = IdPhotoInfo),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
+        (status = 403, description = "The caller is neither a provider, the Storefront nor the \
+            patient itself, or has no tenant.", body = ErrorBody),
+        (status = 404, description = "The caller's tenant has no patient with this id.",
+            body = ErrorBody),
+        (status = 415, description = "The body is not a JPEG or PNG image of its declared \
+            Content-Type.", body = ErrorBody),
+        (status = 500, description = "The request could not be prepared for the audit log.",
+            body = ErrorBody),
+    )
+)]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
@@ -73,11 +105,30 @@ pub async fn upload(
 }
 
 /// Lists the metadata of a patient's ID photos, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/patients/{id}/id-photos",
+    operation_id = "list_id_photos",
+    tag = "patients",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`.")),
+    responses(
+        (status = 200, description = "The metadata of the patient's ID photos.",
+            body = IdPhotoList),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
+        (status = 403, description = "The caller is not a provider, or has no tenant.",
+            body = ErrorBody),
+        (status = 404, description = "The caller's tenant has no patient with this id.",
+            body = ErrorBody),
+        (status = 500, description = "The request could not be prepared for the audit log.",
+            body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<IdPhotoList>, ApiError> {
     caller.require(&[Role::Provider])?;
     let tenant = tenant_of(&caller)?;
     let patient = patient_in_path(&caller, &id, "list ID photos")?;
@@ -94,11 +145,35 @@ pub async fn list(
             tracing::info!(%tenant, %patient, "ID photos of a patient not in the tenant");
         }
     })?;
-    Ok(Json(json!({ "id_photos": photos })))
+    Ok(Json(IdPhotoList { id_photos: photos }))
 }
 
 /// Returns the image of one ID photo with its stored media type and `Cache-Control:
 /// no-store`, so no cache between the client and the server keeps a copy.
+#[utoipa::path(
+    get,
+    path = "/v1/patients/{id}/id-photos/{photo_id}",
+    operation_id = "read_id_photo",
+    tag = "patients",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(
+        ("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`."),
+        ("photo_id" = uuid::Uuid, Path,
+            description = "The photo id, from `GET /v1/patients/{id}/id-photos`."),
+    ),
+    responses(
+        (status = 200, description = "The image, with the media type it was uploaded with and \
+            `Cache-Control: no-store`.",
+            content(("image/jpeg"), ("image/png"), ("application/octet-stream"))),
+        (status = 400, description = "An id is not a UUID.", body = ErrorBody),
+        (status = 403, description = "The caller is neither a provider nor the patient itself, \
+            or has no tenant.", body = ErrorBody),
+        (status = 404, description = "The caller's tenant has no patient with this id, or the \
+            patient has no photo with this id.", body = ErrorBody),
+        (status = 500, description = "The request could not be prepared for the audit log.",
+            body = ErrorBody),
+    )
+)]
 pub async fn read(
     State(state): State<AppState>,
     caller: Caller,

@@ -15,11 +15,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, TimeDelta, Utc};
 use medconnect_store::{IntakeForm, IntakeFormInfo, NewIntakeForm, Role, StoreError};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::patient_path::{patient_in_path, reject_card_number};
 use crate::patients::{access_of, finish, tenant_of};
 use crate::routes::AppState;
@@ -50,7 +51,7 @@ pub const MAX_CLOCK_SKEW: TimeDelta = TimeDelta::minutes(5);
 const FIELDS: [&str; 3] = ["form", "answers", "submitted_at"];
 
 /// The body of `POST /v1/patients/{id}/intake-forms`. It contains PHI, so it has no `Debug`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IntakeFormRequest {
     /// The form's name: 1 to 64 lowercase letters, digits and hyphens, starting with a
@@ -59,14 +60,49 @@ pub struct IntakeFormRequest {
     /// Answers by question id: 1 to 100 entries whose keys are 1 to 64 lowercase letters,
     /// digits and underscores starting with a letter, and whose values are strings of at most
     /// 2000 characters, numbers or booleans.
+    #[schema(value_type = Object)]
     pub answers: Map<String, Value>,
     /// When the patient completed the form, as RFC 3339 with an offset. The time of the
     /// request is used when it is absent.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub submitted_at: Option<String>,
 }
 
+/// The body of `GET /v1/patients/{id}/intake-forms`.
+#[derive(Serialize, ToSchema)]
+pub struct IntakeFormList {
+    /// The patient's forms, newest `submitted_at` first.
+    pub intake_forms: Vec<IntakeForm>,
+}
+
 /// Stores an intake form of a patient of the caller's tenant. Returns 201 with its id.
+#[utoipa::path(
+    post,
+    path = "/v1/patients/{id}/intake-forms",
+    operation_id = "submit_intake_form",
+    tag = "patients",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`.")),
+    request_body = IntakeFormRequest,
+    responses(
+        (status = 201, description = "The form is stored; its answers are not repeated.",
+            body = IntakeFormInfo),
+        (status = 400, description = "The id is not a UUID, or the body is not JSON.",
+            body = ErrorBody),
+        (status = 403, description = "The caller is neither a provider, the Storefront nor the \
+            patient itself, or has no tenant.", body = ErrorBody),
+        (status = 404, description = "The caller's tenant has no patient with this id.",
+            body = ErrorBody),
+        (status = 415, description = "The body is not declared as application/json.",
+            body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid, contains a card \
+            number, or submitted_at is more than 5 minutes ahead. The message names the field.",
+            body = ErrorBody),
+        (status = 500, description = "The request could not be prepared for the audit log.",
+            body = ErrorBody),
+    )
+)]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
@@ -99,11 +135,30 @@ pub async fn submit(
 }
 
 /// Lists a patient's intake forms with their answers, newest `submitted_at` first.
+#[utoipa::path(
+    get,
+    path = "/v1/patients/{id}/intake-forms",
+    operation_id = "list_intake_forms",
+    tag = "patients",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`.")),
+    responses(
+        (status = 200, description = "The patient's intake forms with decrypted answers.",
+            body = IntakeFormList),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
+        (status = 403, description = "The caller is neither a provider nor the patient itself, \
+            or has no tenant.", body = ErrorBody),
+        (status = 404, description = "The caller's tenant has no patient with this id.",
+            body = ErrorBody),
+        (status = 500, description = "The request could not be prepared for the audit log.",
+            body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<IntakeFormList>, ApiError> {
     caller.require(&[Role::Provider, Role::Patient])?;
     let tenant = tenant_of(&caller)?;
     let patient = patient_in_path(&caller, &id, "read intake forms")?;
@@ -120,7 +175,7 @@ pub async fn list(
             tracing::info!(%tenant, %patient, "intake forms of a patient not in the tenant");
         }
     })?;
-    Ok(Json(json!({ "intake_forms": forms })))
+    Ok(Json(IntakeFormList { intake_forms: forms }))
 }
 
 /// Returns 415 unless the request declares a JSON body.
@@ -276,6 +331,8 @@ fn parse_submitted_at(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, A
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn now() -> DateTime<Utc> {

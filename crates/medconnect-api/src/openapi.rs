@@ -31,7 +31,7 @@ use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
 use crate::auth::SESSION_COOKIE;
-use crate::{login, patients, routes};
+use crate::{id_photos, intake_forms, login, patients, routes};
 
 /// The document. The info version is the version of this crate.
 #[derive(OpenApi)]
@@ -52,6 +52,11 @@ use crate::{login, patients, routes};
         routes::policy,
         patients::list,
         patients::read,
+        intake_forms::submit,
+        intake_forms::list,
+        id_photos::upload,
+        id_photos::list,
+        id_photos::read,
     ),
     modifiers(&SecuritySchemes, &LayerResponses),
     tags(

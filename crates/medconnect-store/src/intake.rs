@@ -35,6 +35,11 @@ pub struct NewIntakeForm {
 
 /// The metadata of a stored intake form, without its answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(description = "A stored intake form, without its answers.")
+)]
 pub struct IntakeFormInfo {
     pub id: Uuid,
     pub form: String,
@@ -43,10 +48,17 @@ pub struct IntakeFormInfo {
 
 /// A stored intake form with its decrypted answers. It contains PHI, so it has no `Debug`.
 #[derive(Clone, Serialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(description = "A stored intake form with its decrypted answers.")
+)]
 pub struct IntakeForm {
     pub id: Uuid,
     pub form: String,
     pub submitted_at: DateTime<Utc>,
+    /// Answers by question id: strings, numbers or booleans.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub answers: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -108,10 +120,20 @@ pub fn sniff_image(bytes: &[u8]) -> Option<&'static str> {
 /// The metadata of a stored ID photo. `bytes` and `sha256` describe the sealed file, not
 /// the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(description = "The metadata of a stored ID photo.")
+)]
 pub struct IdPhotoInfo {
     pub id: PhotoId,
+    /// `image/jpeg` or `image/png`, or `application/octet-stream` for a photo stored without
+    /// a media type.
     pub content_type: String,
+    /// Size of the encrypted file at rest, which is larger than the image.
     pub bytes: u64,
+    /// SHA-256 of the encrypted file at rest, in hex. It is not the digest of the image, so it
+    /// reveals nothing about it.
     pub sha256: String,
     pub uploaded_at: DateTime<Utc>,
 }
