@@ -6,6 +6,11 @@
 //! tokens, and puts the resulting [`Caller`] into the request extensions. Handlers take
 //! `Caller` as an extractor, so a handler that needs a caller cannot run without one. The
 //! tenant of a request comes only from its `Caller`, never from the path or the body.
+//!
+//! A storefront token is bound to a client certificate. It authenticates only over a TLS
+//! connection whose verified client certificate ([`ClientCertificate`]) has the fingerprint
+//! stored with the token. Otherwise it gets the same 401 as an unknown token, and the log
+//! names the token id and the reason.
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -15,11 +20,14 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use medconnect_crypto::TokenHash;
 use medconnect_domain::{PatientId, ServiceTokenId, SessionId, TenantId, UserId};
-use medconnect_store::{CredentialState, Role, Store, StoreError};
+use medconnect_store::{
+    CertificateFingerprint, CredentialState, Role, ServiceTokenInfo, Store, StoreError,
+};
 
 use crate::error::{ApiError, ErrorCode};
 use crate::error_chain;
 use crate::routes::AppState;
+use crate::tls::ClientCertificate;
 
 /// Name of the cookie that carries a session token.
 pub const SESSION_COOKIE: &str = "medconnect_session";
@@ -95,7 +103,8 @@ pub async fn authenticate(
         return invalid_token().into_response();
     };
     let now = state.clock.now();
-    let resolved = state.pool.run(move |store| resolve(store, &hash, now)).await;
+    let client_cert = ClientCertificate::of_request(request.extensions()).map(|cert| cert.sha256);
+    let resolved = state.pool.run(move |store| resolve(store, &hash, now, client_cert)).await;
     let caller = match resolved {
         Ok(Ok(Some(caller))) => caller,
         Ok(Ok(None)) => return invalid_token().into_response(),
@@ -136,11 +145,14 @@ fn presented_token(headers: &HeaderMap) -> Presented<'_> {
     }
 }
 
-/// Returns the caller whose session or service token has this hash and is active at `now`.
+/// Returns the caller whose session or service token has this hash and is active at `now`. A
+/// storefront token also needs `client_cert`, the fingerprint of the connection's verified
+/// client certificate, to equal the one it is bound to.
 fn resolve(
     store: &mut dyn Store,
     hash: &TokenHash,
     now: DateTime<Utc>,
+    client_cert: Option<CertificateFingerprint>,
 ) -> Result<Option<Caller>, StoreError> {
     if let Some(session) = store.session_by_token_hash(hash)? {
         let active = session.state(now) == CredentialState::Active;
@@ -152,13 +164,53 @@ fn resolve(
         }));
     }
     let Some(token) = store.service_token_by_hash(hash)? else { return Ok(None) };
-    let active = token.state(now) == CredentialState::Active;
-    Ok(active.then_some(Caller {
+    if token.state(now) != CredentialState::Active {
+        return Ok(None);
+    }
+    if token.role == Role::Storefront && !bound_certificate_presented(&token, client_cert) {
+        return Ok(None);
+    }
+    Ok(Some(Caller {
         tenant_id: Some(token.tenant_id),
         role: token.role,
         credential: Credential::ServiceToken { token_id: token.id },
         patient: None,
     }))
+}
+
+/// Returns whether the connection presented the client certificate a storefront token is
+/// bound to, and logs why when it did not. The log names the token by its id, never by the
+/// token itself.
+fn bound_certificate_presented(
+    token: &ServiceTokenInfo,
+    presented: Option<CertificateFingerprint>,
+) -> bool {
+    let reason = match (token.client_cert, presented) {
+        (Some(bound), Some(presented)) if bound == presented => return true,
+        (None, _) => {
+            "the token is bound to no client certificate: replace it with a token created with \
+             `medconnect token create --client-cert FILE`"
+        }
+        (Some(_), None) => {
+            "the connection presented no client certificate: the client must offer the \
+             certificate the token is bound to, and the server needs --client-ca"
+        }
+        (Some(_), Some(_)) => {
+            "the connection presented a client certificate other than the one the token is \
+             bound to"
+        }
+    };
+    tracing::warn!(
+        token_id = %token.id,
+        bound_sha256 = %fingerprint_or_none(token.client_cert),
+        presented_sha256 = %fingerprint_or_none(presented),
+        "storefront token rejected: {reason}"
+    );
+    false
+}
+
+fn fingerprint_or_none(fingerprint: Option<CertificateFingerprint>) -> String {
+    fingerprint.map_or_else(|| "none".to_owned(), |fingerprint| fingerprint.to_string())
 }
 
 fn unauthorized() -> ApiError {

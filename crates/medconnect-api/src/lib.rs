@@ -34,7 +34,7 @@ pub use pool::{PoolError, StorePool};
 pub use routes::{PolicyInForce, PolicySource};
 pub use scheduler::{LifecycleJob, LifecycleOutcome};
 pub use server::{BoundServer, Server, ServerConfig, ServerError, Services};
-pub use tls::{TlsError, TlsFiles, TlsSource};
+pub use tls::{ClientCertificate, TlsError, TlsFiles, TlsSource};
 
 /// An error from a closure the binary supplies, such as opening a store or loading the
 /// policy.

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::pool::StorePool;
 use crate::routes::{self, AppState, PolicySource};
 use crate::scheduler::{self, LifecycleJob};
-use crate::tls::{self, TlsError, TlsSource};
+use crate::tls::{self, ClientCertificate, TlsError, TlsSource};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -36,6 +36,10 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub tls: TlsSource,
+    /// PEM file of the CAs that issue client certificates. With it the server requests a
+    /// client certificate, and storefront tokens can authenticate. None: no client
+    /// certificates, so every storefront token gets 401.
+    pub client_ca: Option<std::path::PathBuf>,
     /// Largest request body of every route but the ID photo upload, which accepts
     /// [`crate::id_photos::ID_PHOTO_BODY_LIMIT`], in bytes.
     pub body_limit: usize,
@@ -64,6 +68,7 @@ impl ServerConfig {
         ServerConfig {
             listen,
             tls,
+            client_ca: None,
             body_limit: DEFAULT_BODY_LIMIT,
             lifecycle_interval: Duration::from_secs(3600),
             shutdown_timeout: Duration::from_secs(30),
@@ -110,7 +115,7 @@ impl Server {
         config: ServerConfig,
         services: Services,
     ) -> Result<BoundServer, ServerError> {
-        let loaded = tls::load(&config.tls)?;
+        let loaded = tls::load_with_client_ca(&config.tls, config.client_ca.as_deref())?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServerError::Bind { address: config.listen, source })?;
@@ -124,6 +129,7 @@ impl Server {
             cert_path: loaded.cert_path,
             fingerprint: loaded.fingerprint,
             generated: loaded.generated,
+            client_cas: loaded.client_cas,
             metrics: Metrics::new(),
             config,
             services,
@@ -139,6 +145,7 @@ pub struct BoundServer {
     cert_path: std::path::PathBuf,
     fingerprint: String,
     generated: bool,
+    client_cas: usize,
     metrics: Metrics,
     config: ServerConfig,
     services: Services,
@@ -163,6 +170,12 @@ impl BoundServer {
     /// Returns whether a development certificate was generated on this start.
     pub fn generated_certificate(&self) -> bool {
         self.generated
+    }
+
+    /// Returns the number of CA certificates that client certificates are verified against,
+    /// 0 when the server requests no client certificate.
+    pub fn client_ca_certificates(&self) -> usize {
+        self.client_cas
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully within the shutdown
@@ -275,9 +288,7 @@ impl Connections {
             return;
         };
         let acceptor = self.acceptor.clone();
-        // Each request of the connection carries the client's address, for the login lockout.
-        let service =
-            TowerToHyperService::new(AddExtension::new(self.router.clone(), ClientAddr(peer)));
+        let router = self.router.clone();
         let watcher = self.graceful.watcher();
         let (handshake_timeout, header_timeout) = (self.handshake_timeout, self.header_timeout);
         tokio::spawn(async move {
@@ -293,6 +304,16 @@ impl Connections {
                     return;
                 }
             };
+            let client_certificate = ClientCertificate::of_connection(tls.get_ref().1);
+            if let Some(certificate) = client_certificate {
+                tracing::debug!(%peer, sha256 = %certificate.sha256, "client certificate verified");
+            }
+            // Each request of the connection carries the client's address, for the login
+            // lockout, and the client certificate, which storefront tokens are bound to.
+            let service = TowerToHyperService::new(AddExtension::new(
+                AddExtension::new(router, ClientAddr(peer)),
+                client_certificate,
+            ));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
             let connection = builder.serve_connection(TokioIo::new(tls), service);

@@ -1,6 +1,7 @@
 //! Support for tests (feature `testing`): a small blocking HTTPS client, one request per
-//! connection over rustls, trusting exactly the certificate it is given; a server on a test
-//! store ([`server`]); and the search for PHI in captured logs and audit entries ([`phi`]).
+//! connection over rustls, trusting exactly the certificate it is given and, on request,
+//! offering a client certificate that [`TestCa`] issues; a server on a test store
+//! ([`server`]); and the search for PHI in captured logs and audit entries ([`phi`]).
 
 pub mod phi;
 pub mod server;
@@ -9,13 +10,16 @@ pub use server::{TestServer, TestServerOptions};
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use medconnect_store::CertificateFingerprint;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, StreamOwned};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{
+    ClientConfig, ClientConnection, HandshakeKind, ProtocolVersion, RootCertStore, StreamOwned,
+};
 
 /// How long a test waits for the server on one socket operation before failing.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,16 +72,48 @@ impl HttpsClient {
         ca_pem: &Path,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Self {
+        HttpsClient::configured(addr, ca_pem, versions, None)
+    }
+
+    /// Creates a client that offers TLS 1.3 and TLS 1.2, trusts the certificate in `ca_pem`,
+    /// and offers `client_cert` when the server requests a client certificate.
+    pub fn with_client_certificate(
+        addr: SocketAddr,
+        ca_pem: &Path,
+        client_cert: &ClientCertFiles,
+    ) -> Self {
+        let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+        HttpsClient::configured(addr, ca_pem, &versions, Some(client_cert))
+    }
+
+    /// Creates a client that offers only `versions`, trusts the certificate in `ca_pem`, and
+    /// offers `client_cert`, if any, when the server requests a client certificate.
+    pub fn configured(
+        addr: SocketAddr,
+        ca_pem: &Path,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        client_cert: Option<&ClientCertFiles>,
+    ) -> Self {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(ca_pem).expect("reading the test CA file") {
             roots.add(cert.expect("parsing the test CA file")).expect("adding the test CA");
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match client_cert {
+            None => builder.with_no_client_auth(),
+            Some(files) => {
+                let chain = CertificateDer::pem_file_iter(&files.cert)
+                    .expect("reading the client certificate")
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("parsing the client certificate");
+                let key = PrivateKeyDer::from_pem_file(&files.key).expect("reading the client key");
+                builder.with_client_auth_cert(chain, key).expect("client certificate and key")
+            }
+        };
         HttpsClient { addr, config: Arc::new(config) }
     }
 
@@ -117,6 +153,28 @@ impl HttpsClient {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<HttpResponse> {
+        self.send(method, path, headers, body).map(|(_, response)| response)
+    }
+
+    /// Sends a GET request with `Authorization: Bearer TOKEN`, and returns the response with
+    /// the kind of TLS handshake the connection made: full, or resumed from an earlier one.
+    pub fn get_with_token_and_handshake(
+        &self,
+        path: &str,
+        token: &str,
+    ) -> (Option<HandshakeKind>, HttpResponse) {
+        let authorization = format!("Bearer {token}");
+        self.send("GET", path, &[("Authorization", &authorization)], b"")
+            .unwrap_or_else(|error| panic!("GET {path}: {error}"))
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(Option<HandshakeKind>, HttpResponse)> {
         let mut stream = self.connect()?;
         let extra: String =
             headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
@@ -131,8 +189,9 @@ impl HttpsClient {
         // A server that rejects the body early may close before reading all of it; the
         // response it sent is still worth reading.
         let _ = stream.write_all(body).and_then(|()| stream.flush());
+        let handshake = stream.conn.handshake_kind();
         let raw = read_until_closed(stream)?;
-        parse_response(&raw)
+        Ok((handshake, parse_response(&raw)?))
     }
 
     fn connect(&self) -> std::io::Result<StreamOwned<ClientConnection, TcpStream>> {
@@ -200,4 +259,80 @@ fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
         body.truncate(length);
     }
     Ok(HttpResponse { status, headers, body })
+}
+
+/// A client certificate and its key as PEM files, with the certificate's fingerprint.
+#[derive(Debug, Clone)]
+pub struct ClientCertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// SHA-256 of the certificate in DER.
+    pub sha256: CertificateFingerprint,
+}
+
+/// A certificate authority for tests, with its certificate in a PEM file, that issues client
+/// certificates. Each CA has its own ECDSA P-256 key, so two CAs never verify each other's
+/// certificates.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    dir: PathBuf,
+    /// The CA certificate in PEM, for `--client-ca`.
+    pub cert: PathBuf,
+}
+
+impl TestCa {
+    /// Creates a CA named `name` and writes its certificate to `dir/NAME-ca.pem`.
+    pub fn create(dir: &Path, name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("CA parameters");
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let path = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&path, cert.pem()).expect("writing the CA certificate");
+        TestCa { issuer: rcgen::Issuer::new(params, key), dir: dir.to_owned(), cert: path }
+    }
+
+    /// Issues a client certificate for `name`, with the client authentication extended key
+    /// usage, and writes it to `dir/NAME.pem` and its key to `dir/NAME-key.pem`.
+    pub fn issue_client(&self, name: &str) -> ClientCertFiles {
+        self.issue_client_with(name, |_| {})
+    }
+
+    /// Issues a client certificate for `name` that expired in 2000.
+    pub fn issue_expired_client(&self, name: &str) -> ClientCertFiles {
+        self.issue_client_with(name, |params| {
+            params.not_before = rcgen::date_time_ymd(1999, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2000, 1, 1);
+        })
+    }
+
+    fn issue_client_with(
+        &self,
+        name: &str,
+        adjust: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> ClientCertFiles {
+        let mut params =
+            rcgen::CertificateParams::new(vec![format!("{name}.test")]).expect("parameters");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        adjust(&mut params);
+        let key = rcgen::KeyPair::generate().expect("client key");
+        let cert = params.signed_by(&key, &self.issuer).expect("client certificate");
+        let files = ClientCertFiles {
+            cert: self.dir.join(format!("{name}.pem")),
+            key: self.dir.join(format!("{name}-key.pem")),
+            sha256: CertificateFingerprint::of_der(cert.der()),
+        };
+        std::fs::write(&files.cert, cert.pem()).expect("writing the client certificate");
+        std::fs::write(&files.key, key.serialize_pem()).expect("writing the client key");
+        files
+    }
 }

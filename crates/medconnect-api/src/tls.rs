@@ -3,6 +3,12 @@
 //! The certificate and key come from PEM files, or, when none are given, from a self-signed
 //! development certificate for `localhost` and `127.0.0.1` that is generated on first start
 //! into a folder of the data directory and reused afterwards.
+//!
+//! With a client CA file the server also requests a certificate from every client. A client that
+//! sends one that the CA did not issue fails the handshake. A client that sends none still
+//! connects, because people and operators authenticate with tokens alone. The verified
+//! certificate's fingerprint reaches the handlers as [`ClientCertificate`], and
+//! [`crate::auth`] binds storefront tokens to it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -11,9 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::http::Extensions;
 use chrono::{Datelike as _, Utc};
+use medconnect_store::CertificateFingerprint;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
+use rustls::RootCertStore;
 use sha2::{Digest as _, Sha256};
 
 /// File name of the development certificate inside its folder.
@@ -76,6 +86,29 @@ pub enum TlsError {
     /// Writing the development certificate or its folder failed.
     #[error("writing {}: {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
+    /// The client CA file contains no usable PEM certificate.
+    #[error(
+        "client CA file {} contains no PEM certificate (-----BEGIN CERTIFICATE-----): pass the \
+         certificates of the CAs that issue Storefront client certificates, in PEM",
+        path.display()
+    )]
+    NoClientCa { path: PathBuf },
+    /// A certificate of the client CA file cannot serve as a trust anchor.
+    #[error(
+        "client CA file {}: certificate {index} is not a usable CA certificate: {source}",
+        path.display()
+    )]
+    ClientCaRejected { path: PathBuf, index: usize, source: rustls::Error },
+    /// The client certificate file contains no usable PEM certificate.
+    #[error(
+        "client certificate file {} contains no PEM certificate (-----BEGIN CERTIFICATE-----): \
+         pass the Storefront's client certificate in PEM; its private key is not needed",
+        path.display()
+    )]
+    NoClientCertificate { path: PathBuf },
+    /// rustls could not build the client certificate verifier from the client CA file.
+    #[error("client CA file {}: {source}", path.display())]
+    ClientVerifier { path: PathBuf, source: VerifierBuilderError },
 }
 
 /// A rustls server configuration with what the log reports about its certificate.
@@ -87,11 +120,49 @@ pub struct LoadedTls {
     pub fingerprint: String,
     /// Whether a development certificate was generated during this load.
     pub generated: bool,
+    /// Number of CA certificates that client certificates are verified against; 0 when the
+    /// server requests no client certificate.
+    pub client_cas: usize,
 }
 
-/// Loads the certificate and key from `source` and builds the server configuration. A
-/// development certificate is created first when its files are missing or near expiry.
+/// The verified client certificate of the connection a request came over. The server puts an
+/// `Option<ClientCertificate>` into the extensions of every request: None when the client
+/// sent no certificate or the server has no client CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// SHA-256 of the client's leaf certificate in DER.
+    pub sha256: CertificateFingerprint,
+}
+
+impl ClientCertificate {
+    /// Returns the client certificate that the server recorded in a request's extensions.
+    pub fn of_request(extensions: &Extensions) -> Option<ClientCertificate> {
+        extensions.get::<Option<ClientCertificate>>().copied().flatten()
+    }
+
+    /// Returns the leaf certificate of a completed handshake, which rustls has verified
+    /// against the client CAs, or None when the client sent none.
+    pub fn of_connection(connection: &rustls::ServerConnection) -> Option<ClientCertificate> {
+        let leaf = connection.peer_certificates()?.first()?;
+        Some(ClientCertificate { sha256: CertificateFingerprint::of_der(leaf.as_ref()) })
+    }
+}
+
+/// Loads the certificate and key from `source` and builds the server configuration, without
+/// client certificates. A development certificate is created first when its files are
+/// missing or near expiry.
 pub fn load(source: &TlsSource) -> Result<LoadedTls, TlsError> {
+    load_with_client_ca(source, None)
+}
+
+/// Loads the certificate and key as [`load`] does and, with `client_ca`, verifies client
+/// certificates against the CA certificates in that PEM file.
+pub fn load_with_client_ca(
+    source: &TlsSource,
+    client_ca: Option<&Path>,
+) -> Result<LoadedTls, TlsError> {
+    let client_roots = client_ca.map(read_client_roots).transpose()?;
+    let client_cas = client_roots.as_ref().map_or(0, |roots| roots.len());
     let (files, generated) = match source {
         TlsSource::Files(files) => {
             warn_if_key_readable_by_others(&files.key);
@@ -102,27 +173,84 @@ pub fn load(source: &TlsSource) -> Result<LoadedTls, TlsError> {
     let chain = read_certificates(&files.cert)?;
     let key = read_key(&files.key)?;
     let fingerprint = fingerprint(&chain[0]);
-    let config = server_config(chain, key).map_err(|source| TlsError::Rejected {
-        cert: files.cert.clone(),
-        key: files.key.clone(),
-        source,
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = match (client_roots, client_ca) {
+        (Some(roots), Some(path)) => {
+            let builder =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let verifier = builder
+                .allow_unauthenticated()
+                .build()
+                .map_err(|source| TlsError::ClientVerifier { path: path.to_owned(), source })?;
+            Some(verifier)
+        }
+        _ => None,
+    };
+    let config = server_config(provider, chain, key, verifier).map_err(|source| {
+        TlsError::Rejected { cert: files.cert.clone(), key: files.key.clone(), source }
     })?;
-    Ok(LoadedTls { config: Arc::new(config), cert_path: files.cert, fingerprint, generated })
+    Ok(LoadedTls {
+        config: Arc::new(config),
+        cert_path: files.cert,
+        fingerprint,
+        generated,
+        client_cas,
+    })
 }
 
-/// Builds a server configuration that accepts TLS 1.3 and TLS 1.2 only, with the `ring`
-/// provider's cipher suites (AEAD suites with forward secrecy), and offers HTTP/1.1 by ALPN.
+/// Builds a server configuration that accepts TLS 1.3 and TLS 1.2 only, with the provider's
+/// cipher suites (for `ring`, AEAD suites with forward secrecy), and offers HTTP/1.1 by ALPN.
+/// With `client_verifier` the server requests a client certificate and checks it with that
+/// verifier.
 pub fn server_config(
+    provider: Arc<rustls::crypto::CryptoProvider>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// Returns the fingerprint of the first certificate in a PEM file: the leaf, when the file
+/// contains a chain. Other PEM sections, such as a private key, are skipped.
+pub fn client_certificate_fingerprint(path: &Path) -> Result<CertificateFingerprint, TlsError> {
+    let bytes = read_file("client certificate file", path)?;
+    let no_certificate = || TlsError::NoClientCertificate { path: path.to_owned() };
+    let leaf = match CertificateDer::pem_slice_iter(&bytes).next() {
+        Some(Ok(leaf)) => leaf,
+        Some(Err(_)) | None => return Err(no_certificate()),
+    };
+    // A section that is not X.509 could never match a handshake's certificate.
+    rustls::server::ParsedCertificate::try_from(&leaf).map_err(|_| no_certificate())?;
+    Ok(CertificateFingerprint::of_der(leaf.as_ref()))
+}
+
+/// Reads the CA certificates that client certificates must chain to.
+fn read_client_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let bytes = read_file("client CA file", path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| TlsError::NoClientCa { path: path.to_owned() })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoClientCa { path: path.to_owned() });
+    }
+    let mut roots = RootCertStore::empty();
+    for (index, cert) in certs.into_iter().enumerate() {
+        roots.add(cert).map_err(|source| TlsError::ClientCaRejected {
+            path: path.to_owned(),
+            index: index + 1,
+            source,
+        })?;
+    }
+    Ok(roots)
 }
 
 /// Returns the SHA-256 fingerprint of a certificate as lowercase hex pairs joined by `:`.
@@ -300,6 +428,60 @@ mod tests {
         let error = load(&TlsSource::Files(files)).err().expect("rejected");
         assert!(matches!(error, TlsError::NoCertificate { .. }), "{error}");
         let _ = dev;
+    }
+
+    #[test]
+    fn client_certificate_fingerprint_is_of_leaf() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let leaf = rcgen::generate_simple_self_signed(vec!["leaf.test".to_owned()]).expect("leaf");
+        let other =
+            rcgen::generate_simple_self_signed(vec!["other.test".to_owned()]).expect("other");
+        let chain = dir.path().join("chain.pem");
+        let pem =
+            format!("{}{}{}", leaf.signing_key.serialize_pem(), leaf.cert.pem(), other.cert.pem());
+        std::fs::write(&chain, pem).expect("write");
+        let fingerprint = client_certificate_fingerprint(&chain).expect("fingerprint");
+        assert_eq!(fingerprint, CertificateFingerprint::of_der(leaf.cert.der()));
+        assert_eq!(fingerprint.to_string(), self::fingerprint(leaf.cert.der()));
+    }
+
+    #[test]
+    fn client_certificate_file_without_certificate_rejected() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, rcgen::KeyPair::generate().expect("key").serialize_pem())
+            .expect("write");
+        let not_x509 = dir.path().join("not-x509.pem");
+        std::fs::write(
+            &not_x509,
+            "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        for path in [key, not_x509] {
+            let error = client_certificate_fingerprint(&path).expect_err("rejected");
+            assert!(matches!(error, TlsError::NoClientCertificate { .. }), "{error}");
+            assert!(!error.to_string().contains("PRIVATE KEY"), "{error}");
+        }
+    }
+
+    #[test]
+    fn client_ca_file_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = TlsSource::Development { dir: dir.path().join("tls") };
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        let error = load_with_client_ca(&source, Some(&empty)).err().expect("rejected");
+        assert!(matches!(error, TlsError::NoClientCa { .. }), "{error}");
+        let missing = dir.path().join("missing.pem");
+        let error = load_with_client_ca(&source, Some(&missing)).err().expect("rejected");
+        assert!(error.to_string().contains("client CA file"), "{error}");
+
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).expect("ca");
+        let two = dir.path().join("two.pem");
+        std::fs::write(&two, format!("{}{}", ca.cert.pem(), ca.cert.pem())).expect("write");
+        let loaded = load_with_client_ca(&source, Some(&two)).expect("loaded");
+        assert_eq!(loaded.client_cas, 2);
+        assert_eq!(load(&source).expect("loaded").client_cas, 0);
     }
 
     #[test]

@@ -111,15 +111,17 @@ impl Fixture {
         self.client().get_with_token("/v1/me", token)
     }
 
-    /// Creates a service token of northwind and returns its id and text.
+    /// Creates a provider service token of northwind and returns its id and text. Storefront
+    /// tokens, which need a client certificate, are tested in `mtls.rs`.
     fn service_token(&mut self) -> (ServiceTokenId, String) {
         let token = SecretToken::generate().expect("token");
         let new = NewServiceToken {
             tenant: &self.northwind,
-            name: "storefront",
-            role: Role::Storefront,
+            name: "records",
+            role: Role::Provider,
             token_hash: token.hash(),
             expires_at: None,
+            client_cert: None,
         };
         let id = self.store.create_service_token(&new, "test").expect("service token");
         (id, token.expose().to_owned())
@@ -384,7 +386,7 @@ fn service_token_until_revoked(backend: Backend) {
     let me = fixture.me(&token);
     assert_eq!(me.status, 200, "{}", me.text());
     let json = me.json();
-    assert_eq!(json["role"], "storefront");
+    assert_eq!(json["role"], "provider");
     assert_eq!(json["credential"], "service_token");
     assert_eq!(json["service_token_id"], id.to_string());
     assert_eq!(json["tenant"]["id"], fixture.northwind.id.to_string());

@@ -3,7 +3,9 @@
 //! limits and audit entries.
 
 use medconnect_api::testing::phi::{self, PhiCorpus};
-use medconnect_api::testing::{HttpResponse, TestServer, TestServerOptions};
+use medconnect_api::testing::{
+    ClientCertFiles, HttpResponse, HttpsClient, TestCa, TestServer, TestServerOptions,
+};
 use medconnect_crypto::{hash_password, MasterKey, SecretToken};
 use medconnect_domain::clock::SystemClock;
 use medconnect_domain::model::{ImportBatch, NewPatientProfile, Tenant};
@@ -53,7 +55,10 @@ struct Fixture {
     storefront_id: ServiceTokenId,
     tokens: Vec<(Role, String)>,
     b_token: String,
+    /// The client certificate that the storefront token is bound to.
+    storefront_cert: ClientCertFiles,
     corpus: PhiCorpus,
+    _cert_dir: tempfile::TempDir,
 }
 
 impl Fixture {
@@ -92,6 +97,9 @@ impl Fixture {
         let patient_user = user(Some(&clinic_a), "patient@a.test", Role::Patient, Some(a1));
         user(Some(&clinic_b), "provider@b.test", Role::Provider, None);
         user(None, "ops", Role::PlatformOperator, None);
+        let cert_dir = tempfile::tempdir().expect("temporary folder");
+        let ca = TestCa::create(cert_dir.path(), "storefronts");
+        let storefront_cert = ca.issue_client("storefront-a");
         let storefront = SecretToken::generate().expect("token");
         let new = NewServiceToken {
             tenant: &clinic_a,
@@ -99,10 +107,14 @@ impl Fixture {
             role: Role::Storefront,
             token_hash: storefront.hash(),
             expires_at: None,
+            client_cert: Some(storefront_cert.sha256),
         };
         let storefront_id = store.create_service_token(&new, "test").expect("storefront");
 
-        let server = TestServer::start(&store, TestServerOptions::new(MASTER));
+        let mut options = TestServerOptions::new(MASTER);
+        let client_ca = ca.cert.clone();
+        options.configure = Box::new(move |config| config.client_ca = Some(client_ca));
+        let server = TestServer::start(&store, options);
         let login = |tenant: Option<&str>, username: &str| -> String {
             let body = json!({ "tenant": tenant, "username": username, "password": PASSWORD });
             let body = serde_json::to_vec(&body).expect("JSON");
@@ -130,8 +142,20 @@ impl Fixture {
             storefront_id,
             tokens,
             b_token,
+            storefront_cert,
             corpus,
+            _cert_dir: cert_dir,
         }
+    }
+
+    /// Returns a client for `token`: with the storefront's client certificate for the
+    /// storefront token, which authenticates only with it.
+    fn client_for(&self, token: &str) -> HttpsClient {
+        if token == self.token(Role::Storefront) {
+            let (addr, cert) = (self.server.addr(), self.server.cert());
+            return HttpsClient::with_client_certificate(addr, cert, &self.storefront_cert);
+        }
+        self.server.client()
     }
 
     fn token(&self, role: Role) -> &str {
@@ -149,8 +173,7 @@ impl Fixture {
     ) -> HttpResponse {
         let authorization = format!("Bearer {token}");
         let headers = [("Authorization", authorization.as_str()), ("Content-Type", content_type)];
-        self.server
-            .client()
+        self.client_for(token)
             .request_with(method, path, &headers, body)
             .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
     }
@@ -171,7 +194,7 @@ impl Fixture {
     }
 
     fn get(&self, path: &str, token: &str) -> HttpResponse {
-        self.server.client().get_with_token(path, token)
+        self.client_for(token).get_with_token(path, token)
     }
 
     fn head(&self) -> i64 {

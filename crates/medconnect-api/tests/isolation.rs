@@ -13,7 +13,9 @@
 use std::collections::BTreeSet;
 
 use medconnect_api::testing::phi::{self, PhiCorpus};
-use medconnect_api::testing::{HttpResponse, TestServer, TestServerOptions};
+use medconnect_api::testing::{
+    ClientCertFiles, HttpResponse, HttpsClient, TestCa, TestServer, TestServerOptions,
+};
 use medconnect_crypto::{hash_password, SecretToken};
 use medconnect_domain::model::{HoldScope, ImportBatch, NewPatientProfile, Tenant};
 use medconnect_domain::policy::Policy;
@@ -140,6 +142,9 @@ struct Fixture {
     clinic_b: Tenant,
     /// A token per role of tenant A.
     tokens: Vec<(Role, String)>,
+    /// The client certificate that A's storefront token is bound to.
+    storefront_cert: ClientCertFiles,
+    _cert_dir: tempfile::TempDir,
     b_ids: Ids,
     /// Strings of tenant B that no response to A may contain: ids, slug and tenant id.
     b_strings: Vec<String>,
@@ -242,6 +247,9 @@ impl Fixture {
             let new = NewUser { tenant, username, role, password_hash: &hash, patient };
             store.create_user(&new, "test").expect("user");
         }
+        let cert_dir = tempfile::tempdir().expect("temporary folder");
+        let ca = TestCa::create(cert_dir.path(), "storefronts");
+        let storefront_cert = ca.issue_client("storefront-a");
         let storefront = SecretToken::generate().expect("token");
         let new = NewServiceToken {
             tenant: &clinic_a,
@@ -249,10 +257,14 @@ impl Fixture {
             role: Role::Storefront,
             token_hash: storefront.hash(),
             expires_at: None,
+            client_cert: Some(storefront_cert.sha256),
         };
         store.create_service_token(&new, "test").expect("storefront token");
 
-        let server = TestServer::start(&store, TestServerOptions::new(MASTER));
+        let mut options = TestServerOptions::new(MASTER);
+        let client_ca = ca.cert.clone();
+        options.configure = Box::new(move |config| config.client_ca = Some(client_ca));
+        let server = TestServer::start(&store, options);
         let login = |tenant: Option<&str>, username: &str| -> String {
             let body = serde_json::json!({
                 "tenant": tenant, "username": username, "password": PASSWORD
@@ -293,6 +305,8 @@ impl Fixture {
             store,
             clinic_b,
             tokens,
+            storefront_cert,
+            _cert_dir: cert_dir,
             b_ids,
             b_strings,
             b_phi,
@@ -300,7 +314,9 @@ impl Fixture {
         }
     }
 
-    fn send(&self, route: &Route, ids: &Ids, token: &str) -> HttpResponse {
+    /// Sends a request as `role` with its token, over a connection with the storefront's
+    /// client certificate when the role is storefront.
+    fn send(&self, route: &Route, ids: &Ids, role: Role, token: &str) -> HttpResponse {
         let path = ids.fill(route.path);
         let body = match std::str::from_utf8(route.body) {
             Ok(text) => ids.fill(text).into_bytes(),
@@ -309,8 +325,15 @@ impl Fixture {
         let authorization = format!("Bearer {token}");
         let headers =
             [("Authorization", authorization.as_str()), ("Content-Type", route.content_type)];
-        self.server
-            .client()
+        let client = match role {
+            Role::Storefront => HttpsClient::with_client_certificate(
+                self.server.addr(),
+                self.server.cert(),
+                &self.storefront_cert,
+            ),
+            _ => self.server.client(),
+        };
+        client
             .request_with(route.method, &path, &headers, &body)
             .unwrap_or_else(|error| panic!("{} {}: {error}", route.method, route.path))
     }
@@ -357,8 +380,8 @@ fn cross_tenant_requests_look_missing(backend: Backend) {
     for route in ROUTES {
         for (role, token) in &fixture.tokens {
             let label = format!("{} {} as {role}", route.method, route.path);
-            let of_b = fixture.send(route, &fixture.b_ids, token);
-            let missing = fixture.send(route, &Ids::missing(), token);
+            let of_b = fixture.send(route, &fixture.b_ids, *role, token);
+            let missing = fixture.send(route, &Ids::missing(), *role, token);
             let expected = if route.serves.contains(role) { 404 } else { 403 };
             assert_eq!(of_b.status, expected, "{label}: {}", of_b.text());
             assert_eq!(missing.status, of_b.status, "{label}: {}", missing.text());
@@ -385,7 +408,7 @@ fn provider_of_b_still_reads_its_patient(backend: Backend) {
     let response = fixture.server.client().request("POST", "/v1/login", &body).expect("login");
     let token = response.json()["token"].as_str().expect("token").to_owned();
     let route = &ROUTES[0];
-    let response = fixture.send(route, &fixture.b_ids, &token);
+    let response = fixture.send(route, &fixture.b_ids, Role::Provider, &token);
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["link"]["link"]["patient_id"], fixture.b_ids.patient);
 }

@@ -398,6 +398,7 @@ fn service_token_read_audited() {
         role: Role::Provider,
         token_hash: secret.hash(),
         expires_at: None,
+        client_cert: None,
     };
     let token_id = fixture.store.create_service_token(&new, "test").expect("service token");
     let patient = fixture.a_patients[1];

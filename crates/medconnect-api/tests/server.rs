@@ -69,6 +69,7 @@ impl Setup {
             role: Role::TenantAdmin,
             token_hash: token.hash(),
             expires_at: None,
+            client_cert: None,
         };
         store.create_service_token(&new, "test").expect("service token");
         (self.pool(pool_for(&store)), store, token.expose().to_owned())

@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use medconnect_crypto::TokenHash;
 use medconnect_domain::model::Tenant;
 use medconnect_domain::{PatientId, ServiceTokenId, SessionId, TenantId, UserId};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+use sha2::{Digest as _, Sha256};
 
 use crate::{Result, StoreError};
 
@@ -206,6 +207,58 @@ impl SessionInfo {
     }
 }
 
+/// SHA-256 of a certificate's DER bytes. It identifies the client certificate that a
+/// storefront token is bound to. A fingerprint is no secret, because anyone with the
+/// certificate can compute it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CertificateFingerprint([u8; 32]);
+
+impl CertificateFingerprint {
+    /// Hashes a certificate in DER.
+    pub fn of_der(der: &[u8]) -> Self {
+        CertificateFingerprint(Sha256::digest(der).into())
+    }
+
+    /// Parses 64 hex digits, as the store keeps a fingerprint.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(CertificateFingerprint(bytes))
+    }
+
+    /// Formats the fingerprint as the store keeps it: 64 lower-case hex digits.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+/// Formats the fingerprint as lower-case hex pairs joined by `:`, as the server logs its own
+/// certificate's fingerprint and as `openssl x509 -fingerprint -sha256` prints it (in upper
+/// case).
+impl fmt::Display for CertificateFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, byte) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for CertificateFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CertificateFingerprint({self})")
+    }
+}
+
+impl Serialize for CertificateFingerprint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// A service token to create. The caller generates the token and passes only its hash.
 pub struct NewServiceToken<'a> {
     pub tenant: &'a Tenant,
@@ -215,6 +268,9 @@ pub struct NewServiceToken<'a> {
     pub token_hash: TokenHash,
     /// None: valid until revoked.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The client certificate a storefront token is bound to. Required for the storefront
+    /// role and rejected for every other role.
+    pub client_cert: Option<CertificateFingerprint>,
 }
 
 /// A service token found by its hash, whatever its state.
@@ -227,6 +283,10 @@ pub struct ServiceTokenInfo {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The client certificate the token is bound to. A storefront token authenticates only
+    /// over a TLS connection that presented this certificate. None for the other roles, and
+    /// for storefront tokens created before binding existed, which never authenticate.
+    pub client_cert: Option<CertificateFingerprint>,
 }
 
 impl ServiceTokenInfo {
@@ -309,7 +369,16 @@ pub(crate) fn check_new_service_token(token: &NewServiceToken<'_>) -> Result<()>
             token.role
         )));
     }
-    Ok(())
+    match (token.role, token.client_cert) {
+        (Role::Storefront, None) => Err(StoreError::InvalidServiceToken(
+            "a storefront token needs the fingerprint of the client certificate it is bound to"
+                .into(),
+        )),
+        (Role::Storefront, Some(_)) | (_, None) => Ok(()),
+        (role, Some(_)) => Err(StoreError::InvalidServiceToken(format!(
+            "a {role} token cannot be bound to a client certificate: only storefront tokens are"
+        ))),
+    }
 }
 
 /// Formats the actor of audit entries that a user's own login or logout writes.

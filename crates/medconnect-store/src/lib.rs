@@ -25,8 +25,8 @@ mod types;
 
 pub use access::{Access, InvalidRequestId, PatientRecord, MAX_REQUEST_ID_CHARS};
 pub use accounts::{
-    CredentialState, InvalidRole, LoginUser, NewServiceToken, NewUser, Role, ServiceTokenInfo,
-    SessionInfo, UserRef, MAX_TOKEN_NAME_CHARS, MAX_USERNAME_CHARS,
+    CertificateFingerprint, CredentialState, InvalidRole, LoginUser, NewServiceToken, NewUser,
+    Role, ServiceTokenInfo, SessionInfo, UserRef, MAX_TOKEN_NAME_CHARS, MAX_USERNAME_CHARS,
 };
 pub use error::StoreError;
 pub use intake::{

@@ -13,8 +13,8 @@ use medconnect_domain::time::parse_instant;
 use medconnect_domain::{PatientId, ServiceTokenId, SessionId, UserId};
 use medconnect_store::testing::{Backend, TestStore};
 use medconnect_store::{
-    backend_tests, CredentialState, Disposal, DisposalContext, DisposalOutcome, NewServiceToken,
-    NewUser, Role, StoreError, UserRef,
+    backend_tests, CertificateFingerprint, CredentialState, Disposal, DisposalContext,
+    DisposalOutcome, NewServiceToken, NewUser, Role, StoreError, UserRef,
 };
 
 const ACTOR: &str = "operator:test";
@@ -35,6 +35,8 @@ backend_tests!(
     patient_session_names_patient,
     service_token_create_lookup_revoke,
     service_token_input_checked,
+    storefront_token_bound_to_certificate,
+    certificate_binding_checked,
     audit_entries_hold_no_secrets,
     tenant_a_credentials_stay_in_a,
     session_purge_disposes_login_sessions,
@@ -102,6 +104,12 @@ fn login(store: &mut TestStore, user: UserRef) -> (SessionId, SecretToken) {
     (id, token)
 }
 
+/// Returns a fingerprint that stands for the Storefront's client certificate.
+fn storefront_cert() -> CertificateFingerprint {
+    CertificateFingerprint::of_der(b"storefront client certificate")
+}
+
+/// Returns a new token of `role`, bound to [`storefront_cert`] when the role is storefront.
 fn new_token(tenant: &Tenant, role: Role, hash: TokenHash) -> NewServiceToken<'_> {
     NewServiceToken {
         tenant,
@@ -109,6 +117,7 @@ fn new_token(tenant: &Tenant, role: Role, hash: TokenHash) -> NewServiceToken<'_
         role,
         token_hash: hash,
         expires_at: Some(at("2025-01-01T00:00:00Z")),
+        client_cert: (role == Role::Storefront).then(storefront_cert),
     }
 }
 
@@ -456,6 +465,59 @@ fn service_token_input_checked(backend: Backend) {
         let error = store.create_service_token(&token, ACTOR).expect_err("name rejected");
         assert!(matches!(error, StoreError::InvalidServiceToken(_)), "{name:?}: {error}");
     }
+}
+
+fn storefront_token_bound_to_certificate(backend: Backend) {
+    let mut store = store(backend);
+    let tenant = store.create_tenant("alpha", "Alpha", ACTOR).expect("tenant");
+    let storefront = SecretToken::generate().expect("token");
+    let storefront_id = store
+        .create_service_token(&new_token(&tenant, Role::Storefront, storefront.hash()), ACTOR)
+        .expect("storefront token");
+    let provider = SecretToken::generate().expect("token");
+    store
+        .create_service_token(&new_token(&tenant, Role::Provider, provider.hash()), ACTOR)
+        .expect("provider token");
+
+    let info = store.service_token_by_hash(&storefront.hash()).expect("lookup").expect("found");
+    assert_eq!(info.client_cert, Some(storefront_cert()));
+    let info = store.service_token_by_hash(&provider.hash()).expect("lookup").expect("found");
+    assert_eq!(info.client_cert, None);
+
+    // The audit entry names the fingerprint, which is no secret, and never the token.
+    let entries = store.audit_entries(0, 1000).expect("audit entries");
+    let created = entries
+        .iter()
+        .find(|entry| entry.body["subjects"][0] == storefront_id.to_string())
+        .expect("token.create entry");
+    let detail = created.body["detail"].as_str().expect("detail");
+    assert!(detail.contains(&storefront_cert().to_string()), "{detail}");
+    assert!(!detail.contains(storefront.expose()), "{detail}");
+}
+
+fn certificate_binding_checked(backend: Backend) {
+    let mut store = store(backend);
+    let tenant = store.create_tenant("alpha", "Alpha", ACTOR).expect("tenant");
+    let hash = SecretToken::generate().expect("token").hash();
+    let unbound =
+        NewServiceToken { client_cert: None, ..new_token(&tenant, Role::Storefront, hash) };
+    let error = store.create_service_token(&unbound, ACTOR).expect_err("unbound storefront");
+    assert!(matches!(error, StoreError::InvalidServiceToken(_)), "{error}");
+    assert!(error.to_string().contains("client certificate"), "{error}");
+    for role in [Role::Provider, Role::TenantAdmin] {
+        let bound = NewServiceToken {
+            client_cert: Some(storefront_cert()),
+            ..new_token(&tenant, role, hash)
+        };
+        let error = store.create_service_token(&bound, ACTOR).expect_err("bound non-storefront");
+        assert!(matches!(error, StoreError::InvalidServiceToken(_)), "{role}: {error}");
+    }
+    assert!(store.service_token_by_hash(&hash).expect("lookup").is_none(), "nothing stored");
+    let entries = store.audit_entries(0, 1000).expect("audit entries");
+    assert!(
+        entries.iter().all(|entry| entry.body["action"] != "token.create"),
+        "no token.create entry for a rejected token"
+    );
 }
 
 fn audit_entries_hold_no_secrets(backend: Backend) {

@@ -27,7 +27,9 @@ use medconnect_domain::model::{
 use medconnect_domain::policy::Policy;
 use medconnect_domain::time::parse_instant;
 use medconnect_store::testing::{self, Backend, TestStore};
-use medconnect_store::{NewServiceToken, NewUser, Role, SessionTimes, UserRef};
+use medconnect_store::{
+    CertificateFingerprint, NewServiceToken, NewUser, Role, SessionTimes, UserRef,
+};
 
 /// Tables without row-level security, because no row of them belongs to a tenant: store
 /// settings, applied migrations, the audit chain head, signed audit checkpoints and
@@ -148,6 +150,7 @@ fn seed_tenant(store: &mut TestStore, slug: &str) -> SeededTenant {
         role: Role::Storefront,
         token_hash: SecretToken::generate().expect("token generated").hash(),
         expires_at: None,
+        client_cert: Some(CertificateFingerprint::of_der(b"storefront certificate")),
     };
     store.create_service_token(&service, ACTOR).expect("service token created");
 

@@ -127,6 +127,11 @@ pub struct ServeArgs {
     /// Private key of the server certificate in PEM (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "MEDCONNECT_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// CA certificates in PEM that issue Storefront client certificates. With it the server
+    /// requests a client certificate, rejects one these CAs did not issue, and still admits
+    /// clients that send none. Without it, storefront tokens cannot authenticate.
+    #[arg(long, env = "MEDCONNECT_CLIENT_CA", value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
     /// Time between lifecycle runs inside the server, such as 30m, 1h or 1d; the first run
     /// starts at once. 0 turns the scheduler off, for deployments where another process runs
     /// `medconnect lifecycle run`.
@@ -609,6 +614,11 @@ pub enum TokenCommand {
         /// storefront, tenant_admin or provider.
         #[arg(long, default_value = "storefront")]
         role: String,
+        /// The Storefront's client certificate in PEM (the first certificate of the file; no
+        /// key needed). Required for the storefront role and rejected for the others: the
+        /// token then authenticates only over a connection that presents this certificate.
+        #[arg(long, value_name = "FILE")]
+        client_cert: Option<PathBuf>,
         /// Days until the token expires.
         #[arg(long, value_name = "DAYS", default_value_t = 365, conflicts_with = "no_expiry")]
         expires_in_days: u32,

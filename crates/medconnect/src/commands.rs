@@ -728,9 +728,29 @@ fn new_password() -> Result<medconnect_crypto::Zeroizing<String>> {
 }
 
 pub fn token(context: &Context, command: crate::cli::TokenCommand) -> Result<ExitCode> {
-    let crate::cli::TokenCommand::Create { tenant, name, role, expires_in_days, no_expiry, json } =
-        command;
+    let crate::cli::TokenCommand::Create {
+        tenant,
+        name,
+        role,
+        client_cert,
+        expires_in_days,
+        no_expiry,
+        json,
+    } = command;
     let role: medconnect_store::Role = role.parse()?;
+    let client_cert = match (role, client_cert) {
+        (medconnect_store::Role::Storefront, Some(path)) => {
+            Some(medconnect_api::tls::client_certificate_fingerprint(&path)?)
+        }
+        (medconnect_store::Role::Storefront, None) => bail!(
+            "a storefront token needs --client-cert FILE: pass the Storefront's client \
+             certificate in PEM, issued by a CA of the server's --client-ca"
+        ),
+        (_, None) => None,
+        (role, Some(_)) => {
+            bail!("--client-cert applies only to storefront tokens: drop it for a {role} token")
+        }
+    };
     let mut store = context.open_store()?;
     let tenant = store.tenant_by_slug(&tenant)?;
     let expires_at =
@@ -742,6 +762,7 @@ pub fn token(context: &Context, command: crate::cli::TokenCommand) -> Result<Exi
         role,
         token_hash: token.hash(),
         expires_at,
+        client_cert,
     };
     let id = store.create_service_token(&new, &context.actor)?;
     let expires = expires_at.map(medconnect_domain::time::format_instant);
@@ -752,6 +773,7 @@ pub fn token(context: &Context, command: crate::cli::TokenCommand) -> Result<Exi
             "name": name,
             "role": role,
             "expires_at": expires,
+            "client_cert_sha256": client_cert,
             "token": token.expose(),
         }))?;
     } else {
@@ -760,6 +782,9 @@ pub fn token(context: &Context, command: crate::cli::TokenCommand) -> Result<Exi
             "created service token {id} with role {role} in tenant {}; it {expires}",
             tenant.slug
         );
+        if let Some(fingerprint) = client_cert {
+            outln!("bound to the client certificate with SHA-256 {fingerprint}");
+        }
         outln!("token (shown only now; store it in the client's secret store):");
         outln!("{}", token.expose());
     }

@@ -42,6 +42,7 @@ pub fn run(context: Context, args: ServeArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
 
     let mut config = ServerConfig::new(args.listen, tls);
+    config.client_ca = args.client_ca.clone();
     config.body_limit = args.body_limit;
     config.lifecycle_interval = args.lifecycle_interval;
     config.shutdown_timeout = args.shutdown_timeout;
@@ -61,6 +62,7 @@ pub fn run(context: Context, args: ServeArgs) -> Result<ExitCode> {
 
 async fn serve(config: ServerConfig, services: Services) -> Result<()> {
     let signals = ShutdownSignals::install()?;
+    let client_ca = config.client_ca.clone();
     let server = Server::bind(config, services).await?;
     if server.generated_certificate() {
         tracing::info!(
@@ -73,6 +75,18 @@ async fn serve(config: ServerConfig, services: Services) -> Result<()> {
         sha256 = %server.fingerprint(),
         "TLS certificate loaded"
     );
+    match &client_ca {
+        Some(path) => tracing::info!(
+            client_ca = %path.display(),
+            certificates = server.client_ca_certificates(),
+            "client certificates are verified against the client CA file; clients without one \
+             still connect"
+        ),
+        None => tracing::warn!(
+            "no --client-ca given: the server requests no client certificate, so storefront \
+             tokens cannot authenticate"
+        ),
+    }
     tracing::info!("listening on https://{}", server.local_addr());
     server.run(signals.wait()).await;
     Ok(())

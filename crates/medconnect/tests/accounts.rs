@@ -5,9 +5,11 @@
 mod common;
 
 use std::io::Write as _;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{CliOutput, TestStore};
+use medconnect_api::testing::{ClientCertFiles, TestCa};
 use medconnect_crypto::{verify_password, TokenHash};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -151,27 +153,55 @@ fn user_create_rejects_bad_input() {
     assert!(!output.stderr.to_lowercase().contains("admin@northwind"), "{output}");
 }
 
+/// Issues the Storefront's client certificate into the store's scratch folder, from a new
+/// test CA.
+fn storefront_certificate(store: &TestStore) -> ClientCertFiles {
+    let dir = store.scratch_path("certificates");
+    std::fs::create_dir_all(&dir).expect("certificate folder");
+    TestCa::create(&dir, "storefronts").issue_client("storefront")
+}
+
+fn path_text(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
 #[test]
 fn token_create_prints_token_once() {
     let store = store_with_tenant();
-    let args = ["token", "create", "--tenant", "northwind", "--name", "storefront", "--json"];
+    let cert = storefront_certificate(&store);
+    let args = [
+        "token",
+        "create",
+        "--tenant",
+        "northwind",
+        "--name",
+        "storefront",
+        "--client-cert",
+        path_text(&cert.cert),
+        "--json",
+    ];
     let json = store.run_json(&args);
     let token = json["token"].as_str().expect("token printed");
     assert_eq!(token.len(), 64);
     assert_eq!(json["role"], "storefront");
     assert_eq!(json["tenant"], "northwind");
+    assert_eq!(json["client_cert_sha256"], cert.sha256.to_string());
     assert!(json["expires_at"].is_string(), "{json}");
 
-    let (stored, role, expires): (String, String, Option<String>) = store
-        .db()
-        .query_row("SELECT token_hash, role, expires_at FROM service_tokens", [], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })
-        .expect("token stored");
+    let (stored, role, expires, client_cert): (String, String, Option<String>, Option<String>) =
+        store
+            .db()
+            .query_row(
+                "SELECT token_hash, role, expires_at, client_cert_sha256 FROM service_tokens",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .expect("token stored");
     let sent = TokenHash::of_token(token).expect("token parses");
     assert_eq!(stored, sent.to_hex(), "only the hash is stored");
     assert_eq!(role, "storefront");
     assert_eq!(expires.as_deref(), json["expires_at"].as_str());
+    assert_eq!(client_cert, Some(cert.sha256.to_hex()), "the certificate's SHA-256 is stored");
     assert_eq!(store.audit_count("token.create"), 1);
     for (_, _, body) in store.audit_entries() {
         let text = body.to_string();
@@ -183,11 +213,34 @@ fn token_create_prints_token_once() {
 #[test]
 fn token_create_text_and_no_expiry() {
     let store = store_with_tenant();
-    let args = ["token", "create", "--tenant", "northwind", "--name", "shop", "--no-expiry"];
+    let cert = storefront_certificate(&store);
+    // The certificate file also contains the key, as some tools write it; the key is never
+    // read into the output.
+    let combined = store.scratch_path("certificates/storefront-with-key.pem");
+    let key = std::fs::read_to_string(&cert.key).expect("key");
+    let pem = std::fs::read_to_string(&cert.cert).expect("certificate");
+    std::fs::write(&combined, format!("{pem}{key}")).expect("combined file");
+    let args = [
+        "token",
+        "create",
+        "--tenant",
+        "northwind",
+        "--name",
+        "shop",
+        "--no-expiry",
+        "--client-cert",
+        path_text(&combined),
+    ];
     let output = store.run_ok(&args);
     assert!(output.stdout.contains("never expires"), "{output}");
+    let bound = format!("bound to the client certificate with SHA-256 {}", cert.sha256);
+    assert!(output.stdout.contains(&bound), "{output}");
     let token = output.stdout.lines().last().expect("token line");
     assert!(TokenHash::of_token(token).is_some(), "last line is the token: {output}");
+    assert_eq!(output.all_text().matches(token).count(), 1, "the token is printed once");
+    for line in key.lines().filter(|line| !line.starts_with("-----")) {
+        assert!(!output.all_text().contains(line), "a line of the key is printed: {output}");
+    }
     let expires: Option<String> = store
         .db()
         .query_row("SELECT expires_at FROM service_tokens", [], |row| row.get(0))
@@ -196,20 +249,72 @@ fn token_create_text_and_no_expiry() {
 }
 
 #[test]
+fn token_create_provider_needs_no_certificate() {
+    let store = store_with_tenant();
+    let args = ["token", "create", "--tenant", "northwind", "--name", "ehr", "--role", "provider"];
+    let output = store.run_ok(&args);
+    assert!(!output.stdout.contains("client certificate"), "{output}");
+    let client_cert: Option<String> = store
+        .db()
+        .query_row("SELECT client_cert_sha256 FROM service_tokens", [], |row| row.get(0))
+        .expect("token stored");
+    assert_eq!(client_cert, None);
+}
+
+#[test]
 fn token_create_rejects_bad_input() {
     let store = store_with_tenant();
-    let cases: [(&[&str], &str); 4] = [
+    let cert = storefront_certificate(&store);
+    let cert_path = path_text(&cert.cert).to_owned();
+    let key_path = path_text(&cert.key).to_owned();
+    let cases: [(&[&str], &str); 8] = [
         (&["--tenant", "northwind", "--name", "shop", "--role", "patient"], "cannot be given"),
-        (&["--tenant", "northwind", "--name", "has space"], "letters, digits"),
-        (&["--tenant", "prairie", "--name", "shop"], "tenant \"prairie\" not found"),
+        (
+            &["--tenant", "northwind", "--name", "has space", "--client-cert", &cert_path],
+            "letters, digits",
+        ),
+        (
+            &["--tenant", "prairie", "--name", "shop", "--client-cert", &cert_path],
+            "tenant \"prairie\" not found",
+        ),
         (&["--tenant", "northwind", "--name", "shop", "--role", "admin"], "invalid role"),
+        (
+            &["--tenant", "northwind", "--name", "shop"],
+            "a storefront token needs --client-cert FILE",
+        ),
+        (
+            &[
+                "--tenant",
+                "northwind",
+                "--name",
+                "shop",
+                "--role",
+                "provider",
+                "--client-cert",
+                &cert_path,
+            ],
+            "--client-cert applies only to storefront tokens",
+        ),
+        (
+            &["--tenant", "northwind", "--name", "shop", "--client-cert", &key_path],
+            "contains no PEM certificate",
+        ),
+        (
+            &["--tenant", "northwind", "--name", "shop", "--client-cert", "/nonexistent/cert.pem"],
+            "reading client certificate file",
+        ),
     ];
+    let key = std::fs::read_to_string(&cert.key).expect("key");
     for (rest, expected) in cases {
         let mut args = vec!["token", "create"];
         args.extend_from_slice(rest);
         let output = store.run(&args);
         assert!(!output.success(), "{output}");
         assert!(output.stderr.contains(expected), "expected {expected:?}:\n{output}");
+        for line in key.lines().filter(|line| !line.starts_with("-----")) {
+            assert!(!output.all_text().contains(line), "a line of the key is printed: {output}");
+        }
     }
     assert_eq!(store.count("service_tokens"), 0);
+    assert_eq!(store.audit_count("token.create"), 0);
 }

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::TestStore;
-use medconnect_api::testing::{HttpResponse, HttpsClient};
+use medconnect_api::testing::{HttpResponse, HttpsClient, TestCa};
 use medconnect_store::testing::{admin_url, database_url, postgres_available, unique_schema};
 use medconnect_store::PgStore;
 use rustls::pki_types::pem::PemObject as _;
@@ -24,7 +24,7 @@ use rustls::pki_types::CertificateDer;
 const STARTUP_WAIT: Duration = Duration::from_secs(120);
 
 /// Variables that would point the server elsewhere than the test's store and settings.
-const ENVIRONMENT_REMOVED: [&str; 17] = [
+const ENVIRONMENT_REMOVED: [&str; 18] = [
     "MEDCONNECT_DATA_DIR",
     "MEDCONNECT_CONFIG",
     "MEDCONNECT_POLICY",
@@ -39,6 +39,7 @@ const ENVIRONMENT_REMOVED: [&str; 17] = [
     "MEDCONNECT_LISTEN",
     "MEDCONNECT_TLS_CERT",
     "MEDCONNECT_TLS_KEY",
+    "MEDCONNECT_CLIENT_CA",
     "MEDCONNECT_LIFECYCLE_INTERVAL",
     "MEDCONNECT_BODY_LIMIT",
     "MEDCONNECT_SESSION_TTL",
@@ -312,6 +313,82 @@ fn serve_uses_given_certificate() {
     let log = server.read_log();
     assert_eq!(log_field(&log, "TLS certificate loaded", "sha256"), Some(fingerprint_of(&cert)));
     assert!(!dev_cert(store.data_dir()).exists(), "no development certificate is made");
+}
+
+#[test]
+fn serve_client_ca_binds_storefront_token() {
+    let store = TestStore::init(false);
+    store.run_ok(&["tenant", "create", "northwind"]);
+    let certificates = store.scratch_path("certificates");
+    std::fs::create_dir_all(&certificates).expect("certificate folder");
+    let ca = TestCa::create(&certificates, "storefronts");
+    let storefront = ca.issue_client("storefront");
+    let other = ca.issue_client("other");
+    let cert_arg = storefront.cert.to_str().expect("utf-8");
+    let args = ["token", "create", "--tenant", "northwind", "--name", "shop", "--json"];
+    let json = store.run_json(&[&args[..], &["--client-cert", cert_arg]].concat());
+    let token = json["token"].as_str().expect("token printed").to_owned();
+    let token_id = json["token_id"].as_str().expect("token id").to_owned();
+
+    let ca_arg = ca.cert.to_str().expect("utf-8");
+    let server = ServeProcess::start(
+        store.data_dir(),
+        &["--lifecycle-interval", "0", "--client-ca", ca_arg],
+    );
+    let cert = dev_cert(store.data_dir());
+    let bound = HttpsClient::with_client_certificate(server.addr, &cert, &storefront);
+    let me = bound.get_with_token("/v1/me", &token);
+    assert_eq!(me.status, 200, "{}", me.text());
+    assert_eq!(me.json()["role"], "storefront");
+
+    let without = HttpsClient::new(server.addr, &cert).get_with_token("/v1/me", &token);
+    assert_json_error(&without, 401, "unauthorized");
+    let with_other = HttpsClient::with_client_certificate(server.addr, &cert, &other);
+    assert_json_error(&with_other.get_with_token("/v1/me", &token), 401, "unauthorized");
+
+    let (status, log) = server.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("client certificates are verified"), "{log}");
+    assert!(!log.contains("no --client-ca given"), "{log}");
+    let rejections: Vec<&str> =
+        log.lines().filter(|line| line.contains("storefront token rejected")).collect();
+    assert_eq!(rejections.len(), 2, "{log}");
+    assert!(rejections[0].contains("presented no client certificate"), "{log}");
+    assert!(rejections[1].contains("other than the one the token is bound to"), "{log}");
+    for line in &rejections {
+        assert!(line.contains(&token_id), "the log names the token id: {line}");
+        assert!(line.contains(&storefront.sha256.to_string()), "{line}");
+    }
+    assert!(log.contains(&other.sha256.to_string()), "the log names the presented one: {log}");
+    assert!(!log.contains(&token), "the log never contains the token");
+}
+
+#[test]
+fn serve_without_client_ca_says_so_once() {
+    let store = TestStore::init(false);
+    let server = ServeProcess::start(store.data_dir(), &["--lifecycle-interval", "0"]);
+    assert_eq!(server.client(store.data_dir()).get("/healthz").status, 200);
+    let (_, log) = server.terminate();
+    let warnings = log.lines().filter(|line| line.contains("no --client-ca given")).count();
+    assert_eq!(warnings, 1, "{log}");
+    assert!(log.contains("storefront tokens cannot authenticate"), "{log}");
+}
+
+#[test]
+fn serve_rejects_client_ca_without_certificate() {
+    let store = TestStore::init(false);
+    let not_pem = store.scratch_path("client-ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    let ca_arg = not_pem.to_str().expect("utf-8");
+    let output =
+        serve_command(store.data_dir(), &["--lifecycle-interval", "0", "--client-ca", ca_arg])
+            .output()
+            .expect("running medconnect serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("client CA file"), "{stderr}");
+    assert!(stderr.contains("contains no PEM certificate"), "{stderr}");
+    assert!(!stderr.contains("not a certificate"), "the file is not echoed: {stderr}");
 }
 
 #[test]

@@ -17,7 +17,9 @@ use postgres::{Row, Transaction};
 use super::records::lock_link;
 use super::{PgAudit, PgStore};
 use crate::accounts::{check_new_service_token, check_new_user, normalize_username, stored_role};
-use crate::sqlite::accounts::{login_event, stored_hash_matches, username_scope};
+use crate::sqlite::accounts::{
+    login_event, parse_stored_fingerprint, stored_hash_matches, token_create_detail, username_scope,
+};
 use crate::sqlite::values::{parse_optional_instant, parse_stored_id, parse_stored_instant};
 use crate::{
     LoginUser, NewServiceToken, NewUser, Result, ServiceTokenInfo, SessionInfo, StoreError, UserRef,
@@ -61,8 +63,8 @@ fn session_from_row(row: &Row) -> Result<(SessionInfo, String)> {
     Ok((info, row.get(9)))
 }
 
-const TOKEN_COLUMNS: &str =
-    "id, tenant_id, name, role, created_at, expires_at, revoked_at, token_hash";
+const TOKEN_COLUMNS: &str = "id, tenant_id, name, role, created_at, expires_at, revoked_at, \
+     client_cert_sha256, token_hash";
 
 fn service_token_from_row(row: &Row) -> Result<(ServiceTokenInfo, String)> {
     let info = ServiceTokenInfo {
@@ -73,8 +75,9 @@ fn service_token_from_row(row: &Row) -> Result<(ServiceTokenInfo, String)> {
         created_at: parse_stored_instant(row.get(4))?,
         expires_at: parse_optional_instant(row.get(5))?,
         revoked_at: parse_optional_instant(row.get(6))?,
+        client_cert: parse_stored_fingerprint(row.get(7))?,
     };
-    Ok((info, row.get(7)))
+    Ok((info, row.get(8)))
 }
 
 fn is_unique_violation(error: &StoreError) -> bool {
@@ -337,8 +340,9 @@ impl PgStore {
         self.tenant_tx(token.tenant.id, |tx| {
             tx.execute(
                 "INSERT INTO service_tokens
-                     (id, tenant_id, name, role, token_hash, created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                     (id, tenant_id, name, role, token_hash, created_at, expires_at,
+                      client_cert_sha256)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 &[
                     &id.to_string(),
                     &token.tenant.id.to_string(),
@@ -347,12 +351,13 @@ impl PgStore {
                     &token.token_hash.to_hex(),
                     &now,
                     &token.expires_at.map(format_instant),
+                    &token.client_cert.map(|fingerprint| fingerprint.to_hex()),
                 ],
             )?;
             let event = AuditEvent::new(actor, "token.create")
                 .tenant(token.tenant.id)
                 .subject(id)
-                .detail(format!("role {}", token.role));
+                .detail(token_create_detail(token));
             self.append_one(tx, event)
         })?;
         Ok(id)

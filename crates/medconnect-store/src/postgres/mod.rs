@@ -54,8 +54,7 @@ pub const OPERATOR_ROLE: &str = "medconnect_operator";
 const MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../../migrations/postgres/0001_initial.sql")),
     ("accounts", include_str!("../../migrations/postgres/0002_accounts.sql")),
-    // NOTE: file number 0003 is reserved for a migration that goes before this one. Until it
-    // is listed, this file is applied as version 3, not 4.
+    ("token_client_cert", include_str!("../../migrations/postgres/0003_token_client_cert.sql")),
     (
         "id_photo_content_type",
         include_str!("../../migrations/postgres/0004_id_photo_content_type.sql"),

@@ -16,7 +16,8 @@ use crate::accounts::{
     check_new_service_token, check_new_user, normalize_username, stored_role, user_actor,
 };
 use crate::{
-    LoginUser, NewServiceToken, NewUser, Result, ServiceTokenInfo, SessionInfo, StoreError, UserRef,
+    CertificateFingerprint, LoginUser, NewServiceToken, NewUser, Result, ServiceTokenInfo,
+    SessionInfo, StoreError, UserRef,
 };
 
 const LOGIN_COLUMNS: &str = "u.id, u.tenant_id, u.role, l.patient_id, u.password_hash, \
@@ -54,8 +55,8 @@ fn session_from_row(row: &Row<'_>) -> Result<(SessionInfo, String)> {
     Ok((info, row.get(9)?))
 }
 
-const TOKEN_COLUMNS: &str =
-    "id, tenant_id, name, role, created_at, expires_at, revoked_at, token_hash";
+const TOKEN_COLUMNS: &str = "id, tenant_id, name, role, created_at, expires_at, revoked_at, \
+     client_cert_sha256, token_hash";
 
 fn service_token_from_row(row: &Row<'_>) -> Result<(ServiceTokenInfo, String)> {
     let info = ServiceTokenInfo {
@@ -66,8 +67,21 @@ fn service_token_from_row(row: &Row<'_>) -> Result<(ServiceTokenInfo, String)> {
         created_at: parse_stored_instant(&row.get::<_, String>(4)?)?,
         expires_at: parse_optional_instant(row.get(5)?)?,
         revoked_at: parse_optional_instant(row.get(6)?)?,
+        client_cert: parse_stored_fingerprint(row.get(7)?)?,
     };
-    Ok((info, row.get(7)?))
+    Ok((info, row.get(8)?))
+}
+
+/// Parses a stored client certificate fingerprint.
+pub(crate) fn parse_stored_fingerprint(
+    stored: Option<String>,
+) -> Result<Option<CertificateFingerprint>> {
+    let Some(text) = stored else { return Ok(None) };
+    CertificateFingerprint::from_hex(&text).map(Some).ok_or_else(|| {
+        StoreError::Corrupt(
+            "a service token's client certificate fingerprint is not 64 hex digits".into(),
+        )
+    })
 }
 
 /// Returns whether a stored hash equals `expected`, compared in constant time. The row was
@@ -341,8 +355,9 @@ impl SqliteStore {
         let (now, simulated) = (self.now(), self.simulated());
         let tx = self.write_tx()?;
         tx.execute(
-            "INSERT INTO service_tokens (id, tenant_id, name, role, token_hash, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO service_tokens
+                 (id, tenant_id, name, role, token_hash, created_at, expires_at, client_cert_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             (
                 id.to_string(),
                 token.tenant.id.to_string(),
@@ -351,12 +366,13 @@ impl SqliteStore {
                 token.token_hash.to_hex(),
                 format_instant(now),
                 token.expires_at.map(format_instant),
+                token.client_cert.map(|fingerprint| fingerprint.to_hex()),
             ),
         )?;
         let event = AuditEvent::new(actor, "token.create")
             .tenant(token.tenant.id)
             .subject(id)
-            .detail(format!("role {}", token.role));
+            .detail(token_create_detail(token));
         let mut audit = AuditAppender::begin(&tx, now, simulated)?;
         audit.append(&tx, event)?;
         audit.finish(&tx)?;
@@ -407,6 +423,17 @@ impl SqliteStore {
         audit.finish(&tx)?;
         tx.commit()?;
         Ok(true)
+    }
+}
+
+/// Describes a new service token for its `token.create` entry: the role and, for a storefront
+/// token, the fingerprint of its client certificate, which is no secret.
+pub(crate) fn token_create_detail(token: &NewServiceToken<'_>) -> String {
+    match token.client_cert {
+        Some(fingerprint) => {
+            format!("role {}, client certificate sha256 {fingerprint}", token.role)
+        }
+        None => format!("role {}", token.role),
     }
 }
 

@@ -41,8 +41,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("encryption", include_str!("../../migrations/sqlite/0003_encryption.sql")),
     ("audit_checkpoints", include_str!("../../migrations/sqlite/0004_audit_checkpoints.sql")),
     ("accounts", include_str!("../../migrations/sqlite/0005_accounts.sql")),
-    // NOTE: file number 0006 is reserved for a migration that goes before this one. Until it
-    // is listed, this file is applied as version 6, not 7.
+    ("token_client_cert", include_str!("../../migrations/sqlite/0006_token_client_cert.sql")),
     (
         "id_photo_content_type",
         include_str!("../../migrations/sqlite/0007_id_photo_content_type.sql"),
