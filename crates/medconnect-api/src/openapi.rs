@@ -33,7 +33,7 @@ use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
 use crate::auth::SESSION_COOKIE;
-use crate::{audit, holds, lifecycle, login, patients, routes};
+use crate::{audit, holds, id_photos, intake_forms, lifecycle, login, patients, routes};
 
 /// The document. The info version is the version of this crate.
 // TODO: a route added to the router but not to `paths` goes unnoticed by the tests, which
@@ -65,6 +65,11 @@ use crate::{audit, holds, lifecycle, login, patients, routes};
         lifecycle::run,
         audit::list,
         audit::verify,
+        intake_forms::submit,
+        intake_forms::list,
+        id_photos::upload,
+        id_photos::list,
+        id_photos::read,
     ),
     modifiers(&SecuritySchemes, &LayerResponses),
     tags(

@@ -119,7 +119,7 @@ pub async fn read(
 }
 
 /// Returns the caller's tenant, or the 403 of a caller without one.
-fn tenant_of(caller: &Caller) -> Result<TenantId, ApiError> {
+pub(crate) fn tenant_of(caller: &Caller) -> Result<TenantId, ApiError> {
     caller.tenant_id.ok_or_else(|| {
         ApiError::new(
             ErrorCode::Forbidden,
@@ -145,7 +145,7 @@ pub(crate) fn access_of(caller: &Caller) -> Result<Access, ApiError> {
 
 /// Turns the result of a store call into the value or the error for the client: 404 for a
 /// patient the tenant does not have, 503 for anything else, with the cause in the log.
-fn finish<T, E>(result: Result<Result<T, StoreError>, E>) -> Result<T, ApiError>
+pub(crate) fn finish<T, E>(result: Result<Result<T, StoreError>, E>) -> Result<T, ApiError>
 where
     E: std::error::Error + 'static,
 {

@@ -12,6 +12,11 @@
 //! | `GET /v1/policy` | the retention policy in force, as `medconnect policy show --json` prints it |
 //! | `GET /v1/patients` | the patients linked to the caller's tenant, as [`crate::patients`] describes |
 //! | `GET /v1/patients/{id}` | one patient of the caller's tenant: link, counts and profile |
+//! | `POST /v1/patients/{id}/intake-forms` | 201 after storing an intake form, as [`crate::intake_forms`] describes |
+//! | `GET /v1/patients/{id}/intake-forms` | the patient's intake forms with answers, newest first |
+//! | `POST /v1/patients/{id}/id-photos` | 201 after storing a JPEG or PNG body, as [`crate::id_photos`] describes |
+//! | `GET /v1/patients/{id}/id-photos` | metadata of the patient's ID photos, newest first |
+//! | `GET /v1/patients/{id}/id-photos/{photo_id}` | the image of one of the patient's ID photos |
 //! | `GET /v1/holds` | legal holds of the caller's tenant, or of any tenant for an operator |
 //! | `POST /v1/holds` | 201 and the legal hold placed, as [`crate::holds`] describes |
 //! | `POST /v1/holds/{hold_id}/release` | the hold, released |
@@ -44,6 +49,8 @@ use utoipa::ToSchema;
 
 use crate::auth::{self, Caller, Credential};
 use crate::error::{self, ApiError, ErrorBody, ErrorCode};
+use crate::id_photos::{self, ID_PHOTO_BODY_LIMIT};
+use crate::intake_forms::{self, INTAKE_FORM_BODY_LIMIT};
 use crate::limiter::LoginLimiter;
 use crate::login::{self, LOGIN_BODY_LIMIT};
 use crate::metrics::{self, Metrics};
@@ -89,8 +96,9 @@ pub struct AppState {
     pub audit_public_key: Option<Arc<AuditKeySource>>,
 }
 
-/// Builds the router. Every route accepts request bodies of at most `body_limit` bytes, and
-/// the login at most [`LOGIN_BODY_LIMIT`].
+/// Builds the router. Every route accepts request bodies of at most `body_limit` bytes, the
+/// login at most [`LOGIN_BODY_LIMIT`], and the ID photo upload [`ID_PHOTO_BODY_LIMIT`]
+/// whatever `body_limit` is.
 pub fn router(state: AppState, body_limit: usize) -> Router {
     let metrics = state.metrics.clone();
     let authenticated = Router::new()
@@ -99,6 +107,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/logout", limited(post(login::logout), body_limit))
         .route("/v1/patients", limited(get(patients::list), body_limit))
         .route("/v1/patients/{id}", limited(get(patients::read), body_limit))
+        .merge(intake_and_photo_routes(body_limit))
         .merge(operator_routes(body_limit))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let login_limit = LOGIN_BODY_LIMIT.min(body_limit);
@@ -128,6 +137,25 @@ fn operator_routes(body_limit: usize) -> Router<AppState> {
         .route("/v1/lifecycle/run", limited(post(lifecycle::run), empty))
         .route("/v1/audit", limited(get(audit::list), empty))
         .route("/v1/audit/verify", limited(get(audit::verify), empty))
+}
+
+/// Routes the intake forms and ID photos of a patient. The form upload accepts at most
+/// [`INTAKE_FORM_BODY_LIMIT`] bytes (or `body_limit` when lower), the photo upload
+/// [`ID_PHOTO_BODY_LIMIT`] whatever `body_limit` is, and the reads `body_limit`.
+fn intake_and_photo_routes(body_limit: usize) -> Router<AppState> {
+    let form_limit = INTAKE_FORM_BODY_LIMIT.min(body_limit);
+    Router::new()
+        .route(
+            "/v1/patients/{id}/intake-forms",
+            limited(post(intake_forms::submit), form_limit)
+                .merge(limited(get(intake_forms::list), body_limit)),
+        )
+        .route(
+            "/v1/patients/{id}/id-photos",
+            limited(post(id_photos::upload), ID_PHOTO_BODY_LIMIT)
+                .merge(limited(get(id_photos::list), body_limit)),
+        )
+        .route("/v1/patients/{id}/id-photos/{photo_id}", limited(get(id_photos::read), body_limit))
 }
 
 /// Limits the request body of one route to `limit` bytes. A declared `Content-Length` above

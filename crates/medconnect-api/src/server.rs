@@ -41,7 +41,8 @@ pub struct ServerConfig {
     /// client certificate, and storefront tokens can authenticate. None: no client
     /// certificates, so every storefront token gets 401.
     pub client_ca: Option<std::path::PathBuf>,
-    /// Largest request body any route accepts, in bytes.
+    /// Largest request body of every route but the ID photo upload, which accepts
+    /// [`crate::id_photos::ID_PHOTO_BODY_LIMIT`], in bytes.
     pub body_limit: usize,
     /// Time between scheduled lifecycle runs; zero turns the scheduler off.
     pub lifecycle_interval: Duration,

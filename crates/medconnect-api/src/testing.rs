@@ -144,7 +144,8 @@ impl HttpsClient {
             .unwrap_or_else(|error| panic!("GET {path}: {error}"))
     }
 
-    /// Sends one request with extra `headers`, `Connection: close`, and a JSON content type.
+    /// Sends one request with extra `headers`, `Connection: close`, and a JSON content type
+    /// unless `headers` name another.
     pub fn request_with(
         &self,
         method: &str,
@@ -191,7 +192,8 @@ impl HttpsClient {
         let mut stream = self.connect()?;
         let mut extra: String =
             headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
-        if let Some(content_type) = content_type {
+        let has_type = headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+        if let Some(content_type) = content_type.filter(|_| !has_type) {
             extra.push_str(&format!("Content-Type: {content_type}\r\n"));
         }
         let head = format!(

@@ -29,36 +29,88 @@ const MASTER: [u8; 32] = [11; 32];
 /// Patients of the sample per tenant.
 const PATIENTS_PER_TENANT: usize = 3;
 
-/// A tenant-scoped route. Placeholders in `path` and `body` are replaced by ids:
+/// A tenant-scoped route. Placeholders in `path` and in a UTF-8 `body` are replaced by ids:
 /// `{patient}`, `{photo}` and `{hold}`.
 struct Route {
     method: &'static str,
     path: &'static str,
-    body: &'static str,
+    /// JSON with placeholders, or the raw bytes of an upload, sent as `content_type`.
+    body: &'static [u8],
+    content_type: &'static str,
     /// Roles the route serves. They get 404 for ids of another tenant; the others get 403.
     serves: &'static [Role],
 }
+
+const JSON: &str = "application/json";
+
+/// A PNG signature and the start of its header chunk, which pass the photo upload's type
+/// check.
+const PNG: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0x0D, b'I'];
 
 const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: "/v1/patients/{patient}",
-        body: "",
+        body: b"",
+        content_type: JSON,
         serves: &[Role::TenantAdmin, Role::Provider],
     },
     Route {
         method: "POST",
+        path: "/v1/patients/{patient}/intake-forms",
+        body: br#"{"form": "intake", "answers": {"reason": "follow-up"}}"#,
+        content_type: JSON,
+        serves: &[Role::Provider, Role::Storefront],
+    },
+    Route {
+        method: "GET",
+        path: "/v1/patients/{patient}/intake-forms",
+        body: b"",
+        content_type: JSON,
+        serves: &[Role::Provider],
+    },
+    Route {
+        method: "POST",
+        path: "/v1/patients/{patient}/id-photos",
+        body: PNG,
+        content_type: "image/png",
+        serves: &[Role::Provider, Role::Storefront],
+    },
+    Route {
+        method: "GET",
+        path: "/v1/patients/{patient}/id-photos",
+        body: b"",
+        content_type: JSON,
+        serves: &[Role::Provider],
+    },
+    Route {
+        method: "GET",
+        path: "/v1/patients/{patient}/id-photos/{photo}",
+        body: b"",
+        content_type: JSON,
+        serves: &[Role::Provider],
+    },
+    Route {
+        method: "POST",
         path: "/v1/holds",
-        body: r#"{"scope":"patient","patient_id":"{patient}","matter":"m-1","reason":"held"}"#,
+        body: br#"{"scope":"patient","patient_id":"{patient}","matter":"m-1","reason":"held"}"#,
+        content_type: JSON,
         serves: &[Role::TenantAdmin],
     },
     Route {
         method: "POST",
         path: "/v1/holds/{hold}/release",
-        body: "",
+        body: b"",
+        content_type: JSON,
         serves: &[Role::TenantAdmin],
     },
-    Route { method: "GET", path: "/v1/lifecycle/explain/{patient}", body: "", serves: &[] },
+    Route {
+        method: "GET",
+        path: "/v1/lifecycle/explain/{patient}",
+        body: b"",
+        content_type: JSON,
+        serves: &[],
+    },
 ];
 
 /// Routes of [`ROUTES`] on which a platform operator acts on any tenant by design, so the
@@ -297,8 +349,13 @@ impl Fixture {
     /// client certificate when the role is storefront.
     fn send(&self, route: &Route, ids: &Ids, role: Role, token: &str) -> HttpResponse {
         let path = ids.fill(route.path);
-        let body = ids.fill(route.body);
+        let body = match std::str::from_utf8(route.body) {
+            Ok(text) => ids.fill(text).into_bytes(),
+            Err(_) => route.body.to_vec(),
+        };
         let authorization = format!("Bearer {token}");
+        let headers =
+            [("Authorization", authorization.as_str()), ("Content-Type", route.content_type)];
         let client = match role {
             Role::Storefront => HttpsClient::with_client_certificate(
                 self.server.addr(),
@@ -308,12 +365,7 @@ impl Fixture {
             _ => self.server.client(),
         };
         client
-            .request_with(
-                route.method,
-                &path,
-                &[("Authorization", &authorization)],
-                body.as_bytes(),
-            )
+            .request_with(route.method, &path, &headers, &body)
             .unwrap_or_else(|error| panic!("{} {}: {error}", route.method, route.path))
     }
 
@@ -409,11 +461,12 @@ fn every_route_in_matrix() {
     let mut documented = BTreeSet::new();
     for (path, item) in document["paths"].as_object().expect("paths") {
         for method in item.as_object().expect("path item").keys() {
-            // The matrix names the path parameter of a patient `{patient}` and of a hold
-            // `{hold}`.
+            // The matrix names the path parameter of a patient `{patient}`, of a photo
+            // `{photo}` and of a hold `{hold}`.
             let path = path
                 .replace("{id}", "{patient}")
                 .replace("{patient_id}", "{patient}")
+                .replace("{photo_id}", "{photo}")
                 .replace("{hold_id}", "{hold}");
             documented.insert((method.to_ascii_uppercase(), path));
         }

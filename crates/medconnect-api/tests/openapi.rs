@@ -83,7 +83,8 @@ fn error_schema_lists_every_code() {
 }
 
 /// Every operation lists 413, every operation that requires a caller lists 401 and 503, and
-/// every operation with a JSON request body lists the 400, 415 and 422 of [`JsonBody`].
+/// every operation with a request body lists 415, and with a JSON request body also the 400
+/// and 422 of [`JsonBody`].
 ///
 /// [`JsonBody`]: medconnect_api::body::JsonBody
 #[test]
@@ -97,8 +98,12 @@ fn shared_error_responses_listed() {
             assert!(responses.get("401").is_some(), "{method} {path} lacks 401");
             assert!(responses.get("503").is_some(), "{method} {path} lacks 503");
         }
-        if operation.get("requestBody").is_some() {
-            for status in ["400", "415", "422"] {
+        let body_types = operation["requestBody"]["content"].as_object();
+        if body_types.is_some() {
+            assert!(responses.get("415").is_some(), "{method} {path} lacks 415");
+        }
+        if body_types.is_some_and(|types| types.contains_key("application/json")) {
+            for status in ["400", "422"] {
                 assert!(responses.get(status).is_some(), "{method} {path} lacks {status}");
             }
         }

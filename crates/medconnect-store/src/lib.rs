@@ -14,6 +14,7 @@
 mod access;
 mod accounts;
 mod error;
+mod intake;
 mod keys;
 pub mod ledger;
 pub mod postgres;
@@ -28,6 +29,10 @@ pub use accounts::{
     Role, ServiceTokenInfo, SessionInfo, UserRef, MAX_TOKEN_NAME_CHARS, MAX_USERNAME_CHARS,
 };
 pub use error::StoreError;
+pub use intake::{
+    sniff_image, IdPhotoContent, IdPhotoInfo, IntakeForm, IntakeFormInfo, InvalidIdPhoto,
+    NewIdPhoto, NewIntakeForm, ID_PHOTO_CONTENT_TYPES, UNKNOWN_PHOTO_CONTENT_TYPE,
+};
 pub use ledger::{LedgerEntry, ReapplyOutcome};
 pub use postgres::{PgConfig, PgStore};
 pub use sqlite::SqliteStore;
@@ -180,6 +185,64 @@ pub trait Store {
         photo: PhotoId,
         access: &Access,
     ) -> Result<Vec<u8>>;
+
+    /// Stores an intake form of a linked patient for `access`, its answers sealed under the
+    /// link's data key, and appends `intake_form.submit` naming the patient and the form in
+    /// the same transaction. A patient missing from the tenant, or linked only to another
+    /// tenant, stores nothing, returns [`StoreError::PatientNotFound`] and commits a
+    /// `not_found` entry. No master key fails as [`Store::read_patient`] does.
+    fn submit_intake_form(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        form: &NewIntakeForm,
+        access: &Access,
+    ) -> Result<IntakeFormInfo>;
+
+    /// Lists a linked patient's intake forms with decrypted answers, newest `submitted_at`
+    /// first, for `access`, and appends `intake_form.list` (with the count) in the same
+    /// transaction. A missing patient fails as [`Store::submit_intake_form`] does.
+    fn read_intake_forms(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        access: &Access,
+    ) -> Result<Vec<IntakeForm>>;
+
+    /// Stores an ID photo of a linked patient for `access`, sealed as
+    /// [`Store::add_id_photo`] seals it, with its media type, and appends `id_photo.upload`
+    /// naming the patient and the photo in the same transaction. A missing patient fails as
+    /// [`Store::submit_intake_form`] does, and a failed write leaves no file behind.
+    fn upload_id_photo(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        photo: &NewIdPhoto,
+        access: &Access,
+    ) -> Result<IdPhotoInfo>;
+
+    /// Lists the metadata of a linked patient's ID photos, newest first, for `access`, and
+    /// appends `id_photo.list` (with the count) in the same transaction. A missing patient
+    /// fails as [`Store::submit_intake_form`] does.
+    fn read_id_photos(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        access: &Access,
+    ) -> Result<Vec<IdPhotoInfo>>;
+
+    /// Returns the decrypted image of one ID photo of a linked patient for `access`, and
+    /// appends `id_photo.read` naming the patient and the photo in the same transaction. A
+    /// missing patient fails as [`Store::submit_intake_form`] does. A photo missing from the
+    /// tenant, or belonging to another patient, returns [`StoreError::PhotoNotFound`] and
+    /// commits a `not_found` entry.
+    fn read_patient_id_photo(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        photo: PhotoId,
+        access: &Access,
+    ) -> Result<IdPhotoContent>;
 
     /// Lists every tenant link of a patient, across tenants. Only lifecycle jobs, which
     /// decide cross-tenant protection, may call this.

@@ -143,7 +143,7 @@ pub struct ServeArgs {
         value_parser = parse_interval
     )]
     pub lifecycle_interval: Duration,
-    /// Largest request body any route accepts, in bytes.
+    /// Largest request body of every route but the ID photo upload (5 MiB), in bytes.
     #[arg(long, env = "MEDCONNECT_BODY_LIMIT", default_value_t = 64 * 1024, value_name = "BYTES")]
     pub body_limit: usize,
     /// How long shutdown waits for requests in flight and a lifecycle run under way, such as

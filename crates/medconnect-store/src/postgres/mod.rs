@@ -17,6 +17,7 @@ mod accounts;
 mod audit;
 mod chain;
 mod import;
+mod intake;
 mod keys;
 mod ledger;
 mod lifecycle;
@@ -54,6 +55,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("initial", include_str!("../../migrations/postgres/0001_initial.sql")),
     ("accounts", include_str!("../../migrations/postgres/0002_accounts.sql")),
     ("token_client_cert", include_str!("../../migrations/postgres/0003_token_client_cert.sql")),
+    (
+        "id_photo_content_type",
+        include_str!("../../migrations/postgres/0004_id_photo_content_type.sql"),
+    ),
 ];
 
 /// The schema version this build writes.
@@ -880,6 +885,54 @@ impl crate::Store for PgStore {
         access: &crate::Access,
     ) -> Result<Vec<u8>> {
         self.read_id_photo_audited_impl(tenant, photo, access)
+    }
+
+    fn submit_intake_form(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        form: &crate::NewIntakeForm,
+        access: &crate::Access,
+    ) -> Result<crate::IntakeFormInfo> {
+        self.submit_intake_form_impl(tenant, patient, form, access)
+    }
+
+    fn read_intake_forms(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        access: &crate::Access,
+    ) -> Result<Vec<crate::IntakeForm>> {
+        self.read_intake_forms_impl(tenant, patient, access)
+    }
+
+    fn upload_id_photo(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        photo: &crate::NewIdPhoto,
+        access: &crate::Access,
+    ) -> Result<crate::IdPhotoInfo> {
+        self.upload_id_photo_impl(tenant, patient, photo, access)
+    }
+
+    fn read_id_photos(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        access: &crate::Access,
+    ) -> Result<Vec<crate::IdPhotoInfo>> {
+        self.read_id_photos_impl(tenant, patient, access)
+    }
+
+    fn read_patient_id_photo(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        photo: medconnect_domain::PhotoId,
+        access: &crate::Access,
+    ) -> Result<crate::IdPhotoContent> {
+        self.read_patient_id_photo_impl(tenant, patient, photo, access)
     }
 
     fn links_of_patient(

@@ -262,31 +262,10 @@ impl PgStore {
     ) -> Result<PhotoId> {
         let (now, simulated) = (self.now(), self.simulated());
         let id = PhotoId::new();
-        let id_text = id.to_string();
-        let tenant_text = tenant.id.to_string();
         self.tenant_tx(tenant.id, |tx| {
             let link = lock_link(tx, tenant, patient)?;
-            let keys = self.keys()?;
-            let key = keys.data_key(&mut *tx, KeyScope::Link, &link.to_string(), now)?;
-            // The column in the associated data is "file", as on SQLite, so a photo seals
-            // the same way on both backends.
-            let place = Place { tenant: &tenant_text, table: "id_photos", record: &id_text };
-            let sealed = seal_bytes(&key, place, "file", bytes)?;
-            // The digest is of the sealed bytes, so it reveals nothing about the photo.
-            let digest = hex::encode(Sha256::digest(&sealed));
-            tx.execute(
-                "INSERT INTO id_photos (id, tenant_id, link_id, content, bytes, sha256,
-                 uploaded_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[
-                    &id_text,
-                    &tenant_text,
-                    &link,
-                    &sealed,
-                    &(sealed.len() as i64),
-                    &digest,
-                    &format_instant(uploaded_at),
-                ],
-            )?;
+            let photo = NewPhotoRow { id, bytes, content_type: None, uploaded_at };
+            insert_photo(tx, self.keys()?, tenant, link, &photo, now)?;
             let mut audit = PgAudit::begin(tx, now, simulated)?;
             let event = AuditEvent::new(actor, "id_photo.upload")
                 .tenant(tenant.id)
@@ -652,4 +631,49 @@ pub(super) fn open_id_photo(
     let place = Place { tenant: &tenant_text, table: "id_photos", record: &id };
     let plain = keys.open_bytes(&mut *tx, place, "file", &sealed)?;
     Ok(plain.to_vec())
+}
+
+/// An ID photo to insert with [`insert_photo`].
+pub(super) struct NewPhotoRow<'a> {
+    pub id: PhotoId,
+    pub bytes: &'a [u8],
+    pub content_type: Option<&'a str>,
+    pub uploaded_at: DateTime<Utc>,
+}
+
+/// Seals an ID photo under the link's data key and inserts its row inside the caller's
+/// transaction. Returns the size and the SHA-256 (hex) of the sealed bytes.
+pub(super) fn insert_photo(
+    tx: &mut Transaction<'_>,
+    keys: &Keys,
+    tenant: &Tenant,
+    link: i64,
+    photo: &NewPhotoRow<'_>,
+    now: DateTime<Utc>,
+) -> Result<(u64, String)> {
+    let id_text = photo.id.to_string();
+    let tenant_text = tenant.id.to_string();
+    let key = keys.data_key(&mut *tx, KeyScope::Link, &link.to_string(), now)?;
+    // The column in the associated data is "file", as on SQLite, so a photo seals the same
+    // way on both backends.
+    let place = Place { tenant: &tenant_text, table: "id_photos", record: &id_text };
+    let sealed = seal_bytes(&key, place, "file", photo.bytes)?;
+    // The digest is of the sealed bytes, so it reveals nothing about the photo.
+    let digest = hex::encode(Sha256::digest(&sealed));
+    let size = sealed.len() as i64;
+    tx.execute(
+        "INSERT INTO id_photos (id, tenant_id, link_id, content, bytes, sha256, uploaded_at,
+         content_type) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &id_text,
+            &tenant_text,
+            &link,
+            &sealed,
+            &size,
+            &digest,
+            &format_instant(photo.uploaded_at),
+            &photo.content_type,
+        ],
+    )?;
+    Ok((size as u64, digest))
 }

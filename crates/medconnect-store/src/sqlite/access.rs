@@ -15,7 +15,7 @@ impl SqliteStore {
     /// Runs `read` inside an immediate transaction and appends the entry that `read_event` makes of
     /// its result, with `describe` adding what a successful read returned. A not-found result
     /// commits with its entry; any other error rolls back, writing none.
-    fn audited_read<T>(
+    pub(super) fn audited_read<T>(
         &mut self,
         event: AuditEvent,
         read: impl FnOnce(&Self) -> Result<T>,

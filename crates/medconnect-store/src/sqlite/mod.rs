@@ -4,6 +4,7 @@
 mod access;
 pub(crate) mod accounts;
 mod audit;
+mod intake;
 mod keys;
 mod ledger;
 mod lifecycle;
@@ -41,6 +42,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("audit_checkpoints", include_str!("../../migrations/sqlite/0004_audit_checkpoints.sql")),
     ("accounts", include_str!("../../migrations/sqlite/0005_accounts.sql")),
     ("token_client_cert", include_str!("../../migrations/sqlite/0006_token_client_cert.sql")),
+    (
+        "id_photo_content_type",
+        include_str!("../../migrations/sqlite/0007_id_photo_content_type.sql"),
+    ),
 ];
 
 /// The first schema version whose PHI columns hold ciphertexts.
@@ -385,6 +390,54 @@ impl crate::Store for SqliteStore {
         access: &crate::Access,
     ) -> Result<Vec<u8>> {
         self.read_id_photo_audited_impl(tenant, photo, access)
+    }
+
+    fn submit_intake_form(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        form: &crate::NewIntakeForm,
+        access: &crate::Access,
+    ) -> Result<crate::IntakeFormInfo> {
+        self.submit_intake_form_impl(tenant, patient, form, access)
+    }
+
+    fn read_intake_forms(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        access: &crate::Access,
+    ) -> Result<Vec<crate::IntakeForm>> {
+        self.read_intake_forms_impl(tenant, patient, access)
+    }
+
+    fn upload_id_photo(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        photo: &crate::NewIdPhoto,
+        access: &crate::Access,
+    ) -> Result<crate::IdPhotoInfo> {
+        self.upload_id_photo_impl(tenant, patient, photo, access)
+    }
+
+    fn read_id_photos(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        access: &crate::Access,
+    ) -> Result<Vec<crate::IdPhotoInfo>> {
+        self.read_id_photos_impl(tenant, patient, access)
+    }
+
+    fn read_patient_id_photo(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        photo: medconnect_domain::PhotoId,
+        access: &crate::Access,
+    ) -> Result<crate::IdPhotoContent> {
+        self.read_patient_id_photo_impl(tenant, patient, photo, access)
     }
 
     fn links_of_patient(

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use medconnect_domain::audit::AuditEvent;
@@ -84,7 +85,7 @@ pub(crate) fn link_key(
 }
 
 impl SqliteStore {
-    fn require_link(&self, tenant: &Tenant, patient: PatientId) -> Result<i64> {
+    pub(super) fn require_link(&self, tenant: &Tenant, patient: PatientId) -> Result<i64> {
         link_key(&self.conn, tenant.id, patient)?.ok_or_else(|| StoreError::PatientNotFound {
             tenant: tenant.slug.clone(),
             patient: patient.to_string(),
@@ -240,15 +241,46 @@ impl SqliteStore {
         actor: &str,
     ) -> Result<PhotoId> {
         let link = self.require_link(tenant, patient)?;
+        let file = self.write_photo_file(tenant, link, bytes)?;
+        let (now, simulated) = (self.now(), self.simulated());
+        let result = (|| -> Result<()> {
+            let tx = self.write_tx()?;
+            insert_photo_row(&tx, tenant, link, &file, None, uploaded_at)?;
+            let mut audit = AuditAppender::begin(&tx, now, simulated)?;
+            audit.append(
+                &tx,
+                AuditEvent::new(actor, "id_photo.upload")
+                    .tenant(tenant.id)
+                    .subject(patient)
+                    .subject(file.id),
+            )?;
+            audit.finish(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(err) = result {
+            file.remove();
+            return Err(err);
+        }
+        Ok(file.id)
+    }
+
+    /// Seals an ID photo under the link's data key and writes it to a new file, whose row
+    /// the caller inserts with [`insert_photo_row`]. The path is queued for deletion before
+    /// the file exists and dequeued in the transaction that writes its row, so a crash in
+    /// between never leaves an untracked file: the next lifecycle run deletes it.
+    pub(super) fn write_photo_file(
+        &self,
+        tenant: &Tenant,
+        link: i64,
+        bytes: &[u8],
+    ) -> Result<PhotoFile> {
         let id = PhotoId::new();
         let relative = format!("id-photos/{}/{id}.bin", tenant.id);
         let path = self.blob_path(&relative);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
         }
-        // The path is queued for deletion before the file exists and dequeued in the
-        // transaction that writes its row, so a crash in between never leaves an untracked
-        // file: the next lifecycle run deletes it.
         self.conn.execute(
             "INSERT OR IGNORE INTO pending_file_deletions (path) VALUES (?1)",
             [&relative],
@@ -261,35 +293,8 @@ impl SqliteStore {
         let sealed = seal_bytes(&key, place, "file", bytes)?;
         fs::write(&path, &sealed).map_err(|e| StoreError::io(&path, e))?;
         // The digest is of the sealed file, so it reveals nothing about the photo.
-        let digest = hex::encode(Sha256::digest(&sealed));
-        let (now, simulated) = (self.now(), self.simulated());
-        let result = (|| -> Result<()> {
-            let tx = self.write_tx()?;
-            tx.execute(
-                "INSERT INTO id_photos (id, tenant_id, link_id, file_name, bytes, sha256, uploaded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                (id.to_string(), tenant.id.to_string(), link, &relative, sealed.len() as i64, digest, format_instant(uploaded_at)),
-            )?;
-            tx.execute("DELETE FROM pending_file_deletions WHERE path = ?1", [&relative])?;
-            let mut audit = AuditAppender::begin(&tx, now, simulated)?;
-            audit.append(
-                &tx,
-                AuditEvent::new(actor, "id_photo.upload")
-                    .tenant(tenant.id)
-                    .subject(patient)
-                    .subject(id),
-            )?;
-            audit.finish(&tx)?;
-            tx.commit()?;
-            Ok(())
-        })();
-        if let Err(err) = result {
-            // The row was not written, so the file must not stay behind. Should the removal
-            // fail too, the queued path makes the next run delete it.
-            let _ = fs::remove_file(&path);
-            return Err(err);
-        }
-        Ok(id)
+        let sha256 = hex::encode(Sha256::digest(&sealed));
+        Ok(PhotoFile { id, relative, path, bytes: sealed.len() as u64, sha256 })
     }
 
     pub(crate) fn add_session_impl(
@@ -892,4 +897,56 @@ fn write_import(
         .execute((format_instant(last), format_instant(policy.phi_retention_until(&tenant.slug, last)), link))?;
     }
     Ok(counts)
+}
+
+/// A sealed ID photo written to its file under the data directory, whose row is not stored
+/// yet.
+pub(super) struct PhotoFile {
+    pub id: PhotoId,
+    /// The path under the blob folder, as the row and the deletion queue name it.
+    pub relative: String,
+    pub path: PathBuf,
+    /// Size of the sealed file.
+    pub bytes: u64,
+    /// SHA-256 of the sealed file, in hex.
+    pub sha256: String,
+}
+
+impl PhotoFile {
+    /// Deletes the file of a photo whose row was not written. Should the removal fail, the
+    /// path stays queued and the next lifecycle run deletes the file.
+    pub(super) fn remove(&self) {
+        if let Err(error) = fs::remove_file(&self.path) {
+            let photo = self.id;
+            tracing::warn!(%photo, %error, "removing the file of an unstored ID photo failed");
+        }
+    }
+}
+
+/// Inserts the row of a written photo file and dequeues its path from the pending
+/// deletions, inside the caller's transaction.
+pub(super) fn insert_photo_row(
+    conn: &Connection,
+    tenant: &Tenant,
+    link: i64,
+    file: &PhotoFile,
+    content_type: Option<&str>,
+    uploaded_at: DateTime<Utc>,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO id_photos (id, tenant_id, link_id, file_name, bytes, sha256, uploaded_at,
+         content_type) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        rusqlite::params![
+            file.id.to_string(),
+            tenant.id.to_string(),
+            link,
+            &file.relative,
+            file.bytes as i64,
+            &file.sha256,
+            format_instant(uploaded_at),
+            content_type,
+        ],
+    )?;
+    conn.execute("DELETE FROM pending_file_deletions WHERE path = ?1", [&file.relative])?;
+    Ok(())
 }
