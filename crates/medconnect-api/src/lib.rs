@@ -7,12 +7,16 @@
 //! turns errors into HTTP statuses, in [`error`].
 
 pub mod auth;
+pub mod clinical;
+pub mod consultations;
+pub mod encounters;
 pub mod error;
 pub mod limiter;
 pub mod login;
 pub mod metrics;
 pub mod patients;
 pub mod pool;
+pub mod prescriptions;
 pub mod routes;
 pub mod scheduler;
 pub mod server;

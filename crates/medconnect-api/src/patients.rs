@@ -84,7 +84,7 @@ pub async fn read(
 }
 
 /// Returns the caller's tenant, or the 403 of a caller without one.
-fn tenant_of(caller: &Caller) -> Result<TenantId, ApiError> {
+pub(crate) fn tenant_of(caller: &Caller) -> Result<TenantId, ApiError> {
     caller.tenant_id.ok_or_else(|| {
         ApiError::new(
             ErrorCode::Forbidden,
@@ -96,7 +96,7 @@ fn tenant_of(caller: &Caller) -> Result<TenantId, ApiError> {
 
 /// Returns the [`Access`] that the audit entries of this request name: the caller's account
 /// or service token, its role and a new request id.
-fn access_of(caller: &Caller) -> Result<Access, ApiError> {
+pub(crate) fn access_of(caller: &Caller) -> Result<Access, ApiError> {
     let request_id = uuid::Uuid::new_v4().to_string();
     let access = match caller.credential {
         Credential::Session { user_id, .. } => Access::user(user_id, caller.role, &request_id),
@@ -110,7 +110,7 @@ fn access_of(caller: &Caller) -> Result<Access, ApiError> {
 
 /// Turns the result of a store call into the value or the error for the client: 404 for a
 /// patient the tenant does not have, 503 for anything else, with the cause in the log.
-fn finish<T>(result: Result<Result<T, StoreError>, PoolError>) -> Result<T, ApiError> {
+pub(crate) fn finish<T>(result: Result<Result<T, StoreError>, PoolError>) -> Result<T, ApiError> {
     match result {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(StoreError::PatientNotFound { .. })) => {

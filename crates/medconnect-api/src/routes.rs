@@ -11,6 +11,11 @@
 //! | `GET /v1/policy` | the retention policy in force, as `medconnect policy show --json` prints it |
 //! | `GET /v1/patients` | the patients linked to the caller's tenant, as [`crate::patients`] describes |
 //! | `GET /v1/patients/{id}` | one patient of the caller's tenant: link, counts and profile |
+//! | `POST /v1/patients/{id}/encounters` | 201 after recording an encounter; the link's new retention |
+//! | `GET /v1/patients/{id}/consultations` | the patient's consultations, newest first |
+//! | `POST /v1/patients/{id}/consultations` | 201 after creating a consultation; the link's new retention |
+//! | `GET /v1/patients/{id}/prescriptions` | the patient's prescriptions, newest first |
+//! | `POST /v1/patients/{id}/prescriptions` | 201 with the new prescription |
 //!
 //! Every `/v1` route but the login requires a caller, as [`crate::auth`] describes.
 //! Paths that match no route get a JSON 404, known paths with another method a JSON 405.
@@ -31,12 +36,14 @@ use serde_json::json;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::auth::{self, Caller, Credential};
+use crate::clinical::CLINICAL_BODY_LIMIT;
 use crate::error::{self, ApiError, ErrorCode};
 use crate::limiter::LoginLimiter;
 use crate::login::{self, LOGIN_BODY_LIMIT};
 use crate::metrics::{self, Metrics};
 use crate::patients;
 use crate::pool::StorePool;
+use crate::{consultations, encounters, prescriptions};
 use crate::{error_chain, BoxError};
 
 /// Loads the policy in force. Called on a blocking thread for each request that needs it, so
@@ -74,6 +81,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/logout", limited(post(login::logout), body_limit))
         .route("/v1/patients", limited(get(patients::list), body_limit))
         .route("/v1/patients/{id}", limited(get(patients::read), body_limit))
+        .merge(clinical_routes(body_limit))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let login_limit = LOGIN_BODY_LIMIT.min(body_limit);
     Router::new()
@@ -86,6 +94,22 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn_with_state(metrics, metrics::track_requests))
         .with_state(state)
+}
+
+/// Builds the encounter, consultation and prescription routes of one patient. Their JSON
+/// bodies get at most [`CLINICAL_BODY_LIMIT`] bytes, or `body_limit` when that is smaller.
+fn clinical_routes(body_limit: usize) -> Router<AppState> {
+    let limit = CLINICAL_BODY_LIMIT.min(body_limit);
+    Router::new()
+        .route("/v1/patients/{id}/encounters", limited(post(encounters::record), limit))
+        .route(
+            "/v1/patients/{id}/consultations",
+            limited(get(consultations::list).post(consultations::create), limit),
+        )
+        .route(
+            "/v1/patients/{id}/prescriptions",
+            limited(get(prescriptions::list).post(prescriptions::create), limit),
+        )
 }
 
 /// Limits the request body of one route to `limit` bytes. A declared `Content-Length` above
