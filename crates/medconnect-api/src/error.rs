@@ -9,10 +9,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Stable error codes, one per kind of failure. Clients match on these, so a code is never
 /// renamed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The request is malformed.
     BadRequest,
@@ -41,6 +43,21 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::UnprocessableEntity,
+        ErrorCode::TooManyRequests,
+        ErrorCode::StoreUnavailable,
+        ErrorCode::ServiceUnavailable,
+        ErrorCode::Internal,
+    ];
+
     /// Returns the code as it appears in the JSON body.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -147,21 +164,22 @@ impl ApiError {
 }
 
 /// The JSON body of every error response.
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: &'a str,
+/// The error of a response: a stable code to match on and a message for people.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// A sentence on what failed and what to do next, which never quotes the request.
+    pub message: String,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            ErrorBody { error: ErrorDetail { code: self.code.as_str(), message: &self.message } };
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message } };
         let mut response = axum::Json(body).into_response();
         *response.status_mut() = self.code.status();
         response
@@ -197,4 +215,17 @@ fn is_json(response: &Response) -> bool {
 /// Returns the JSON 404 for paths that no route matches.
 pub async fn not_found() -> ApiError {
     ApiError::from_code(ErrorCode::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialized_code_matches_as_str() {
+        for code in ErrorCode::ALL {
+            let serialized = serde_json::to_value(code).expect("serialize");
+            assert_eq!(serialized, serde_json::Value::from(code.as_str()), "{code:?}");
+        }
+    }
 }

@@ -19,11 +19,11 @@ use medconnect_crypto::{verify_password, verify_password_dummy, SecretToken, Tok
 use medconnect_domain::model::Tenant;
 use medconnect_domain::{SessionId, UserId};
 use medconnect_store::{Role, Store, StoreError};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::auth::{store_failure, Caller, Credential, SESSION_COOKIE};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::limiter::LoginAttempt;
 use crate::routes::AppState;
 
@@ -42,14 +42,31 @@ const LOGIN_FAILED: &str = "login failed: the tenant, username or password is wr
 pub struct ClientAddr(pub SocketAddr);
 
 /// The body of `POST /v1/login`. It contains the password, so it has no `Debug`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(description = "The credentials of an account.")]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// The tenant's slug, or absent for a platform operator.
     #[serde(default)]
+    #[schema(example = "northwind")]
     tenant: Option<String>,
+    #[schema(example = "admin@northwind.test")]
     username: String,
+    #[schema(format = Password)]
     password: String,
+}
+
+/// The body of a successful login.
+#[derive(Serialize, ToSchema)]
+pub struct LoginResponse {
+    /// The session token: send it as `Authorization: Bearer TOKEN`. The `Set-Cookie` header
+    /// carries it too.
+    pub token: String,
+    /// When the session expires.
+    pub expires_at: DateTime<Utc>,
+    pub role: Role,
+    /// The tenant's slug, or null for a platform operator.
+    pub tenant: Option<String>,
 }
 
 /// The result of the store step of a login.
@@ -67,6 +84,34 @@ enum LoginOutcome {
 }
 
 /// Checks a login and, on success, starts a session.
+#[utoipa::path(
+    post,
+    path = "/v1/login",
+    operation_id = "login",
+    tag = "session",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "The login succeeded and a session started.",
+            body = LoginResponse,
+            headers(
+                ("Set-Cookie" = String, description = "The session token as the \
+                    `medconnect_session` cookie: Secure, HttpOnly, SameSite=Strict."),
+                ("Cache-Control" = String, description = "`no-store`."),
+            )),
+        (status = 400, description = "The body is not valid JSON.", body = ErrorBody),
+        (status = 401, description = "The tenant, username or password is wrong, or the account \
+            is disabled. The message is the same for each.", body = ErrorBody),
+        (status = 415, description = "The request has no `Content-Type: application/json`.",
+            body = ErrorBody),
+        (status = 422, description = "The JSON lacks a field, has an unknown field or a value of \
+            the wrong type; the message names the field.", body = ErrorBody),
+        (status = 429, description = "Too many failed logins for the account or the client \
+            address.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before the next try."))),
+        (status = 500, description = "A session token could not be generated.", body = ErrorBody),
+        (status = 503, description = "The store is not available.", body = ErrorBody),
+    )
+)]
 pub async fn login(
     State(state): State<AppState>,
     Extension(ClientAddr(client)): Extension<ClientAddr>,
@@ -108,12 +153,12 @@ pub async fn login(
         LoginOutcome::Accepted { user_id, session_id, role, tenant } => {
             state.limiter.record_success(&attempt);
             tracing::info!(%user_id, %session_id, client = %client.ip(), "login succeeded");
-            let body = json!({
-                "token": token.expose(),
-                "expires_at": expires_at,
-                "role": role,
-                "tenant": tenant.map(|tenant| tenant.slug),
-            });
+            let body = LoginResponse {
+                token: token.expose().to_owned(),
+                expires_at,
+                role,
+                tenant: tenant.map(|tenant| tenant.slug),
+            };
             let cookie = session_cookie(token.expose(), state.session_ttl);
             Ok(with_session_headers(Json(body).into_response(), cookie))
         }
@@ -153,6 +198,19 @@ fn check_login(
 
 /// Ends the caller's session and clears the session cookie. A service token has no session,
 /// so it gets 400.
+#[utoipa::path(
+    post,
+    path = "/v1/logout",
+    operation_id = "logout",
+    tag = "session",
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 204, description = "The session ended.",
+            headers(("Set-Cookie" = String, description = "Clears the session cookie."))),
+        (status = 400, description = "The caller used a service token, which has no session.",
+            body = ErrorBody),
+    )
+)]
 pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let Credential::Session { session_id, .. } = caller.credential else {
         return Err(ApiError::new(

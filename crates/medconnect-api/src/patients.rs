@@ -12,10 +12,11 @@ use axum::extract::{Path, State};
 use axum::Json;
 use medconnect_domain::{PatientId, TenantId};
 use medconnect_store::{Access, LinkSummary, PatientRecord, Role, StoreError};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::{store_failure, Caller, Credential};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::pool::PoolError;
 use crate::routes::AppState;
 
@@ -25,11 +26,32 @@ const PATIENT_NOT_FOUND: &str =
     "no patient with this id in the caller's tenant: list the tenant's patients at \
      GET /v1/patients";
 
+/// The body of `GET /v1/patients`.
+#[derive(Serialize, ToSchema)]
+pub struct PatientList {
+    /// The tenant's links, one per patient.
+    pub patients: Vec<LinkSummary>,
+}
+
 /// Lists the patients linked to the caller's tenant.
+#[utoipa::path(
+    get,
+    path = "/v1/patients",
+    operation_id = "list_patients",
+    tag = "patients",
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The tenant's patients.", body = PatientList),
+        (status = 403, description = "The caller's role is neither tenant_admin nor provider, or \
+            the caller has no tenant.", body = ErrorBody),
+        (status = 500, description = "The request could not be prepared for the audit log.",
+            body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PatientList>, ApiError> {
     caller.require(&[Role::TenantAdmin, Role::Provider])?;
     let tenant = tenant_of(&caller)?;
     let access = access_of(&caller)?;
@@ -41,10 +63,29 @@ pub async fn list(
         })
         .await;
     let links = finish(listed)?;
-    Ok(Json(json!({ "patients": links })))
+    Ok(Json(PatientList { patients: links }))
 }
 
 /// Returns one patient of the caller's tenant: the link with its counts and the profile.
+#[utoipa::path(
+    get,
+    path = "/v1/patients/{id}",
+    operation_id = "read_patient",
+    tag = "patients",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`.")),
+    responses(
+        (status = 200, description = "The patient's link, counts and profile.",
+            body = PatientRecord),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
+        (status = 403, description = "The caller's role may not read patients, the caller has no \
+            tenant, or a patient account asked for another patient.", body = ErrorBody),
+        (status = 404, description = "The caller's tenant has no patient with this id.",
+            body = ErrorBody),
+        (status = 500, description = "The request could not be prepared for the audit log.",
+            body = ErrorBody),
+    )
+)]
 pub async fn read(
     State(state): State<AppState>,
     caller: Caller,

@@ -5,6 +5,7 @@
 //! | `GET /healthz` | 200 while the process runs; touches no store |
 //! | `GET /readyz` | 200 when a store from the pool returns its `info()`, else 503 |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /v1/openapi.json` | the OpenAPI document of these routes; open to anyone |
 //! | `POST /v1/login` | a new session token for a username and password; open to anyone |
 //! | `POST /v1/logout` | 204 after ending the caller's session |
 //! | `GET /v1/me` | the caller's role, tenant and ids |
@@ -32,19 +33,22 @@ use axum::routing::{get, post, MethodRouter};
 use axum::{middleware, Json, Router};
 use medconnect_domain::clock::Clock;
 use medconnect_domain::policy::Policy;
-use serde_json::json;
+use medconnect_domain::{PatientId, ServiceTokenId, SessionId, TenantId, UserId};
+use medconnect_store::Role;
+use serde::Serialize;
 use tower_http::limit::RequestBodyLimitLayer;
+use utoipa::ToSchema;
 
 use crate::auth::{self, Caller, Credential};
 use crate::clinical::CLINICAL_BODY_LIMIT;
-use crate::error::{self, ApiError, ErrorCode};
+use crate::error::{self, ApiError, ErrorBody, ErrorCode};
 use crate::limiter::LoginLimiter;
 use crate::login::{self, LOGIN_BODY_LIMIT};
 use crate::metrics::{self, Metrics};
-use crate::patients;
 use crate::pool::StorePool;
 use crate::{consultations, encounters, prescriptions};
 use crate::{error_chain, BoxError};
+use crate::{openapi, patients};
 
 /// Loads the policy in force. Called on a blocking thread for each request that needs it, so
 /// a policy file changed on disk takes effect without a restart, as it does for the CLI.
@@ -88,6 +92,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/healthz", limited(get(healthz), body_limit))
         .route("/readyz", limited(get(readyz), body_limit))
         .route("/metrics", limited(get(render_metrics), body_limit))
+        .route("/v1/openapi.json", limited(get(openapi::serve), body_limit))
         .route("/v1/login", limited(post(login::login), login_limit))
         .merge(authenticated)
         .fallback(error::not_found)
@@ -122,14 +127,53 @@ pub fn limited(route: MethodRouter<AppState>, limit: usize) -> MethodRouter<AppS
         .layer::<_, Infallible>(RequestBodyLimitLayer::new(limit))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// The body of `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
-async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// The body of `GET /readyz` when a store responded.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// Always `ready`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// The store backend: `sqlite` or `postgres`.
+    #[schema(example = "sqlite")]
+    pub backend: &'static str,
+}
+
+/// Reports that the process runs. It touches no store.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "health",
+    responses((status = 200, description = "The process runs.", body = Health))
+)]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Reports whether a store from the pool responds within the readiness timeout.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "A store responded.", body = Readiness),
+        (status = 503, description = "No store responded in time; the server log names the \
+            cause.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
     let check = state.pool.run(|store| store.info().map(|info| info.backend));
     let failure = match tokio::time::timeout(state.readiness_timeout, check).await {
-        Ok(Ok(Ok(backend))) => return Ok(Json(json!({ "status": "ready", "backend": backend }))),
+        Ok(Ok(Ok(backend))) => return Ok(Json(Readiness { status: "ready", backend })),
         Ok(Ok(Err(error))) => error_chain(&error),
         Ok(Err(error)) => error_chain(&error),
         Err(_) => format!("no answer within {} s", state.readiness_timeout.as_secs()),
@@ -141,15 +185,71 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     ))
 }
 
-async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// Renders the server's metrics in the Prometheus text format, version 0.0.4.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "health",
+    responses((
+        status = 200,
+        description = "Request counts and latencies by route template, and lifecycle runs.",
+        body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8",
+    ))
+)]
+pub(crate) async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
 
+/// The body of `GET /v1/me`: who the caller is. It never contains a token or a hash.
+#[derive(Serialize, ToSchema)]
+pub struct Me {
+    pub role: Role,
+    /// The caller's tenant, or null for a platform operator.
+    pub tenant: Option<TenantRef>,
+    pub credential: CredentialKind,
+    /// The account of a session, or null for a service token.
+    pub user_id: Option<UserId>,
+    /// The session, or null for a service token.
+    pub session_id: Option<SessionId>,
+    /// The service token, or null for a session.
+    pub service_token_id: Option<ServiceTokenId>,
+    /// The patient a patient account belongs to, else null.
+    pub patient_id: Option<PatientId>,
+}
+
+/// A tenant by id and slug.
+#[derive(Serialize, ToSchema)]
+pub struct TenantRef {
+    pub id: TenantId,
+    #[schema(example = "northwind")]
+    pub slug: String,
+}
+
+/// The kind of credential a caller authenticated with.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// A login session from `POST /v1/login`.
+    Session,
+    /// A service token of a machine client.
+    ServiceToken,
+}
+
 /// Returns who the caller is: role, tenant and ids, and never a token or hash.
-async fn me(
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    operation_id = "me",
+    tag = "session",
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses((status = 200, description = "The caller.", body = Me))
+)]
+pub(crate) async fn me(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Me>, ApiError> {
     let tenant = match caller.tenant_id {
         None => None,
         Some(id) => match state.pool.run(move |store| store.tenant(id)).await {
@@ -158,36 +258,65 @@ async fn me(
             Err(error) => return Err(auth::store_failure(&error)),
         },
     };
-    let (credential, user_id, session_id, token_id) = match caller.credential {
+    let (credential, user_id, session_id, service_token_id) = match caller.credential {
         Credential::Session { user_id, session_id } => {
-            ("session", Some(user_id), Some(session_id), None)
+            (CredentialKind::Session, Some(user_id), Some(session_id), None)
         }
-        Credential::ServiceToken { token_id } => ("service_token", None, None, Some(token_id)),
+        Credential::ServiceToken { token_id } => {
+            (CredentialKind::ServiceToken, None, None, Some(token_id))
+        }
     };
-    Ok(Json(json!({
-        "role": caller.role,
-        "tenant": tenant.map(|tenant| json!({ "id": tenant.id, "slug": tenant.slug })),
-        "credential": credential,
-        "user_id": user_id,
-        "session_id": session_id,
-        "service_token_id": token_id,
-        "patient_id": caller.patient,
-    })))
+    Ok(Json(Me {
+        role: caller.role,
+        tenant: tenant.map(|tenant| TenantRef { id: tenant.id, slug: tenant.slug }),
+        credential,
+        user_id,
+        session_id,
+        service_token_id,
+        patient_id: caller.patient,
+    }))
 }
 
-async fn policy(
+/// The body of `GET /v1/policy`: the retention policy in force, as
+/// `medconnect policy show --json` prints it.
+#[derive(Serialize, ToSchema)]
+pub struct PolicyView {
+    /// The policy file on the server.
+    #[schema(value_type = String)]
+    pub file: PathBuf,
+    /// The version every retention decision records: the file's label, `+`, and the first 12
+    /// hex digits of the SHA-256 of the file.
+    #[schema(example = "2026.04+0123456789ab")]
+    pub version: String,
+    pub policy: Policy,
+}
+
+/// Returns the retention policy in force, read from its file for each request.
+#[utoipa::path(
+    get,
+    path = "/v1/policy",
+    operation_id = "policy",
+    tag = "policy",
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The policy in force.", body = PolicyView),
+        (status = 500, description = "The policy file could not be loaded; the server log names \
+            the cause.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn policy(
     State(state): State<AppState>,
     _caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PolicyView>, ApiError> {
     let source = Arc::clone(&state.policy);
     let loaded = tokio::task::spawn_blocking(move || source()).await;
     let failure = match loaded {
         Ok(Ok(loaded)) => {
-            return Ok(Json(json!({
-                "file": loaded.file,
-                "version": loaded.policy.version(),
-                "policy": loaded.policy,
-            })));
+            return Ok(Json(PolicyView {
+                file: loaded.file,
+                version: loaded.policy.version(),
+                policy: loaded.policy,
+            }));
         }
         Ok(Err(error)) => error_chain(&*error),
         Err(_) => "loading the policy panicked".to_owned(),

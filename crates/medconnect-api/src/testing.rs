@@ -1,5 +1,11 @@
-//! A small blocking HTTPS client for tests (feature `testing`): one request per connection,
-//! over rustls, trusting exactly the certificate it is given.
+//! Support for tests (feature `testing`): a small blocking HTTPS client, one request per
+//! connection over rustls, trusting exactly the certificate it is given; a server on a test
+//! store ([`server`]); and the search for PHI in captured logs and audit entries ([`phi`]).
+
+pub mod phi;
+pub mod server;
+
+pub use server::{TestServer, TestServerOptions};
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};

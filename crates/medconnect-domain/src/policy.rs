@@ -43,6 +43,7 @@ offboarding_export_window_days = 30
 
 /// Retention periods, in the units their names give.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Periods {
     pub phi_years: u32,
@@ -79,6 +80,7 @@ pub const MAXIMUM_PERIODS: Periods = Periods {
 
 /// Per-tenant lengthening of some periods; absent fields inherit the defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PeriodOverrides {
     pub phi_years: Option<u32>,
@@ -166,6 +168,7 @@ impl fmt::Display for Rule {
 
 /// A validated retention policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Policy {
     /// The label written in the file.
     pub label: String,

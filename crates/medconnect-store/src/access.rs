@@ -92,6 +92,13 @@ impl fmt::Display for Access {
 /// A linked patient as the API shows it: the link with its counts, and the decrypted core
 /// profile. It contains PHI, so it has no `Debug`.
 #[derive(Clone, serde::Serialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(
+        description = "A linked patient: the link with its counts, and the decrypted core profile."
+    )
+)]
 pub struct PatientRecord {
     pub link: LinkDetail,
     pub profile: PatientProfileView,

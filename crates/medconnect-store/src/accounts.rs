@@ -24,6 +24,7 @@ pub const MAX_TOKEN_NAME_CHARS: usize = 64;
 
 /// Role of a user account or a service token, which decides what its requests may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Operates the whole platform and belongs to no tenant.

@@ -48,6 +48,7 @@ pub struct SessionTimes {
 
 /// A patient's link to one tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinkSummary {
     pub tenant_id: TenantId,
     pub tenant_slug: String,
@@ -68,6 +69,7 @@ impl LinkSummary {
 
 /// Counts of what a tenant holds for one patient.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinkCounts {
     pub consultations: u64,
     pub prescriptions: u64,
@@ -79,6 +81,7 @@ pub struct LinkCounts {
 
 /// A link with counts, plus its ID photos and sessions with their own retention inputs.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinkDetail {
     pub link: LinkSummary,
     pub counts: LinkCounts,
@@ -105,6 +108,7 @@ pub struct PhiCandidate {
 
 /// An ID photo or session that may be due for deletion. `since` is its upload or end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecordCandidate {
     pub id: String,
     pub tenant_id: TenantId,
@@ -219,6 +223,11 @@ pub fn rule_for(category: Category) -> Rule {
 
 /// A decrypted core profile, as `patient show` prints it. It contains PHI, so it has no `Debug`.
 #[derive(Clone, Serialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(description = "A patient's decrypted core profile.")
+)]
 pub struct PatientProfileView {
     pub patient_id: PatientId,
     pub given_name: String,

@@ -110,6 +110,8 @@ pub enum Command {
     /// Serve the HTTPS API (TLS 1.2 and 1.3 only) and run the lifecycle on a schedule.
     /// Stops on SIGINT or SIGTERM after the requests in flight.
     Serve(ServeArgs),
+    /// Print the OpenAPI 3.1 document of the HTTPS API as JSON. Reads no data directory.
+    Openapi,
 }
 
 #[derive(Args)]

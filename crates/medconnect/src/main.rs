@@ -61,6 +61,10 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
+    if matches!(cli.command, Command::Openapi) {
+        print!("{}", medconnect_api::openapi::document_json());
+        return Ok(ExitCode::SUCCESS);
+    }
     let actor = cli.actor.unwrap_or_else(default_actor);
     if actor.trim().is_empty() {
         bail!("--actor must not be empty: pass who is acting, such as operator:jdoe");
@@ -94,6 +98,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::User(command) => commands::user(&context, command),
         Command::Token(command) => commands::token(&context, command),
         Command::Serve(args) => serve::run(context, args),
+        Command::Openapi => unreachable!("handled before the data directory is read"),
     }
 }
 

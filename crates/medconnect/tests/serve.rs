@@ -496,3 +496,70 @@ fn serve_login_keeps_secrets_out_of_log() {
         assert!(!audit.contains(secret), "a secret is in the audit log:\n{audit}");
     }
 }
+
+/// Sends the requests that read and touch patient data, as a provider of a tenant with the
+/// Synthea sample, and returns how many patient reads succeeded.
+fn exercise_patient_routes(client: &HttpsClient, token: &str) -> usize {
+    let list = client.get_with_token("/v1/patients", token);
+    assert_eq!(list.status, 200, "{}", list.text());
+    let ids: Vec<String> = list.json()["patients"]
+        .as_array()
+        .expect("patients")
+        .iter()
+        .map(|link| link["patient_id"].as_str().expect("patient id").to_owned())
+        .collect();
+    let mut read = 0;
+    for id in ids.iter().take(20) {
+        let response = client.get_with_token(&format!("/v1/patients/{id}"), token);
+        assert_eq!(response.status, 200, "{}", response.text());
+        read += 1;
+    }
+    let missing = client.get_with_token("/v1/patients/3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab", token);
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    let invalid = client.get_with_token("/v1/patients/Alice368%20Gleason633", token);
+    assert_eq!(invalid.status, 400, "{}", invalid.text());
+    read
+}
+
+#[test]
+fn serve_log_has_no_patient_phi() {
+    const PASSWORD: &str = "correct horse battery staple";
+    let store = TestStore::init(false);
+    store.run_ok(&["tenant", "create", "northwind"]);
+    let synthea = common::synthea_dir();
+    let import = store.run_ok(&[
+        "import",
+        "synthea",
+        synthea.to_str().expect("UTF-8 path"),
+        "--tenant",
+        "northwind",
+    ]);
+    let user = ["--tenant", "northwind", "--username", "provider@northwind.test"];
+    create_user(&store, &[&user[..], &["--role", "provider"]].concat(), PASSWORD);
+    let mut command = serve_command(store.data_dir(), &["--lifecycle-interval", "0"]);
+    command.env("MEDCONNECT_LOG", "trace");
+    let server = ServeProcess::start_with(command);
+    let client = server.client(store.data_dir());
+    let login = format!(
+        r#"{{"tenant":"northwind","username":"provider@northwind.test","password":"{PASSWORD}"}}"#
+    );
+    let response = client.request("POST", "/v1/login", login.as_bytes()).expect("login");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let token = response.json()["token"].as_str().expect("token").to_owned();
+
+    let read = exercise_patient_routes(&client, &token);
+    assert_eq!(read, 20);
+
+    let (status, log) = server.terminate();
+    assert_eq!(status.code(), Some(0), "exit status");
+    assert!(log.lines().count() > 20, "the trace log holds the requests");
+    let corpus = medconnect_api::testing::phi::PhiCorpus::synthea_sample();
+    let audit: Vec<_> = store
+        .audit_entries()
+        .into_iter()
+        .map(|(seq, hash, body)| medconnect_store::AuditRecord { seq, hash, body })
+        .collect();
+    let output = format!("{}\n{}\n{log}", import.stdout, import.stderr);
+    let findings = corpus.scan(&output, &audit);
+    assert!(findings.is_empty(), "PHI in the import output, server log or audit log: {findings:?}");
+}
