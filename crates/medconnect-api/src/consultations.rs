@@ -14,12 +14,12 @@ use medconnect_store::{
     ConsultationRecord, EncounterRecorded, NewEncounter, Role, CONSULTATION_STATUSES,
     ENCOUNTER_CLASSES,
 };
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::clinical::{self, Field};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::AppState;
 
 /// Max characters of a consultation's reason.
@@ -30,18 +30,39 @@ const MAX_REASON_CHARS: usize = 2_000;
 const MAX_NOTES_CHARS: usize = 8_000;
 
 /// The body of `POST /v1/patients/{id}/consultations`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ConsultationRequest {
+pub struct ConsultationRequest {
+    /// One of planned, in-progress, completed and cancelled.
+    #[schema(example = "completed")]
     status: String,
+    /// One of ambulatory, emergency, home, hospice, inpatient, outpatient, snf, urgentcare,
+    /// virtual and wellness.
+    #[schema(example = "virtual")]
     encounter_class: String,
+    /// 1 to 2000 characters, stored encrypted.
     reason: String,
+    /// Up to 8000 characters, stored encrypted; empty when absent.
     #[serde(default)]
     notes: String,
+    /// RFC 3339 with an offset, at most 5 minutes in the future.
+    #[schema(format = DateTime)]
     started_at: String,
+    /// RFC 3339 with an offset, not before `started_at`. Retention counts from it, or from
+    /// `started_at` when it is absent.
     #[serde(default)]
+    #[schema(format = DateTime)]
     ended_at: Option<String>,
 }
+
+/// The body of `GET /v1/patients/{id}/consultations`.
+#[derive(Serialize, ToSchema)]
+pub struct ConsultationList {
+    /// The patient's consultations, newest start first.
+    pub consultations: Vec<ConsultationRecord>,
+}
+
+const PATIENT_ID: &str = "The patient id, from `GET /v1/patients`.";
 
 const FIELDS: &[Field] = &[
     Field { name: "status", expected: "a string such as \"completed\"" },
@@ -53,11 +74,29 @@ const FIELDS: &[Field] = &[
 ];
 
 /// Lists a patient's consultations, newest start first.
+#[utoipa::path(
+    get,
+    path = "/v1/patients/{id}/consultations",
+    operation_id = "list_consultations",
+    tag = "clinical",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID)),
+    responses(
+        (status = 200, description = "The patient's consultations.", body = ConsultationList),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
+        (status = 403, description = "The caller is neither a provider of a tenant nor the \
+            patient itself.", body = ErrorBody),
+        (status = 404, description = "The caller's tenant has no patient with this id.",
+            body = ErrorBody),
+        (status = 500, description = "The request could not be prepared for the audit log.",
+            body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ConsultationList>, ApiError> {
     caller.require(&[Role::Provider, Role::Patient])?;
     let patient = clinical::patient_in_path(&caller, &id)?;
     let consultations: Vec<ConsultationRecord> =
@@ -65,10 +104,34 @@ pub async fn list(
             store.read_consultations(tenant, patient, access)
         })
         .await?;
-    Ok(Json(json!({ "consultations": consultations })))
+    Ok(Json(ConsultationList { consultations }))
 }
 
 /// Creates a consultation and returns its id and the link's new retention.
+#[utoipa::path(
+    post,
+    path = "/v1/patients/{id}/consultations",
+    operation_id = "create_consultation",
+    tag = "clinical",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID)),
+    request_body = ConsultationRequest,
+    responses(
+        (status = 201, description = "The consultation was stored and retention recomputed.",
+            body = EncounterRecorded),
+        (status = 400, description = "The id is not a UUID, or the body is not JSON.",
+            body = ErrorBody),
+        (status = 403, description = "The caller is not a provider of a tenant.",
+            body = ErrorBody),
+        (status = 404, description = "The caller's tenant has no patient with this id.",
+            body = ErrorBody),
+        (status = 415, description = "The body is not application/json.", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid, or contains a \
+            payment card number; the message names it.", body = ErrorBody),
+        (status = 500, description = "The policy in force could not be loaded, or the request \
+            could not be prepared for the audit log.", body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,

@@ -12,19 +12,23 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use medconnect_store::{EncounterRecorded, NewEncounter, Role, ENCOUNTER_CLASSES};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::clinical::{self, Field};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::AppState;
 
 /// The body of `POST /v1/patients/{id}/encounters`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EncounterRequest {
-    /// When the encounter happened: RFC 3339 with an offset.
+pub struct EncounterRequest {
+    /// When the encounter happened: RFC 3339 with an offset, at most 5 minutes in the future.
+    #[schema(format = DateTime, example = "2024-02-29T12:00:00+02:00")]
     at: String,
-    /// One of [`ENCOUNTER_CLASSES`].
+    /// One of ambulatory, emergency, home, hospice, inpatient, outpatient, snf, urgentcare,
+    /// virtual and wellness.
+    #[schema(example = "ambulatory")]
     encounter_class: String,
 }
 
@@ -34,6 +38,30 @@ const FIELDS: &[Field] = &[
 ];
 
 /// Records an encounter and returns the consultation id and the link's new retention.
+#[utoipa::path(
+    post,
+    path = "/v1/patients/{id}/encounters",
+    operation_id = "record_encounter",
+    tag = "clinical",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`.")),
+    request_body = EncounterRequest,
+    responses(
+        (status = 201, description = "The encounter was stored and retention recomputed.",
+            body = EncounterRecorded),
+        (status = 400, description = "The id is not a UUID, or the body is not JSON.",
+            body = ErrorBody),
+        (status = 403, description = "The caller is not a provider of a tenant.",
+            body = ErrorBody),
+        (status = 404, description = "The caller's tenant has no patient with this id.",
+            body = ErrorBody),
+        (status = 415, description = "The body is not application/json.", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid; the message \
+            names it.", body = ErrorBody),
+        (status = 500, description = "The policy in force could not be loaded, or the request \
+            could not be prepared for the audit log.", body = ErrorBody),
+    )
+)]
 pub async fn record(
     State(state): State<AppState>,
     caller: Caller,

@@ -31,7 +31,7 @@ use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
 use crate::auth::SESSION_COOKIE;
-use crate::{login, patients, routes};
+use crate::{consultations, encounters, login, patients, prescriptions, routes};
 
 /// The document. The info version is the version of this crate.
 #[derive(OpenApi)]
@@ -52,6 +52,11 @@ use crate::{login, patients, routes};
         routes::policy,
         patients::list,
         patients::read,
+        encounters::record,
+        consultations::list,
+        consultations::create,
+        prescriptions::list,
+        prescriptions::create,
     ),
     modifiers(&SecuritySchemes, &LayerResponses),
     tags(
@@ -60,6 +65,8 @@ use crate::{login, patients, routes};
         (name = "session", description = "Login, logout and the caller."),
         (name = "policy", description = "The retention policy in force."),
         (name = "patients", description = "A tenant's patients; every read is audited."),
+        (name = "clinical", description = "A patient's encounters, consultations and \
+            prescriptions; every read and write is audited."),
     )
 )]
 pub struct ApiDoc;

@@ -12,12 +12,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use medconnect_domain::ConsultationId;
 use medconnect_store::{NewPrescriptionEntry, PrescriptionRecord, Role};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::clinical::{self, Field};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::AppState;
 
 /// Max characters of a prescription's code, such as an RxNorm code.
@@ -30,19 +30,41 @@ const MAX_DESCRIPTION_CHARS: usize = 500;
 const DISPENSES: std::ops::RangeInclusive<i64> = 1..=99;
 
 /// The body of `POST /v1/patients/{id}/prescriptions`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PrescriptionRequest {
+pub struct PrescriptionRequest {
+    /// 1 to 64 characters, stored encrypted.
+    #[schema(example = "308182")]
     code: String,
+    /// 1 to 500 characters, stored encrypted.
+    #[schema(example = "Amoxicillin 250 MG Oral Capsule")]
     description: String,
+    /// 1 to 99.
+    #[schema(minimum = 1, maximum = 99)]
     dispenses: i64,
+    /// Whether the drug is a controlled substance.
     controlled: bool,
+    /// RFC 3339 with an offset, at most 5 minutes in the future.
+    #[schema(format = DateTime)]
     started_at: String,
+    /// RFC 3339 with an offset, not before `started_at`.
     #[serde(default)]
+    #[schema(format = DateTime)]
     stopped_at: Option<String>,
+    /// A consultation of the same patient, from `GET /v1/patients/{id}/consultations`.
     #[serde(default)]
+    #[schema(format = Uuid)]
     consultation_id: Option<String>,
 }
+
+/// The body of `GET /v1/patients/{id}/prescriptions`.
+#[derive(Serialize, ToSchema)]
+pub struct PrescriptionList {
+    /// The patient's prescriptions, newest start first.
+    pub prescriptions: Vec<PrescriptionRecord>,
+}
+
+const PATIENT_ID: &str = "The patient id, from `GET /v1/patients`.";
 
 const FIELDS: &[Field] = &[
     Field { name: "code", expected: "a string" },
@@ -55,11 +77,29 @@ const FIELDS: &[Field] = &[
 ];
 
 /// Lists a patient's prescriptions, newest start first.
+#[utoipa::path(
+    get,
+    path = "/v1/patients/{id}/prescriptions",
+    operation_id = "list_prescriptions",
+    tag = "clinical",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID)),
+    responses(
+        (status = 200, description = "The patient's prescriptions.", body = PrescriptionList),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
+        (status = 403, description = "The caller is neither a provider of a tenant nor the \
+            patient itself.", body = ErrorBody),
+        (status = 404, description = "The caller's tenant has no patient with this id.",
+            body = ErrorBody),
+        (status = 500, description = "The request could not be prepared for the audit log.",
+            body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PrescriptionList>, ApiError> {
     caller.require(&[Role::Provider, Role::Patient])?;
     let patient = clinical::patient_in_path(&caller, &id)?;
     let prescriptions: Vec<PrescriptionRecord> =
@@ -67,10 +107,34 @@ pub async fn list(
             store.read_prescriptions(tenant, patient, access)
         })
         .await?;
-    Ok(Json(json!({ "prescriptions": prescriptions })))
+    Ok(Json(PrescriptionList { prescriptions }))
 }
 
 /// Creates a prescription and returns it as the list shows it.
+#[utoipa::path(
+    post,
+    path = "/v1/patients/{id}/prescriptions",
+    operation_id = "create_prescription",
+    tag = "clinical",
+    security(("bearer" = []), ("session_cookie" = [])),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID)),
+    request_body = PrescriptionRequest,
+    responses(
+        (status = 201, description = "The stored prescription.", body = PrescriptionRecord),
+        (status = 400, description = "The id is not a UUID, or the body is not JSON.",
+            body = ErrorBody),
+        (status = 403, description = "The caller is not a provider of a tenant.",
+            body = ErrorBody),
+        (status = 404, description = "The caller's tenant has no patient with this id.",
+            body = ErrorBody),
+        (status = 415, description = "The body is not application/json.", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid, contains a \
+            payment card number, or names a consultation that is not the patient's; the \
+            message names it.", body = ErrorBody),
+        (status = 500, description = "The request could not be prepared for the audit log.",
+            body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,

@@ -37,12 +37,46 @@ struct Route {
     serves: &'static [Role],
 }
 
-const ROUTES: &[Route] = &[Route {
-    method: "GET",
-    path: "/v1/patients/{patient}",
-    body: "",
-    serves: &[Role::TenantAdmin, Role::Provider],
-}];
+const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        path: "/v1/patients/{patient}",
+        body: "",
+        serves: &[Role::TenantAdmin, Role::Provider],
+    },
+    Route {
+        method: "POST",
+        path: "/v1/patients/{patient}/encounters",
+        body: r#"{"at":"2024-06-01T09:00:00Z","encounter_class":"virtual"}"#,
+        serves: &[Role::Provider],
+    },
+    Route {
+        method: "GET",
+        path: "/v1/patients/{patient}/consultations",
+        body: "",
+        serves: &[Role::Provider],
+    },
+    Route {
+        method: "POST",
+        path: "/v1/patients/{patient}/consultations",
+        body: r#"{"status":"completed","encounter_class":"virtual","reason":"follow-up",
+            "started_at":"2024-06-01T09:00:00Z"}"#,
+        serves: &[Role::Provider],
+    },
+    Route {
+        method: "GET",
+        path: "/v1/patients/{patient}/prescriptions",
+        body: "",
+        serves: &[Role::Provider],
+    },
+    Route {
+        method: "POST",
+        path: "/v1/patients/{patient}/prescriptions",
+        body: r#"{"code":"308182","description":"Amoxicillin 250 MG Oral Capsule",
+            "dispenses":1,"controlled":false,"started_at":"2024-06-01T09:00:00Z"}"#,
+        serves: &[Role::Provider],
+    },
+];
 
 /// Routes without a tenant-scoped id in the path or body, which the matrix leaves out: their
 /// tenant comes from the caller alone, and their own tests check them.

@@ -65,6 +65,11 @@ impl<'a> NewEncounter<'a> {
 
 /// The result of storing an encounter: the consultation row and the link's new retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(description = "The stored encounter and the patient link's new PHI retention.")
+)]
 pub struct EncounterRecorded {
     pub consultation_id: ConsultationId,
     /// The later of the previous last encounter and this one.
@@ -75,6 +80,11 @@ pub struct EncounterRecorded {
 /// A stored consultation with its reason and notes decrypted. It contains PHI, so it has no
 /// `Debug`.
 #[derive(Clone, Serialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(description = "A consultation with its reason and notes decrypted.")
+)]
 pub struct ConsultationRecord {
     pub id: ConsultationId,
     /// The tenant's provider record, for imported consultations that name one.
@@ -104,6 +114,11 @@ pub struct NewPrescriptionEntry<'a> {
 /// A stored prescription with its code and description decrypted. It contains PHI, so it has
 /// no `Debug`.
 #[derive(Clone, Serialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(description = "A prescription with its code and description decrypted.")
+)]
 pub struct PrescriptionRecord {
     pub id: String,
     pub consultation_id: Option<String>,

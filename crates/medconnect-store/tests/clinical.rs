@@ -349,6 +349,9 @@ fn prescription_checks_its_consultation(backend: Backend) {
     }
 }
 
+/// One store call of a test, with its result reduced to success or the error.
+type StoreCall<'a> = dyn Fn(&mut TestStore) -> Result<(), StoreError> + 'a;
+
 fn other_tenants_patient_is_not_found(backend: Backend) {
     let mut seeded = seeded(backend);
     let (tenant, theirs, access) = (seeded.tenant.clone(), seeded.theirs, access());
@@ -357,7 +360,7 @@ fn other_tenants_patient_is_not_found(backend: Backend) {
     let before_link = seeded.store.patient_link(&other, theirs).expect("their link");
 
     let visit = consultation("2024-06-01T09:00:00Z", None);
-    let calls: Vec<(&str, Box<dyn Fn(&mut TestStore) -> Result<(), StoreError>>)> = vec![
+    let calls: Vec<(&str, Box<StoreCall<'_>>)> = vec![
         (
             "encounter.record",
             Box::new(|store: &mut TestStore| {
