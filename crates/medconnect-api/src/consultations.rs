@@ -42,7 +42,7 @@ pub struct ConsultationRequest {
     encounter_class: String,
     /// 1 to 2000 characters, stored encrypted.
     reason: String,
-    /// Up to 8000 characters, stored encrypted; empty when absent.
+    /// Up to 8000 characters, stored encrypted. Absent notes are stored empty.
     #[serde(default)]
     notes: String,
     /// RFC 3339 with an offset, at most 5 minutes in the future.
@@ -127,7 +127,7 @@ pub async fn list(
             body = ErrorBody),
         (status = 415, description = "The body is not application/json.", body = ErrorBody),
         (status = 422, description = "A field is missing, unknown or invalid, or contains a \
-            payment card number; the message names it.", body = ErrorBody),
+            payment card number. The message names the field.", body = ErrorBody),
         (status = 500, description = "The policy in force could not be loaded, or the request \
             could not be prepared for the audit log.", body = ErrorBody),
     )

@@ -56,8 +56,8 @@ const FIELDS: &[Field] = &[
         (status = 404, description = "The caller's tenant has no patient with this id.",
             body = ErrorBody),
         (status = 415, description = "The body is not application/json.", body = ErrorBody),
-        (status = 422, description = "A field is missing, unknown or invalid; the message \
-            names it.", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid. The message \
+            names the field.", body = ErrorBody),
         (status = 500, description = "The policy in force could not be loaded, or the request \
             could not be prepared for the audit log.", body = ErrorBody),
     )

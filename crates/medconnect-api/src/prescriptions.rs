@@ -129,8 +129,8 @@ pub async fn list(
             body = ErrorBody),
         (status = 415, description = "The body is not application/json.", body = ErrorBody),
         (status = 422, description = "A field is missing, unknown or invalid, contains a \
-            payment card number, or names a consultation that is not the patient's; the \
-            message names it.", body = ErrorBody),
+            payment card number, or names a consultation that is not the patient's. The \
+            message names the field.", body = ErrorBody),
         (status = 500, description = "The request could not be prepared for the audit log.",
             body = ErrorBody),
     )
