@@ -9,6 +9,9 @@
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod clinical;
+pub mod consultations;
+pub mod encounters;
 pub mod error;
 pub mod holds;
 pub mod id_photos;
@@ -21,6 +24,7 @@ pub mod openapi;
 mod patient_path;
 pub mod patients;
 pub mod pool;
+pub mod prescriptions;
 mod query;
 pub mod reads;
 pub mod routes;

@@ -33,7 +33,10 @@ use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
 use crate::auth::SESSION_COOKIE;
-use crate::{audit, holds, id_photos, intake_forms, lifecycle, login, patients, routes};
+use crate::{
+    audit, consultations, encounters, holds, id_photos, intake_forms, lifecycle, login, patients,
+    prescriptions, routes,
+};
 
 /// The document. The info version is the version of this crate.
 // TODO: a route added to the router but not to `paths` goes unnoticed by the tests, which
@@ -70,6 +73,11 @@ use crate::{audit, holds, id_photos, intake_forms, lifecycle, login, patients, r
         id_photos::upload,
         id_photos::list,
         id_photos::read,
+        encounters::record,
+        consultations::list,
+        consultations::create,
+        prescriptions::list,
+        prescriptions::create,
     ),
     modifiers(&SecuritySchemes, &LayerResponses),
     tags(
@@ -78,6 +86,8 @@ use crate::{audit, holds, id_photos, intake_forms, lifecycle, login, patients, r
         (name = "session", description = "Login, logout and the caller."),
         (name = "policy", description = "The retention policy in force."),
         (name = "patients", description = "A tenant's patients; every read is audited."),
+        (name = "clinical", description = "A patient's encounters, consultations and \
+            prescriptions; every read and write is audited."),
         (name = "holds", description = "Legal holds; placing and releasing are audited."),
         (name = "lifecycle", description = "Retention plans, explanations and runs, for \
             platform operators."),

@@ -17,6 +17,11 @@
 //! | `POST /v1/patients/{id}/id-photos` | 201 after storing a JPEG or PNG body, as [`crate::id_photos`] describes |
 //! | `GET /v1/patients/{id}/id-photos` | metadata of the patient's ID photos, newest first |
 //! | `GET /v1/patients/{id}/id-photos/{photo_id}` | the image of one of the patient's ID photos |
+//! | `POST /v1/patients/{id}/encounters` | 201 after recording an encounter; the link's new retention |
+//! | `GET /v1/patients/{id}/consultations` | the patient's consultations, newest first |
+//! | `POST /v1/patients/{id}/consultations` | 201 after creating a consultation; the link's new retention |
+//! | `GET /v1/patients/{id}/prescriptions` | the patient's prescriptions, newest first |
+//! | `POST /v1/patients/{id}/prescriptions` | 201 with the new prescription |
 //! | `GET /v1/holds` | legal holds of the caller's tenant, or of any tenant for an operator |
 //! | `POST /v1/holds` | 201 and the legal hold placed, as [`crate::holds`] describes |
 //! | `POST /v1/holds/{hold_id}/release` | the hold, released |
@@ -48,6 +53,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use utoipa::ToSchema;
 
 use crate::auth::{self, Caller, Credential};
+use crate::clinical::CLINICAL_BODY_LIMIT;
 use crate::error::{self, ApiError, ErrorBody, ErrorCode};
 use crate::id_photos::{self, ID_PHOTO_BODY_LIMIT};
 use crate::intake_forms::{self, INTAKE_FORM_BODY_LIMIT};
@@ -58,6 +64,7 @@ use crate::pool::StorePool;
 use crate::reads::PatientReads;
 use crate::scheduler::LifecycleRunner;
 use crate::{audit, holds, lifecycle, openapi, patients};
+use crate::{consultations, encounters, prescriptions};
 use crate::{error_chain, BoxError};
 
 /// Loads the policy in force. Called on a blocking thread for each request that needs it, so
@@ -108,6 +115,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/patients", limited(get(patients::list), body_limit))
         .route("/v1/patients/{id}", limited(get(patients::read), body_limit))
         .merge(intake_and_photo_routes(body_limit))
+        .merge(clinical_routes(body_limit))
         .merge(operator_routes(body_limit))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let login_limit = LOGIN_BODY_LIMIT.min(body_limit);
@@ -156,6 +164,22 @@ fn intake_and_photo_routes(body_limit: usize) -> Router<AppState> {
                 .merge(limited(get(id_photos::list), body_limit)),
         )
         .route("/v1/patients/{id}/id-photos/{photo_id}", limited(get(id_photos::read), body_limit))
+}
+
+/// Builds the encounter, consultation and prescription routes of one patient. Their JSON
+/// bodies get at most [`CLINICAL_BODY_LIMIT`] bytes, or `body_limit` when that is smaller.
+fn clinical_routes(body_limit: usize) -> Router<AppState> {
+    let limit = CLINICAL_BODY_LIMIT.min(body_limit);
+    Router::new()
+        .route("/v1/patients/{id}/encounters", limited(post(encounters::record), limit))
+        .route(
+            "/v1/patients/{id}/consultations",
+            limited(get(consultations::list).post(consultations::create), limit),
+        )
+        .route(
+            "/v1/patients/{id}/prescriptions",
+            limited(get(prescriptions::list).post(prescriptions::create), limit),
+        )
 }
 
 /// Limits the request body of one route to `limit` bytes. A declared `Content-Length` above

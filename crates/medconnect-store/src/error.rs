@@ -35,6 +35,9 @@ pub enum StoreError {
     /// No ID photo of the tenant has this id.
     #[error("ID photo {photo} not found in tenant {tenant:?}")]
     PhotoNotFound { tenant: String, photo: String },
+    /// No consultation of the patient in the tenant has this id.
+    #[error("consultation {consultation} not found for this patient in tenant {tenant:?}")]
+    ConsultationNotFound { tenant: String, consultation: String },
     /// No hold has this id.
     #[error("legal hold {0} not found: list holds with `medconnect hold list --all`")]
     HoldNotFound(String),

@@ -13,6 +13,7 @@
 
 mod access;
 mod accounts;
+mod clinical;
 mod error;
 mod intake;
 mod keys;
@@ -27,6 +28,10 @@ pub use access::{Access, InvalidRequestId, PatientRead, PatientRecord, MAX_REQUE
 pub use accounts::{
     CertificateFingerprint, CredentialState, InvalidRole, LoginUser, NewServiceToken, NewUser,
     Role, ServiceTokenInfo, SessionInfo, UserRef, MAX_TOKEN_NAME_CHARS, MAX_USERNAME_CHARS,
+};
+pub use clinical::{
+    ConsultationRecord, EncounterRecorded, NewEncounter, NewPrescriptionEntry, PrescriptionRecord,
+    CONSULTATION_STATUSES, ENCOUNTER_CLASSES,
 };
 pub use error::StoreError;
 pub use intake::{
@@ -243,6 +248,57 @@ pub trait Store {
         photo: PhotoId,
         access: &Access,
     ) -> Result<IdPhotoContent>;
+
+    /// Stores a consultation for a linked patient as [`Store::record_encounter`] does, for
+    /// `access`, and appends `action` naming the patient and the consultation in the same
+    /// transaction. The link's last encounter never moves earlier, and its
+    /// `phi_retention_until` is recomputed under `policy` from the later instant, also while a
+    /// legal hold is active. A patient missing from the tenant returns
+    /// [`StoreError::PatientNotFound`], stores nothing and commits a `not_found` entry. Needs
+    /// the master key. `action` is `encounter.record` or `consultation.create`.
+    fn record_encounter_audited(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        encounter: &NewEncounter<'_>,
+        policy: &Policy,
+        access: &Access,
+        action: &str,
+    ) -> Result<EncounterRecorded>;
+
+    /// Lists a linked patient's consultations with decrypted reason and notes, newest start
+    /// first, for `access`, and appends `consultation.list` (with the count) in the same
+    /// transaction. A missing patient is handled as [`Store::read_patient`] handles it.
+    fn read_consultations(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        access: &Access,
+    ) -> Result<Vec<ConsultationRecord>>;
+
+    /// Stores a prescription for a linked patient, sealed as the import seals it, for
+    /// `access`, and appends `prescription.create` naming the patient and the prescription in
+    /// the same transaction. A `consultation_id` that is not a consultation of this patient in
+    /// this tenant fails with [`StoreError::ConsultationNotFound`], storing nothing and
+    /// writing no entry. A missing patient is handled as
+    /// [`Store::record_encounter_audited`] handles it.
+    fn create_prescription(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        prescription: &NewPrescriptionEntry<'_>,
+        access: &Access,
+    ) -> Result<PrescriptionRecord>;
+
+    /// Lists a linked patient's prescriptions with decrypted code and description, newest
+    /// start first, for `access`, and appends `prescription.list` (with the count) in the same
+    /// transaction. A missing patient is handled as [`Store::read_patient`] handles it.
+    fn read_prescriptions(
+        &mut self,
+        tenant: &Tenant,
+        patient: PatientId,
+        access: &Access,
+    ) -> Result<Vec<PrescriptionRecord>>;
 
     /// Lists every tenant link of a patient, across tenants. Only lifecycle jobs, which
     /// decide cross-tenant protection, may call this.

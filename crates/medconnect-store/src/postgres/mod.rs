@@ -16,6 +16,7 @@ mod access;
 mod accounts;
 mod audit;
 mod chain;
+mod clinical;
 mod import;
 mod intake;
 mod keys;
@@ -933,6 +934,46 @@ impl crate::Store for PgStore {
         access: &crate::Access,
     ) -> Result<crate::IdPhotoContent> {
         self.read_patient_id_photo_impl(tenant, patient, photo, access)
+    }
+
+    fn record_encounter_audited(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        encounter: &crate::NewEncounter<'_>,
+        policy: &medconnect_domain::policy::Policy,
+        access: &crate::Access,
+        action: &str,
+    ) -> Result<crate::EncounterRecorded> {
+        self.record_encounter_audited_impl(tenant, patient, encounter, policy, access, action)
+    }
+
+    fn read_consultations(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        access: &crate::Access,
+    ) -> Result<Vec<crate::ConsultationRecord>> {
+        self.read_consultations_impl(tenant, patient, access)
+    }
+
+    fn create_prescription(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        prescription: &crate::NewPrescriptionEntry<'_>,
+        access: &crate::Access,
+    ) -> Result<crate::PrescriptionRecord> {
+        self.create_prescription_impl(tenant, patient, prescription, access)
+    }
+
+    fn read_prescriptions(
+        &mut self,
+        tenant: &medconnect_domain::model::Tenant,
+        patient: medconnect_domain::PatientId,
+        access: &crate::Access,
+    ) -> Result<Vec<crate::PrescriptionRecord>> {
+        self.read_prescriptions_impl(tenant, patient, access)
     }
 
     fn links_of_patient(

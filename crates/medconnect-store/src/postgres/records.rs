@@ -11,17 +11,18 @@ use medconnect_domain::model::{
 };
 use medconnect_domain::policy::Policy;
 use medconnect_domain::time::format_instant;
-use medconnect_domain::{ConsultationId, HoldId, PatientId, PhotoId, SessionId, TenantId};
+use medconnect_domain::{HoldId, PatientId, PhotoId, SessionId, TenantId};
 use postgres::{Row, Transaction};
 use sha2::{Digest, Sha256};
 
+use super::clinical::write_encounter;
 use super::import::{write_import, CORE_TENANT, PROFILE_COLUMNS};
 use super::{PgAudit, PgStore};
-use crate::keys::{seal_bytes, seal_text, KeyScope, Keys, Place};
+use crate::keys::{seal_bytes, KeyScope, Keys, Place};
 use crate::sqlite::values::{parse_optional_instant, parse_stored_id, parse_stored_instant};
 use crate::{
-    LinkCounts, LinkDetail, LinkSummary, PatientProfileView, ProviderView, RecordCandidate, Result,
-    SessionTimes, StoreError,
+    LinkCounts, LinkDetail, LinkSummary, NewEncounter, PatientProfileView, ProviderView,
+    RecordCandidate, Result, SessionTimes, StoreError,
 };
 
 pub(super) const LINK_COLUMNS: &str =
@@ -204,41 +205,11 @@ impl PgStore {
     ) -> Result<DateTime<Utc>> {
         let (now, simulated) = (self.now(), self.simulated());
         self.tenant_tx(tenant.id, |tx| {
-            // The lock orders encounters recorded on several nodes, so none of them computes
-            // retention from a stale last encounter.
-            let row = tx.query_opt(
-                "SELECT id, last_medical_encounter_at FROM patient_links
-                 WHERE tenant_id = $1 AND patient_id = $2 FOR UPDATE",
-                &[&tenant.id.to_string(), &patient.to_string()],
-            )?;
-            let row = row.ok_or_else(|| patient_not_found(tenant, patient))?;
-            let link: i64 = row.get(0);
             let keys = self.keys()?;
-            let previous = parse_optional_instant(row.get(1))?;
-            let last = previous.map_or(at, |p| p.max(at));
-            let until = policy.phi_retention_until(&tenant.slug, last);
-            let id = ConsultationId::new().to_string();
-            let tenant_text = tenant.id.to_string();
-            let place = Place { tenant: &tenant_text, table: "consultations", record: &id };
-            let key = keys.data_key(&mut *tx, KeyScope::Link, &link.to_string(), now)?;
-            tx.execute(
-                "INSERT INTO consultations (id, tenant_id, link_id, status, encounter_class,
-                 reason, notes, started_at, ended_at)
-                 VALUES ($1, $2, $3, 'completed', 'virtual', $4, $5, $6, $6)",
-                &[
-                    &id,
-                    &tenant_text,
-                    &link,
-                    &seal_text(&key, place, "reason", "")?,
-                    &seal_text(&key, place, "notes", "")?,
-                    &format_instant(at),
-                ],
-            )?;
-            tx.execute(
-                "UPDATE patient_links SET last_medical_encounter_at = $1, phi_retention_until = $2
-                 WHERE id = $3",
-                &[&format_instant(last), &format_instant(until), &link],
-            )?;
+            // An encounter recorded outside the API is a completed virtual visit with no
+            // reason or notes.
+            let encounter = NewEncounter::at(at, "virtual");
+            let recorded = write_encounter(tx, keys, tenant, patient, &encounter, policy, now)?;
             let mut audit = PgAudit::begin(tx, now, simulated)?;
             let event = AuditEvent::new(actor, "encounter.record")
                 .tenant(tenant.id)
@@ -246,7 +217,7 @@ impl PgStore {
                 .detail(format!("policy {}", policy.version()));
             audit.append(tx, event)?;
             audit.finish(tx)?;
-            Ok(until)
+            Ok(recorded.phi_retention_until)
         })
     }
 

@@ -13,7 +13,8 @@ use crate::{LinkSummary, Result};
 
 impl SqliteStore {
     /// Runs `read` inside an immediate transaction and appends the entry that `read_event` makes of
-    /// its result, with `describe` adding what a successful read returned. A not-found result
+    /// its result, with `describe` adding what a successful read returned. The clinical writes
+    /// run through it too, so a write and its entry commit together. A not-found result
     /// commits with its entry; any other error rolls back, writing none.
     pub(super) fn audited_read<T>(
         &mut self,

@@ -19,12 +19,13 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::audit::AuditAppender;
+use super::clinical::write_encounter;
 use super::values::{parse_optional_instant, parse_stored_id, parse_stored_instant};
 use super::SqliteStore;
 use crate::keys::{seal_bytes, seal_optional, seal_text, KeyScope, Keys, Place, SealingKey};
 use crate::{
-    LinkCounts, LinkDetail, LinkSummary, PatientProfileView, ProviderView, RecordCandidate, Result,
-    SessionTimes, StoreError,
+    LinkCounts, LinkDetail, LinkSummary, NewEncounter, PatientProfileView, ProviderView,
+    RecordCandidate, Result, SessionTimes, StoreError,
 };
 
 const LINK_COLUMNS: &str =
@@ -191,34 +192,10 @@ impl SqliteStore {
         let (now, simulated) = (self.now(), self.simulated());
         let keys = self.keys.as_ref().ok_or(StoreError::MasterKeyRequired)?;
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let previous: Option<String> = tx.query_row(
-            "SELECT last_medical_encounter_at FROM patient_links WHERE id = ?1",
-            [link],
-            |row| row.get(0),
-        )?;
-        let previous = parse_optional_instant(previous)?;
-        let last = previous.map_or(at, |p| p.max(at));
-        let until = policy.phi_retention_until(&tenant.slug, last);
-        let id = ConsultationId::new().to_string();
-        let tenant_text = tenant.id.to_string();
-        let place = Place { tenant: &tenant_text, table: "consultations", record: &id };
-        let key = keys.data_key(&*tx, KeyScope::Link, &link.to_string(), now)?;
-        tx.execute(
-            "INSERT INTO consultations (id, tenant_id, link_id, status, encounter_class, reason, notes, started_at, ended_at)
-             VALUES (?1, ?2, ?3, 'completed', 'virtual', ?4, ?5, ?6, ?6)",
-            rusqlite::params![
-                id,
-                tenant_text,
-                link,
-                seal_text(&key, place, "reason", "")?,
-                seal_text(&key, place, "notes", "")?,
-                format_instant(at),
-            ],
-        )?;
-        tx.execute(
-            "UPDATE patient_links SET last_medical_encounter_at = ?1, phi_retention_until = ?2 WHERE id = ?3",
-            (format_instant(last), format_instant(until), link),
-        )?;
+        // An encounter recorded outside the API is a completed virtual visit with no reason
+        // or notes.
+        let encounter = NewEncounter::at(at, "virtual");
+        let recorded = write_encounter(&tx, keys, tenant, link, &encounter, policy, now)?;
         let mut audit = AuditAppender::begin(&tx, now, simulated)?;
         audit.append(
             &tx,
@@ -229,7 +206,7 @@ impl SqliteStore {
         )?;
         audit.finish(&tx)?;
         tx.commit()?;
-        Ok(until)
+        Ok(recorded.phi_retention_until)
     }
 
     pub(crate) fn add_id_photo_impl(
