@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use medconnect_api::testing::phi::{self, PhiCorpus, PhiKind};
 use medconnect_api::testing::{HttpResponse, HttpsClient};
 use medconnect_api::{PolicyInForce, Server, ServerConfig, Services, StorePool, TlsSource};
 use medconnect_crypto::{hash_password, MasterKey};
@@ -91,6 +92,7 @@ struct RunningServer {
 
 impl Fixture {
     fn new(backend: Backend) -> Self {
+        phi::capture_logs();
         let mut store = backend.create(Box::new(SystemClock));
         store.set_master_keys(master_key(), None).expect("master key");
         let clinic_a = store.create_tenant("clinic-a", "Clinic A", "test").expect("tenant");
@@ -183,11 +185,25 @@ impl Fixture {
 }
 
 impl Drop for Fixture {
+    /// Stops the server, then searches the captured logs and the audit log for the imported
+    /// patients' PHI and the free text the tests sent.
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
             let _ = server.stop.send(());
             server.runtime.shutdown_timeout(Duration::from_secs(5));
         }
+        if std::thread::panicking() {
+            return;
+        }
+        let mut corpus = PhiCorpus::new();
+        for source_id in ["a1", "a2", "b1"] {
+            corpus.add_profile(&person(source_id));
+        }
+        for text in PHI {
+            corpus.add(PhiKind::FreeText, text);
+        }
+        let audit = self.store.audit_entries(0, u32::MAX).expect("entries");
+        phi::assert_no_phi(&corpus, &audit);
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use medconnect_api::testing::phi::{self, PhiCorpus};
 use medconnect_api::testing::{HttpResponse, HttpsClient};
 use medconnect_api::{
     BoxError, LifecycleJob, PolicyInForce, Server, ServerConfig, Services, StorePool, TlsSource,
@@ -129,6 +130,7 @@ impl Fixture {
     /// Creates the store and starts a server with `job` (or [`real_job`]) and the audit
     /// public key `key`.
     fn with(backend: Backend, job: Option<Arc<LifecycleJob>>, key: Option<AuditPublicKey>) -> Self {
+        phi::capture_logs();
         let mut store = backend.create(Box::new(SystemClock));
         store.set_master_keys(master_key(), None).expect("master key");
         let clinic_a = store.create_tenant("clinic-a", "Clinic A", "test").expect("tenant");
@@ -243,11 +245,22 @@ impl Fixture {
 }
 
 impl Drop for Fixture {
+    /// Stops the server, then searches the captured logs and the audit log for the imported
+    /// patients' PHI.
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
             let _ = server.stop.send(());
             server.runtime.shutdown_timeout(Duration::from_secs(5));
         }
+        if std::thread::panicking() {
+            return;
+        }
+        let mut corpus = PhiCorpus::new();
+        for source_id in ["a1", "a2", "b1"] {
+            corpus.add_profile(&person(source_id));
+        }
+        let audit = self.store.audit_entries(0, u32::MAX).expect("entries");
+        phi::assert_no_phi(&corpus, &audit);
     }
 }
 

@@ -32,6 +32,8 @@ pub enum PhiKind {
     Phone,
     Address,
     Ssn,
+    /// Free text that a patient or provider wrote, such as a consultation's reason.
+    FreeText,
 }
 
 /// The PHI values of a set of patient profiles.
