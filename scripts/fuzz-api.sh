@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the HTTPS API with schemathesis, driven by the OpenAPI document that the server
-# serves at /v1/openapi.json. It builds `medconnect`, creates a demo store from the Synthea
-# sample data, creates a provider, a tenant admin and a platform operator, starts
-# `medconnect serve` on 127.0.0.1 with the development certificate, and runs schemathesis
+# serves at /v1/openapi.json. It builds `medconnect` and creates a demo store from the
+# Synthea sample data with a provider, a tenant admin and a platform operator. Then it starts
+# `medconnect serve` on 127.0.0.1 with the development certificate and runs schemathesis
 # once per role with that role's bearer token. It exits non-zero when any check fails, including any 5xx response.
 #
 # Usage: scripts/fuzz-api.sh
@@ -116,8 +116,8 @@ run_schemathesis() {
     fi
     # schemathesis keeps state in .schemathesis/ of its working directory. One worker: with
     # two threads, hypothesis's ast.parse on Python 3.11 sometimes fails with "AST
-    # constructor recursion depth mismatch" (CPython issue 106905), a crash of the fuzzer
-    # rather than a finding about the server.
+    # constructor recursion depth mismatch", a CPython bug in threaded programs. That crash
+    # is the fuzzer's, not a finding about the server.
     (cd "$RUN" && "$VENV/bin/st" run "$BASE/v1/openapi.json" \
         --tls-verify "$CERT" \
         --header "Authorization: Bearer $token" \

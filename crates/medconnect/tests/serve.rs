@@ -603,7 +603,7 @@ fn exercise_patient_routes(client: &HttpsClient, token: &str) -> usize {
 
 /// Writes and reads back one patient's encounter, consultation, prescription, intake form and
 /// ID photo. The free text carries the patient's own name, email and street address, as a
-/// provider's note might, so the log search that follows sees whether any route logs it.
+/// provider's note might, so the log search that follows finds any route that logs it.
 fn exercise_record_routes(client: &HttpsClient, token: &str, id: &str) {
     let profile =
         client.get_with_token(&format!("/v1/patients/{id}"), token).json()["profile"].clone();
