@@ -1,6 +1,7 @@
 //! `POST /v1/login` and `POST /v1/logout`: server-side sessions for user accounts.
 //!
-//! A login checks the password against the account's argon2id hash on a blocking thread. On
+//! A login checks the password against the account's argon2id hash on a blocking thread of
+//! its own, outside the store pool, once a password check slot is free. On
 //! success it stores a session under the SHA-256 of a new 32-byte token and returns the token
 //! once, in the body and in a `Secure; HttpOnly; SameSite=Strict` cookie. Every failure
 //! (unknown tenant, unknown user, wrong password, disabled account) gets the same 401 after
@@ -18,14 +19,14 @@ use chrono::{DateTime, Utc};
 use medconnect_crypto::{verify_password, verify_password_dummy, SecretToken, TokenHash};
 use medconnect_domain::model::Tenant;
 use medconnect_domain::{SessionId, UserId};
-use medconnect_store::{Role, Store, StoreError};
+use medconnect_store::{LoginUser, Role, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::{store_failure, Caller, Credential, SESSION_COOKIE};
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::limiter::LoginAttempt;
+use crate::limiter::{LoginAttempt, PasswordCheckError, PENDING_RETRY};
 use crate::routes::AppState;
 
 /// Largest login request body, in bytes: room for the longest username and a long password.
@@ -70,18 +71,12 @@ pub struct LoginResponse {
     pub tenant: Option<String>,
 }
 
-/// The result of the store step of a login.
-enum LoginOutcome {
-    Accepted {
-        user_id: UserId,
-        session_id: SessionId,
-        role: Role,
-        tenant: Option<Tenant>,
-    },
-    /// The account, when it exists, whose failure was recorded.
-    Rejected {
-        user_id: Option<UserId>,
-    },
+/// A login that the store accepted.
+struct LoginOutcome {
+    user_id: UserId,
+    session_id: SessionId,
+    role: Role,
+    tenant: Option<Tenant>,
 }
 
 /// Checks a login and, on success, starts a session.
@@ -119,10 +114,13 @@ pub async fn login(
     JsonBody(request): JsonBody<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let attempt = LoginAttempt::new(request.tenant.as_deref(), &request.username, client.ip());
-    if let Some(wait) = state.limiter.locked_for(&attempt, Instant::now()) {
-        tracing::info!(client = %client.ip(), "login rejected: locked after failed logins");
-        return Ok(too_many_requests(wait));
-    }
+    let permit = match state.limiter.admit(&attempt, Instant::now()) {
+        Ok(permit) => permit,
+        Err(wait) => {
+            tracing::info!(client = %client.ip(), "login rejected: locked after failed logins");
+            return Ok(too_many_requests(wait));
+        }
+    };
     let token = SecretToken::generate().map_err(|error| {
         tracing::error!(%error, "generating a session token failed");
         ApiError::from_code(ErrorCode::Internal)
@@ -134,67 +132,89 @@ pub async fn login(
         ApiError::from_code(ErrorCode::Internal)
     })?;
     let expires_at = started_at + ttl;
-    let outcome = state
-        .pool
-        .run(move |store| check_login(store, &request, &hash, started_at, expires_at))
+
+    let LoginRequest { tenant, username, password } = request;
+    let found = state.pool.run(move |store| store.user_for_login(tenant.as_deref(), &username));
+    let user = finish(found.await)?;
+    let stored_hash = user.as_ref().map(|user| user.password_hash.clone());
+    let checked = state
+        .limiter
+        .check_password(move || match stored_hash {
+            Some(stored_hash) => verify_password(&password, &stored_hash).unwrap_or_else(|error| {
+                tracing::warn!(%error, "a stored password hash is invalid");
+                false
+            }),
+            None => {
+                verify_password_dummy(&password);
+                false
+            }
+        })
         .await;
-    let outcome = match outcome {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(error)) => return Err(store_failure(&error)),
-        Err(error) => return Err(store_failure(&error)),
+    let password_matches = match checked {
+        Ok(matches) => matches,
+        Err(PasswordCheckError::Busy) => {
+            tracing::warn!(client = %client.ip(), "login rejected: every password check slot busy");
+            return Ok(too_many_requests(PENDING_RETRY));
+        }
+        Err(error) => {
+            tracing::error!(%error, "a password check failed");
+            return Err(ApiError::from_code(ErrorCode::Internal));
+        }
     };
 
-    match outcome {
-        LoginOutcome::Rejected { user_id } => {
-            let lockout = state.limiter.record_failure(&attempt, Instant::now());
-            let user_id = user_id.map(|id| id.to_string());
+    let user = match user {
+        Some(user) if password_matches && !user.disabled => user,
+        rejected => {
+            let lockout = permit.failed(Instant::now());
+            let user_ref = rejected.map(|user| user.user_ref());
+            if let Some(user_ref) = user_ref {
+                let counted = state.pool.run(move |store| store.record_login_failure(user_ref));
+                finish(counted.await)?;
+            }
+            let user_id = user_ref.map(|user| user.id.to_string());
             tracing::info!(user_id, client = %client.ip(), locked = lockout.is_some(), "login failed");
-            Err(ApiError::new(ErrorCode::Unauthorized, LOGIN_FAILED))
+            return Err(ApiError::new(ErrorCode::Unauthorized, LOGIN_FAILED));
         }
-        LoginOutcome::Accepted { user_id, session_id, role, tenant } => {
-            state.limiter.record_success(&attempt);
-            tracing::info!(%user_id, %session_id, client = %client.ip(), "login succeeded");
-            let body = LoginResponse {
-                token: token.expose().to_owned(),
-                expires_at,
-                role,
-                tenant: tenant.map(|tenant| tenant.slug),
-            };
-            let cookie = session_cookie(token.expose(), state.session_ttl);
-            Ok(with_session_headers(Json(body).into_response(), cookie))
-        }
-    }
+    };
+    let recorded =
+        state.pool.run(move |store| accept(store, &user, &hash, started_at, expires_at)).await;
+    let LoginOutcome { user_id, session_id, role, tenant } = finish(recorded)?;
+    permit.succeeded();
+    tracing::info!(%user_id, %session_id, client = %client.ip(), "login succeeded");
+    let body = LoginResponse {
+        token: token.expose().to_owned(),
+        expires_at,
+        role,
+        tenant: tenant.map(|tenant| tenant.slug),
+    };
+    let cookie = session_cookie(token.expose(), state.session_ttl);
+    Ok(with_session_headers(Json(body).into_response(), cookie))
 }
 
-/// Looks up the account, checks the password, records the outcome and, on success, stores
-/// the session. Runs on a blocking thread, because an argon2 check is slow by design.
-fn check_login(
+/// Records a successful login of `user` and stores its session. Runs on a blocking thread.
+fn accept(
     store: &mut dyn Store,
-    request: &LoginRequest,
+    user: &LoginUser,
     hash: &TokenHash,
     started_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> Result<LoginOutcome, StoreError> {
-    let user = store.user_for_login(request.tenant.as_deref(), &request.username)?;
-    let Some(user) = user else {
-        verify_password_dummy(&request.password);
-        return Ok(LoginOutcome::Rejected { user_id: None });
-    };
-    let password_matches = match verify_password(&request.password, &user.password_hash) {
-        Ok(matches) => matches,
-        Err(error) => {
-            tracing::warn!(user_id = %user.id, %error, "the stored password hash is invalid");
-            false
-        }
-    };
-    if !password_matches || user.disabled {
-        store.record_login_failure(user.user_ref())?;
-        return Ok(LoginOutcome::Rejected { user_id: Some(user.id) });
-    }
     store.record_login_success(user.user_ref())?;
     let session_id = store.create_session(user.user_ref(), hash, started_at, expires_at)?;
     let tenant = user.tenant_id.map(|id| store.tenant(id)).transpose()?;
-    Ok(LoginOutcome::Accepted { user_id: user.id, session_id, role: user.role, tenant })
+    Ok(LoginOutcome { user_id: user.id, session_id, role: user.role, tenant })
+}
+
+/// Returns the value of a store call, or the error for the client with the cause in the log.
+fn finish<T, E>(result: Result<Result<T, StoreError>, E>) -> Result<T, ApiError>
+where
+    E: std::error::Error + 'static,
+{
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(store_failure(&error)),
+        Err(error) => Err(store_failure(&error)),
+    }
 }
 
 /// Ends the caller's session and clears the session cookie. A service token has no session,

@@ -325,6 +325,47 @@ fn rate_limit_returns_429(backend: Backend) {
     assert_eq!(other.status, 200, "another account from the same address: {}", other.text());
 }
 
+/// Guesses sent at once get no more password checks than guesses sent one after another:
+/// the burst and the guesses after it together reach the lockout at the same count.
+#[test]
+fn concurrent_guesses_share_lockout() {
+    let fixture = Fixture::new(Backend::Sqlite);
+    let max = medconnect_api::limiter::ACCOUNT_MAX_FAILURES as usize;
+    let guess = |n: usize| {
+        let body = json!({
+            "tenant": "northwind",
+            "username": "admin@northwind.test",
+            "password": format!("wrong {n}"),
+        });
+        serde_json::to_vec(&body).expect("JSON")
+    };
+    let burst = 4 * max;
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let logins: Vec<_> = (0..burst)
+            .map(|n| {
+                let client = fixture.client();
+                let body = guess(n);
+                scope.spawn(move || {
+                    client.request("POST", "/v1/login", &body).expect("POST /v1/login").status
+                })
+            })
+            .collect();
+        logins.into_iter().map(|login| login.join().expect("login thread")).collect()
+    });
+    assert!(statuses.iter().all(|status| [401, 429].contains(status)), "{statuses:?}");
+    let checked = statuses.iter().filter(|status| **status == 401).count();
+    assert!((1..=max).contains(&checked), "{checked} of {burst} guesses checked: {statuses:?}");
+
+    for n in checked..max {
+        let response = fixture.client().request("POST", "/v1/login", &guess(burst + n));
+        assert_eq!(response.expect("POST /v1/login").status, 401, "guess {n} after the burst");
+    }
+    let right =
+        json!({ "tenant": "northwind", "username": "admin@northwind.test", "password": PASSWORD });
+    let locked = fixture.login(&right);
+    assert_error(&locked, 429, "too_many_requests");
+}
+
 #[test]
 fn address_rate_limit_spans_accounts() {
     let limits = LoginLimits { address_max_failures: 3, ..LoginLimits::default() };
