@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap};
 use chrono::{DateTime, TimeDelta, Utc};
 use medconnect_domain::model::Tenant;
 use medconnect_domain::policy::Policy;
-use medconnect_domain::sanitize::contains_card_number;
+use medconnect_domain::sanitize::input_contains_card_number;
 use medconnect_domain::time::parse_instant_rounding_up;
 use medconnect_domain::PatientId;
 use medconnect_store::{Access, Role, Store, StoreError};
@@ -174,9 +174,11 @@ pub fn parse_body<T: DeserializeOwned>(
 
 fn contains_card_in(value: &Value) -> bool {
     match value {
-        Value::String(text) => contains_card_number(text),
+        Value::String(text) => input_contains_card_number(text),
         Value::Array(items) => items.iter().any(contains_card_in),
-        Value::Object(object) => object.values().any(contains_card_in),
+        Value::Object(object) => object
+            .iter()
+            .any(|(key, value)| input_contains_card_number(key) || contains_card_in(value)),
         Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }

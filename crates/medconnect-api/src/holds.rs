@@ -12,7 +12,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use medconnect_domain::model::{HoldScope, LegalHold, Tenant};
-use medconnect_domain::sanitize::contains_card_number;
+use medconnect_domain::sanitize::input_contains_card_number;
 use medconnect_domain::{HoldId, PatientId, TenantId};
 use medconnect_store::{Role, StoreError};
 use serde::Deserialize;
@@ -302,7 +302,7 @@ fn text_field(name: &str, value: Option<String>, max_chars: usize) -> Result<Str
             "field {name} contains control characters: send one line of plain text"
         )));
     }
-    if contains_card_number(value) {
+    if input_contains_card_number(value) {
         return Err(invalid(format!(
             "field {name} contains a payment card number: remove it, because a hold's text is \
              not the place for card data"

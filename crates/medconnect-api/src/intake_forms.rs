@@ -264,6 +264,7 @@ fn check_answers(answers: &Map<String, Value>) -> Result<(), ApiError> {
     }
     for (key, answer) in answers {
         // A key is checked before an error names it, so no message quotes free text.
+        reject_card_number("a question id of answers", key)?;
         if !is_name(key, b'_') {
             return Err(unprocessable(
                 "answers has a key that is not a question id: use 1 to 64 lowercase letters, \
@@ -274,6 +275,11 @@ fn check_answers(answers: &Map<String, Value>) -> Result<(), ApiError> {
         match answer {
             Value::String(text) => {
                 reject_card_number(&field, text)?;
+                if text.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+                    return Err(unprocessable(format!(
+                        "{field} contains control characters: send plain text"
+                    )));
+                }
                 if text.chars().count() > MAX_ANSWER_CHARS {
                     return Err(unprocessable(format!(
                         "{field} is longer than {MAX_ANSWER_CHARS} characters: shorten it"
@@ -377,6 +383,15 @@ mod tests {
             ),
             (json!({ "form": "intake", "answers": { "pay": 4111111111111111u64 } }), "answers.pay"),
             (json!({ "form": "a-4111111111111111", "answers": { "a": 1 } }), "form"),
+            (json!({ "form": "f4111111111111111", "answers": { "a": 1 } }), "form"),
+            (
+                json!({ "form": "intake", "answers": { "q4111111111111111": "x" } }),
+                "a question id of answers",
+            ),
+            (
+                json!({ "form": "intake", "answers": { "a": "4111\t1111\u{a0}1111\n1111" } }),
+                "answers.a",
+            ),
             (
                 json!({
                     "form": "intake", "answers": { "a": 1 }, "submitted_at": "4111111111111111"
@@ -389,6 +404,15 @@ mod tests {
             assert!(message.starts_with(&format!("{field} contains a payment card number")));
             assert!(!message.contains("4111"), "{message}");
         }
+    }
+
+    #[test]
+    fn control_characters_rejected() {
+        let body = json!({ "form": "intake", "answers": { "a": "a\u{0}b\u{1b}[31m" } });
+        let message = message_of(body);
+        assert!(message.starts_with("answers.a contains control characters"), "{message}");
+        let lines = json!({ "form": "intake", "answers": { "a": "line one\nline two\tend" } });
+        assert!(parse(lines).is_ok(), "line breaks and tabs are plain text");
     }
 
     #[test]

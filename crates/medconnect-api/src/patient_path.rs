@@ -1,7 +1,7 @@
 //! Steps shared by the routes under `/v1/patients/{id}/...`: the patient id of the path and
 //! the rule that a patient account acts only on its own record.
 
-use medconnect_domain::sanitize::contains_card_number;
+use medconnect_domain::sanitize::input_contains_card_number;
 use medconnect_domain::PatientId;
 use medconnect_store::Role;
 
@@ -53,7 +53,7 @@ pub(crate) fn card_number_error(field: &str) -> ApiError {
 
 /// Returns [`card_number_error`] when `value` contains a payment card number.
 pub(crate) fn reject_card_number(field: &str, value: &str) -> Result<(), ApiError> {
-    if contains_card_number(value) {
+    if input_contains_card_number(value) {
         return Err(card_number_error(field));
     }
     Ok(())

@@ -551,6 +551,12 @@ fn invalid_bodies_get_422_without_echo() {
             "reason",
         ),
         (
+            "card split by tabs and line breaks in notes",
+            &consultations,
+            with(consultation_body(), "notes", json!("paid 4111\t1111\n1111\u{a0}1111")),
+            "notes",
+        ),
+        (
             "card in notes",
             &consultations,
             with(consultation_body(), "notes", json!(card_in("notes"))),

@@ -653,6 +653,8 @@ fn bad_hold_input_rejected() {
     let cases: Vec<(Value, &str)> = vec![
         (with("matter", json!(format!("card {card}"))), "matter"),
         (with("reason", json!(format!("paid with {card}"))), "reason"),
+        (with("reason", json!("paid 4111\u{a0}1111\u{a0}1111\u{a0}1111")), "reason"),
+        (with("matter", json!("case4111111111111111")), "matter"),
         (with("reason", json!("   ")), "reason"),
         (with("matter", json!("m".repeat(201))), "matter"),
         (with("reason", json!("line\u{0}break")), "reason"),

@@ -273,6 +273,67 @@ pub fn contains_card_number(text: &str) -> bool {
     card_spans(&text).iter().any(|(_, placeholder)| *placeholder == CARD)
 }
 
+/// Returns whether text that a client sent holds a payment card number. It finds what
+/// [`contains_card_number`] finds, and also the forms that rule leaves alone so as not to
+/// mangle log lines: digits glued to letters (`card4111111111111111`), digits separated by any
+/// whitespace (tabs, line breaks, no-break spaces) or dashes, and full-width digits. Such a run
+/// counts when its 13 to 19 digits pass the Luhn check and start like a card number of a
+/// common network (2221 to 2720, or 3, 4, 5 or 6).
+pub fn input_contains_card_number(text: &str) -> bool {
+    contains_card_number(text) || digit_runs(text).iter().any(|digits| is_card_like(digits))
+}
+
+/// Most separator characters allowed between two digits of one run.
+const MAX_SEPARATORS: usize = 3;
+
+/// Returns the value of an ASCII or full-width decimal digit.
+fn digit_value(c: char) -> Option<u8> {
+    match c {
+        '0'..='9' => Some(c as u8 - b'0'),
+        '\u{FF10}'..='\u{FF19}' => u8::try_from(u32::from(c) - 0xFF10).ok(),
+        _ => None,
+    }
+}
+
+/// Returns whether `c` may separate the digit groups of a number.
+fn is_digit_separator(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '-' | '.' | '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FF0D}')
+}
+
+/// Splits text into runs of digits, each run's separators left out. Up to [`MAX_SEPARATORS`]
+/// separator characters may stand between two digits of one run, and anything else ends it.
+fn digit_runs(text: &str) -> Vec<Vec<u8>> {
+    let mut runs = Vec::new();
+    let mut run: Vec<u8> = Vec::new();
+    let mut separators = 0;
+    for c in text.chars() {
+        if let Some(digit) = digit_value(c) {
+            run.push(digit);
+            separators = 0;
+        } else if !run.is_empty() && is_digit_separator(c) && separators < MAX_SEPARATORS {
+            separators += 1;
+        } else if !run.is_empty() {
+            runs.push(std::mem::take(&mut run));
+            separators = 0;
+        }
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
+}
+
+/// Returns whether the digits have a card number's length, network prefix and Luhn check.
+fn is_card_like(digits: &[u8]) -> bool {
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let prefix = digits[..4].iter().fold(0u32, |value, digit| value * 10 + u32::from(*digit));
+    let network = matches!(digits[0], 3..=6) || (2221..=2720).contains(&prefix);
+    let text: String = digits.iter().map(|digit| char::from(b'0' + digit)).collect();
+    network && passes_luhn(&text)
+}
+
 /// Replaces SSNs, then phone numbers, the two rules that must run before the card rule.
 fn replace_ssns_and_phones(text: &str) -> String {
     let text = replace_standalone(text, &SSN_RE, SSN);
@@ -872,6 +933,34 @@ mod tests {
         ];
         for &(text, expected) in cases {
             assert_eq!(contains_card_number(text), expected, "contains_card_number({text:?})");
+        }
+    }
+
+    #[test]
+    fn input_card_numbers_in_any_form() {
+        let cases: &[(&str, bool)] = &[
+            ("4111 1111 1111 1111", true),
+            ("4111\t1111\t1111\t1111", true),
+            ("4111\n1111\n1111\n1111", true),
+            ("4111\u{a0}1111\u{a0}1111\u{a0}1111", true),
+            ("\u{ff14}\u{ff11}\u{ff11}\u{ff11} \u{ff11}\u{ff11}\u{ff11}\u{ff11} \u{ff11}\u{ff11}\u{ff11}\u{ff11} \u{ff11}\u{ff11}\u{ff11}\u{ff11}", true),
+            ("card4111111111111111x", true),
+            ("q4111111111111111", true),
+            ("4111\u{2013}1111\u{2013}1111\u{2013}1111", true),
+            ("3782 822463 10005", true),
+            ("2221 0000 0000 0009", true),
+            ("4111 1111 1111 1112", false),
+            ("1234567812345678", false),
+            ("3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab", false),
+            ("12345678-1234-1234-1234-123456789012", false),
+            ("2024-06-01 2024-06-02", false),
+            ("+1 402 555 0123", false),
+            ("phones 402-555-0123, 402-555-0199", false),
+            ("took 2 tablets at 8 and 2 at 20", false),
+            ("", false),
+        ];
+        for &(text, expected) in cases {
+            assert_eq!(input_contains_card_number(text), expected, "{text:?}");
         }
     }
 }
