@@ -39,9 +39,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{middleware, Json, Router};
 use medconnect_domain::clock::Clock;
@@ -128,8 +129,23 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(authenticated)
         .fallback(error::not_found)
         .layer(middleware::from_fn(error::json_errors))
+        .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn_with_state(metrics, metrics::track_requests))
         .with_state(state)
+}
+
+/// Adds to every response the headers that keep PHI out of caches and browsers on plain HTTP:
+/// `Cache-Control: no-store` (unless the handler set its own), `Strict-Transport-Security`
+/// for a year, and `X-Content-Type-Options: nosniff`.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// Builds the routes of legal holds, the lifecycle and the audit log. Only `POST /v1/holds`

@@ -253,6 +253,23 @@ fn policy_load_failure_is_json_500() {
     assert!(!response.text().contains("/secret/path"), "{}", response.text());
 }
 
+/// Answers and errors alike carry the headers that keep responses out of caches and off
+/// plain HTTP.
+#[test]
+fn security_headers_on_every_response() {
+    let server = Setup::new().start();
+    for path in ["/healthz", "/v1/no-such-route", "/v1/me"] {
+        let response = server.get(path);
+        assert_eq!(response.header("cache-control"), Some("no-store"), "{path}");
+        assert_eq!(
+            response.header("strict-transport-security"),
+            Some("max-age=31536000"),
+            "{path}"
+        );
+        assert_eq!(response.header("x-content-type-options"), Some("nosniff"), "{path}");
+    }
+}
+
 #[test]
 fn unknown_route_is_json_404() {
     let server = Setup::new().start();
