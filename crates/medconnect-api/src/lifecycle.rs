@@ -10,6 +10,7 @@
 
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
+use medconnect_domain::audit::Outcome;
 use medconnect_domain::PatientId;
 use medconnect_lifecycle::{Explanation, LifecycleError, Plan, RunReport};
 use medconnect_store::{Role, Store, StoreError};
@@ -73,6 +74,9 @@ pub async fn plan(
         Err(error) => Err(store_failure(&error)),
     }
 }
+
+/// The audit action of an explanation, which reads a patient's retention dates.
+const EXPLAIN_ACTION: &str = "lifecycle.explain";
 
 /// A failure to explain a patient's records.
 enum ExplainFailure {
@@ -142,14 +146,35 @@ pub async fn explain(
     })?;
     let as_of = state.clock.now();
     let policy = load_policy(&state).await?;
+    let access = access_of(&caller)?;
     let explained = state
         .pool
         .run(move |store| -> Result<Explanation, ExplainFailure> {
             let tenant = match slug {
                 Some(slug) => store.tenant_by_slug(&slug)?,
-                None => only_tenant_of(store, patient)?,
+                None => match only_tenant_of(store, patient) {
+                    Err(ExplainFailure::NotLinked) => {
+                        let event = access.platform_event(EXPLAIN_ACTION);
+                        store.append_audit(event.subject(patient).outcome(Outcome::NotFound))?;
+                        return Err(ExplainFailure::NotLinked);
+                    }
+                    other => other?,
+                },
             };
-            Ok(medconnect_lifecycle::explain(&*store, &policy.policy, &tenant, patient, as_of)?)
+            let explained =
+                medconnect_lifecycle::explain(&*store, &policy.policy, &tenant, patient, as_of);
+            let event = access.event(&tenant, EXPLAIN_ACTION).subject(patient);
+            match explained {
+                Ok(explanation) => {
+                    store.append_audit(event)?;
+                    Ok(explanation)
+                }
+                Err(LifecycleError::Store(error @ StoreError::PatientNotFound { .. })) => {
+                    store.append_audit(event.outcome(Outcome::NotFound))?;
+                    Err(ExplainFailure::Store(error))
+                }
+                Err(error) => Err(error.into()),
+            }
         })
         .await;
     let failure = match explained {

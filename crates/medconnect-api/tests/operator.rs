@@ -720,8 +720,10 @@ fn bad_operator_queries_rejected() {
         assert!(!response.text().contains("Quillon"), "{path}: {}", response.text());
     }
     assert!(fixture.entries_after(before, "audit.read").is_empty());
+    assert!(fixture.entries_after(before, "lifecycle.explain").is_empty());
 
-    let missing = fixture.get(&format!("/v1/lifecycle/explain/{}", PatientId::new()), &token);
+    let nobody = PatientId::new();
+    let missing = fixture.get(&format!("/v1/lifecycle/explain/{nobody}"), &token);
     assert_error(&missing, 404, "not_found");
     let unknown_tenant = format!("/v1/lifecycle/explain/{}?tenant=clinic-z", fixture.a_patients[0]);
     assert_error(&fixture.get(&unknown_tenant, &token), 400, "bad_request");
@@ -730,6 +732,15 @@ fn bad_operator_queries_rejected() {
     assert_eq!(explained.status, 200, "{}", explained.text());
     assert_eq!(explained.json()["expired"], false);
     assert!(!explained.text().contains(GIVEN_NAME), "{}", explained.text());
+
+    // An explanation reads a patient's retention dates, so each one is audited.
+    let explains = fixture.entries_after(before, "lifecycle.explain");
+    assert_eq!(explains.len(), 2, "{explains:?}");
+    assert_eq!(explains[0]["outcome"], "not_found");
+    assert_eq!(subjects(&explains[0]), [nobody.to_string()]);
+    assert_eq!(explains[1]["outcome"], "success");
+    assert_eq!(explains[1]["tenant_id"], fixture.clinic_a.id.to_string());
+    assert_eq!(subjects(&explains[1]), [fixture.a_patients[1].to_string()]);
 }
 
 /// A run requested while another is under way on the node gets 409, and the first run still

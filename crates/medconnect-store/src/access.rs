@@ -78,13 +78,13 @@ impl Access {
 
     /// Starts the entry of an access to `tenant`: actor, action, tenant, and a detail of
     /// `role=<role> request=<id>`.
-    pub(crate) fn event(&self, tenant: &Tenant, action: &str) -> AuditEvent {
+    pub fn event(&self, tenant: &Tenant, action: &str) -> AuditEvent {
         AuditEvent::new(&self.actor, action).tenant(tenant.id).detail(self.to_string())
     }
 
     /// Starts the entry of an access that belongs to no tenant, such as a platform operator
     /// reading the audit log: actor, action and the detail of [`Access::event`].
-    pub(crate) fn platform_event(&self, action: &str) -> AuditEvent {
+    pub fn platform_event(&self, action: &str) -> AuditEvent {
         AuditEvent::new(&self.actor, action).detail(self.to_string())
     }
 }
