@@ -409,7 +409,7 @@ impl PgStore {
             let mut event = AuditEvent::new(actor, "hold.place")
                 .tenant(tenant.id)
                 .subject(hold.id)
-                .detail(format!("matter {matter}"));
+                .detail(if patient.is_some() { "scope patient" } else { "scope tenant" });
             if let Some(patient) = &patient {
                 event = event.subject(patient);
             }

@@ -532,7 +532,7 @@ impl SqliteStore {
         let mut event = AuditEvent::new(actor, "hold.place")
             .tenant(tenant.id)
             .subject(hold.id)
-            .detail(format!("matter {matter}"));
+            .detail(if patient.is_some() { "scope patient" } else { "scope tenant" });
         if let Some(patient) = &patient {
             event = event.subject(patient);
         }
