@@ -3,26 +3,46 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use medconnect_domain::PatientId;
+use medconnect_domain::model::Tenant;
+use medconnect_domain::{PatientId, ServiceTokenId};
+use medconnect_store::StoreError;
 
-use crate::output::print_json;
+use crate::cli::{NewTokenArgs, TokenCommand, UserCommand, UserTarget};
+use crate::output::{self, print_json};
 use crate::Context;
 
 /// Environment variable that `user create` reads the new password from.
 const NEW_PASSWORD_VAR: &str = "MEDCONNECT_NEW_PASSWORD";
 
-pub fn user(context: &Context, command: crate::cli::UserCommand) -> Result<ExitCode> {
-    let crate::cli::UserCommand::Create { tenant, username, role, patient, json } = command;
+pub fn user(context: &Context, command: UserCommand) -> Result<ExitCode> {
+    match command {
+        UserCommand::Create { tenant, username, role, patient, json } => {
+            create_user(context, tenant.as_deref(), &username, &role, patient.as_deref(), json)
+        }
+        UserCommand::List { tenant, json } => list_users(context, tenant.as_deref(), json),
+        UserCommand::Disable(target) => set_user_disabled(context, &target, true),
+        UserCommand::Enable(target) => set_user_disabled(context, &target, false),
+    }
+}
+
+fn create_user(
+    context: &Context,
+    tenant: Option<&str>,
+    username: &str,
+    role: &str,
+    patient: Option<&str>,
+    json: bool,
+) -> Result<ExitCode> {
     let role: medconnect_store::Role = role.parse()?;
-    let patient = patient.as_deref().map(PatientId::parse).transpose()?;
+    let patient = patient.map(PatientId::parse).transpose()?;
     let password = new_password()?;
     medconnect_crypto::check_new_password(&password)?;
     let mut store = context.open_store()?;
-    let tenant = tenant.as_deref().map(|slug| store.tenant_by_slug(slug)).transpose()?;
+    let tenant = tenant.map(|slug| store.tenant_by_slug(slug)).transpose()?;
     let password_hash = medconnect_crypto::hash_password(&password)?;
     let new = medconnect_store::NewUser {
         tenant: tenant.as_ref(),
-        username: &username,
+        username,
         role,
         password_hash: &password_hash,
         patient,
@@ -39,6 +59,70 @@ pub fn user(context: &Context, command: crate::cli::UserCommand) -> Result<ExitC
         outln!("created user {id} with role {role} in {scope}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn list_users(context: &Context, tenant: Option<&str>, json: bool) -> Result<ExitCode> {
+    let store = context.open_store()?;
+    let tenant = tenant.map(|slug| store.tenant_by_slug(slug)).transpose()?;
+    let users = store.list_users(tenant.as_ref())?;
+    let slug = tenant.as_ref().map(|tenant| tenant.slug.as_str());
+    if json {
+        print_json(&output::users_json(&users, slug))?;
+    } else {
+        output::print_users(&users, slug);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Disables or enables the account that `target` names. An account already in that state is
+/// left alone, with no audit entry.
+fn set_user_disabled(context: &Context, target: &UserTarget, disabled: bool) -> Result<ExitCode> {
+    let mut store = context.open_store()?;
+    let tenant = target.tenant.as_deref().map(|slug| store.tenant_by_slug(slug)).transpose()?;
+    let slug = tenant.as_ref().map(|tenant| tenant.slug.as_str());
+
+    // The messages name the account by id and never repeat the username, as `user create`
+    // does, because a username may be an email address.
+    let Some(user) = store.user_for_login(slug, &target.username)? else {
+        bail!("{}", unknown_user_message(slug));
+    };
+
+    let account = match slug {
+        Some(slug) => format!("user {} of tenant {slug}", user.id),
+        None => format!("platform operator {}", user.id),
+    };
+    let state = if disabled { "disabled" } else { "enabled" };
+    if user.disabled == disabled {
+        outln!("{account} is already {state}, so nothing changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    store.set_user_disabled(user.user_ref(), disabled, &context.actor)?;
+    if disabled {
+        outln!(
+            "disabled {account}: it cannot log in, and its sessions get 401 from the next \
+             request on"
+        );
+    } else {
+        outln!(
+            "enabled {account}: it can log in, and its sessions that have not expired or ended \
+             authenticate again"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Returns the error for a username that names no account, with the command that lists them.
+fn unknown_user_message(tenant: Option<&str>) -> String {
+    match tenant {
+        Some(slug) => format!(
+            "no user of tenant {slug:?} has this username: list them with `medconnect user \
+             list --tenant {slug}`"
+        ),
+        None => "no platform operator has this username: list them with `medconnect user \
+                 list`, and pass --tenant SLUG for a user of a tenant"
+            .to_owned(),
+    }
 }
 
 /// Reads a new password from [`NEW_PASSWORD_VAR`] or, when it is unset, from the first line
@@ -66,16 +150,16 @@ fn new_password() -> Result<medconnect_crypto::Zeroizing<String>> {
     Ok(line)
 }
 
-pub fn token(context: &Context, command: crate::cli::TokenCommand) -> Result<ExitCode> {
-    let crate::cli::TokenCommand::Create {
-        tenant,
-        name,
-        role,
-        client_cert,
-        expires_in_days,
-        no_expiry,
-        json,
-    } = command;
+pub fn token(context: &Context, command: TokenCommand) -> Result<ExitCode> {
+    match command {
+        TokenCommand::Create(args) => create_token(context, args),
+        TokenCommand::List { tenant, json } => list_tokens(context, &tenant, json),
+        TokenCommand::Revoke { tenant, token_id } => revoke_token(context, &tenant, &token_id),
+    }
+}
+
+fn create_token(context: &Context, args: NewTokenArgs) -> Result<ExitCode> {
+    let NewTokenArgs { tenant, name, role, client_cert, expires_in_days, no_expiry, json } = args;
     let role: medconnect_store::Role = role.parse()?;
     let client_cert = match (role, client_cert) {
         (medconnect_store::Role::Storefront, Some(path)) => {
@@ -128,4 +212,57 @@ pub fn token(context: &Context, command: crate::cli::TokenCommand) -> Result<Exi
         outln!("{}", token.expose());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn list_tokens(context: &Context, tenant: &str, json: bool) -> Result<ExitCode> {
+    let store = context.open_store()?;
+    let tenant = store.tenant_by_slug(tenant)?;
+    let tokens = store.list_service_tokens(&tenant)?;
+    let now = chrono::Utc::now();
+    if json {
+        print_json(&output::tokens_json(&tokens, &tenant.slug, now))?;
+    } else {
+        output::print_tokens(&tokens, &tenant.slug, now);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Revokes one of the tenant's service tokens. A token revoked before is reported and left
+/// alone. An id that names no token of this tenant fails, also when it names another
+/// tenant's token.
+fn revoke_token(context: &Context, tenant: &str, token_id: &str) -> Result<ExitCode> {
+    let id = ServiceTokenId::parse(token_id)?;
+    let mut store = context.open_store()?;
+    let tenant = store.tenant_by_slug(tenant)?;
+    let revoked = match store.revoke_service_token(&tenant, id, &context.actor) {
+        Err(StoreError::ServiceTokenNotFound(_)) => bail!("{}", unknown_token_message(&tenant, id)),
+        other => other?,
+    };
+
+    let token = store.list_service_tokens(&tenant)?.into_iter().find(|token| token.id == id);
+    let name = token.as_ref().map_or("?", |token| token.name.as_str());
+    if revoked {
+        outln!(
+            "revoked service token {id} ({name}) of tenant {}: requests with it get 401 from now \
+             on",
+            tenant.slug
+        );
+    } else {
+        let revoked_at = token.as_ref().and_then(|token| token.revoked_at);
+        let at = revoked_at.map_or("?".to_owned(), output::instant);
+        outln!(
+            "service token {id} ({name}) of tenant {} was already revoked at {at}, so nothing \
+             changed",
+            tenant.slug
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn unknown_token_message(tenant: &Tenant, id: ServiceTokenId) -> String {
+    format!(
+        "service token {id} not found in tenant {:?}: list the tenant's tokens with `medconnect \
+         token list --tenant {}`",
+        tenant.slug, tenant.slug
+    )
 }
