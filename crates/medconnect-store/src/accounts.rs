@@ -300,6 +300,52 @@ impl ServiceTokenInfo {
     }
 }
 
+/// A service token as [`crate::Store::list_service_tokens`] lists it. The lookup by hash
+/// returns the same fields, and neither carries the token or its hash.
+pub type ServiceTokenSummary = ServiceTokenInfo;
+
+/// A user account as [`crate::Store::list_users`] lists it, without its password hash. Its
+/// `Debug` leaves the username out, because it may be an email address.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserSummary {
+    pub id: UserId,
+    /// None for a platform operator.
+    pub tenant_id: Option<TenantId>,
+    /// In lower case, as the store keeps it.
+    pub username: String,
+    pub role: Role,
+    /// The patient of a patient account.
+    pub patient: Option<PatientId>,
+    pub created_at: DateTime<Utc>,
+    pub disabled: bool,
+    /// Failed logins since the last successful one.
+    pub failed_logins: u32,
+    pub last_failed_login_at: Option<DateTime<Utc>>,
+    pub last_login_at: Option<DateTime<Utc>>,
+}
+
+impl UserSummary {
+    pub fn user_ref(&self) -> UserRef {
+        UserRef { id: self.id, tenant_id: self.tenant_id }
+    }
+}
+
+impl fmt::Debug for UserSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserSummary")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("role", &self.role)
+            .field("patient", &self.patient)
+            .field("created_at", &self.created_at)
+            .field("disabled", &self.disabled)
+            .field("failed_logins", &self.failed_logins)
+            .field("last_failed_login_at", &self.last_failed_login_at)
+            .field("last_login_at", &self.last_login_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Returns the username as the store keeps it (lower case), or None when it cannot be one:
 /// empty, longer than [`MAX_USERNAME_CHARS`], with surrounding spaces or control characters.
 pub(crate) fn normalize_username(username: &str) -> Option<String> {

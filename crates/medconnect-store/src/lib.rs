@@ -27,7 +27,8 @@ mod types;
 pub use access::{Access, InvalidRequestId, PatientRead, PatientRecord, MAX_REQUEST_ID_CHARS};
 pub use accounts::{
     CertificateFingerprint, CredentialState, InvalidRole, LoginUser, NewServiceToken, NewUser,
-    Role, ServiceTokenInfo, SessionInfo, UserRef, MAX_TOKEN_NAME_CHARS, MAX_USERNAME_CHARS,
+    Role, ServiceTokenInfo, ServiceTokenSummary, SessionInfo, UserRef, UserSummary,
+    MAX_TOKEN_NAME_CHARS, MAX_USERNAME_CHARS,
 };
 pub use clinical::{
     ConsultationRecord, EncounterRecorded, NewEncounter, NewPrescriptionEntry, PrescriptionRecord,
@@ -482,6 +483,10 @@ pub trait Store {
     /// `login.success`.
     fn record_login_success(&mut self, user: UserRef) -> Result<()>;
 
+    /// Lists the user accounts of `tenant`, or the platform operators when it is None,
+    /// ordered by username. Disabled accounts are listed too. Password hashes are not read.
+    fn list_users(&self, tenant: Option<&Tenant>) -> Result<Vec<UserSummary>>;
+
     /// Disables or enables an account and appends `user.disable` or `user.enable`. A
     /// disabled account's sessions stop resolving as active.
     fn set_user_disabled(&mut self, user: UserRef, disabled: bool, actor: &str) -> Result<()>;
@@ -515,6 +520,10 @@ pub trait Store {
     /// Returns the service token with this hash, also when it expired or was revoked, or
     /// None.
     fn service_token_by_hash(&self, token_hash: &TokenHash) -> Result<Option<ServiceTokenInfo>>;
+
+    /// Lists the service tokens of the tenant, expired and revoked ones too, oldest first.
+    /// Token hashes are not read.
+    fn list_service_tokens(&self, tenant: &Tenant) -> Result<Vec<ServiceTokenSummary>>;
 
     /// Revokes a service token of the tenant and appends `token.revoke`. Returns false,
     /// writing nothing, when it was revoked before.

@@ -39,6 +39,8 @@ backend_tests!(
     certificate_binding_checked,
     audit_entries_hold_no_secrets,
     tenant_a_credentials_stay_in_a,
+    service_tokens_listed_per_tenant,
+    users_listed_per_tenant,
     session_purge_disposes_login_sessions,
     phi_purge_removes_patient_account,
 );
@@ -619,6 +621,130 @@ fn tenant_a_credentials_stay_in_a(backend: Backend) {
     let found = store.user_for_login(Some("alpha"), USERNAME).expect("lookup").expect("found");
     assert_eq!(found.failed_logins, 0);
     assert!(!found.disabled);
+}
+
+fn service_tokens_listed_per_tenant(backend: Backend) {
+    let mut store = store(backend);
+    let alpha = store.create_tenant("alpha", "Alpha", ACTOR).expect("tenant");
+    let beta = store.create_tenant("beta", "Beta", ACTOR).expect("tenant");
+    let gamma = store.create_tenant("gamma", "Gamma", ACTOR).expect("tenant");
+    let storefront = SecretToken::generate().expect("token");
+    let storefront_id = store
+        .create_service_token(&new_token(&alpha, Role::Storefront, storefront.hash()), ACTOR)
+        .expect("storefront token");
+    // A later creation time, so that the order of the list is known.
+    store.set_clock(Box::new(FixedClock(at("2024-01-02T00:00:00Z"))));
+    let provider = SecretToken::generate().expect("token");
+    let provider_token = NewServiceToken {
+        name: "ehr",
+        expires_at: None,
+        ..new_token(&alpha, Role::Provider, provider.hash())
+    };
+    let provider_id = store.create_service_token(&provider_token, ACTOR).expect("provider token");
+    store.set_clock(Box::new(FixedClock(at("2024-01-03T00:00:00Z"))));
+    store.revoke_service_token(&alpha, storefront_id, ACTOR).expect("revoked");
+    let other = SecretToken::generate().expect("token");
+    let other_id = store
+        .create_service_token(&new_token(&beta, Role::Storefront, other.hash()), ACTOR)
+        .expect("token of beta");
+
+    let listed = store.list_service_tokens(&alpha).expect("tokens of alpha");
+    let ids: Vec<ServiceTokenId> = listed.iter().map(|token| token.id).collect();
+    assert_eq!(ids, [storefront_id, provider_id], "oldest first, revoked ones included");
+    let first = &listed[0];
+    assert_eq!(first.tenant_id, alpha.id);
+    assert_eq!(first.name, "storefront-main");
+    assert_eq!(first.role, Role::Storefront);
+    assert_eq!(first.created_at, at(NOW));
+    assert_eq!(first.expires_at, Some(at("2025-01-01T00:00:00Z")));
+    assert_eq!(first.revoked_at, Some(at("2024-01-03T00:00:00Z")));
+    assert_eq!(first.client_cert, Some(storefront_cert()));
+    assert_eq!(first.state(at(NOW)), CredentialState::Revoked);
+    let second = &listed[1];
+    assert_eq!(second.name, "ehr");
+    assert_eq!(second.role, Role::Provider);
+    assert_eq!(second.created_at, at("2024-01-02T00:00:00Z"));
+    assert_eq!(second.expires_at, None);
+    assert_eq!(second.revoked_at, None);
+    assert_eq!(second.client_cert, None);
+
+    let listed_beta = store.list_service_tokens(&beta).expect("tokens of beta");
+    let ids_beta: Vec<ServiceTokenId> = listed_beta.iter().map(|token| token.id).collect();
+    assert_eq!(ids_beta, [other_id], "beta lists only its own token");
+    assert!(store.list_service_tokens(&gamma).expect("tokens of gamma").is_empty());
+
+    let text = serde_json::to_string(&listed).expect("serialized") + &format!("{listed:?}");
+    for token in [&storefront, &provider] {
+        assert!(!text.contains(token.expose()), "a listed token carries the token: {text}");
+        assert!(!text.contains(&token.hash().to_hex()), "a listed token carries its hash");
+    }
+}
+
+fn users_listed_per_tenant(backend: Backend) {
+    let mut store = store(backend);
+    let alpha = store.create_tenant("alpha", "Alpha", ACTOR).expect("tenant");
+    let beta = store.create_tenant("beta", "Beta", ACTOR).expect("tenant");
+    let patient = import_patient(&mut store, &alpha, "p-1");
+    let provider = create_staff(&mut store, &alpha, USERNAME);
+    let admin_id = store
+        .create_user(&staff(&alpha, "admin@example.test", Role::TenantAdmin), ACTOR)
+        .expect("tenant admin");
+    let patient_user = NewUser {
+        tenant: Some(&alpha),
+        username: "patient1@example.test",
+        role: Role::Patient,
+        password_hash: password_hash(),
+        patient: Some(patient),
+    };
+    let patient_id = store.create_user(&patient_user, ACTOR).expect("patient account");
+    let other = create_staff(&mut store, &beta, USERNAME);
+    let operator = NewUser {
+        tenant: None,
+        username: "ops",
+        role: Role::PlatformOperator,
+        password_hash: password_hash(),
+        patient: None,
+    };
+    let operator_id = store.create_user(&operator, ACTOR).expect("platform operator");
+    store.set_user_disabled(provider, true, ACTOR).expect("disabled");
+    store.record_login_failure(provider).expect("failure");
+    store.record_login_success(UserRef { id: admin_id, tenant_id: Some(alpha.id) }).expect("login");
+
+    let listed = store.list_users(Some(&alpha)).expect("users of alpha");
+    let ids: Vec<UserId> = listed.iter().map(|user| user.id).collect();
+    assert_eq!(ids, [admin_id, provider.id, patient_id], "ordered by username");
+    let admin = &listed[0];
+    assert_eq!(admin.tenant_id, Some(alpha.id));
+    assert_eq!(admin.username, "admin@example.test");
+    assert_eq!(admin.role, Role::TenantAdmin);
+    assert_eq!(admin.created_at, at(NOW));
+    assert!(!admin.disabled);
+    assert_eq!(admin.last_login_at, Some(at(NOW)));
+    assert_eq!(admin.failed_logins, 0);
+    let disabled = &listed[1];
+    assert_eq!(disabled.username, USERNAME.to_lowercase(), "kept in lower case");
+    assert!(disabled.disabled);
+    assert_eq!(disabled.failed_logins, 1);
+    assert_eq!(disabled.last_failed_login_at, Some(at(NOW)));
+    assert_eq!(disabled.last_login_at, None);
+    assert_eq!(disabled.patient, None);
+    assert_eq!(listed[2].role, Role::Patient);
+    assert_eq!(listed[2].patient, Some(patient));
+
+    let listed_beta = store.list_users(Some(&beta)).expect("users of beta");
+    let ids_beta: Vec<UserId> = listed_beta.iter().map(|user| user.id).collect();
+    assert_eq!(ids_beta, [other.id], "beta lists only its own user");
+    assert!(!listed_beta[0].disabled, "the same username in alpha was disabled, not this one");
+
+    let operators = store.list_users(None).expect("platform operators");
+    let operator_ids: Vec<UserId> = operators.iter().map(|user| user.id).collect();
+    assert_eq!(operator_ids, [operator_id], "platform operators only");
+    assert_eq!(operators[0].tenant_id, None);
+    assert_eq!(operators[0].role, Role::PlatformOperator);
+
+    let debug = format!("{listed:?}");
+    assert!(!debug.contains("example.test"), "Debug shows a username: {debug}");
+    assert!(!debug.contains("$argon2id$"), "Debug shows a password hash: {debug}");
 }
 
 /// Runs one disposal as of `as_of` and returns its outcome.

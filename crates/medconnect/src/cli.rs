@@ -101,10 +101,10 @@ pub enum Command {
     /// Create, list, verify and restore encrypted backups in several destinations.
     #[command(subcommand)]
     Backup(BackupCommand),
-    /// Create user accounts of the HTTPS API.
+    /// Create, list, disable and enable user accounts of the HTTPS API.
     #[command(subcommand)]
     User(UserCommand),
-    /// Create service tokens for machine clients such as the Storefront.
+    /// Create, list and revoke service tokens for machine clients such as the Storefront.
     #[command(subcommand)]
     Token(TokenCommand),
     /// Serve the HTTPS API (TLS 1.2 and 1.3 only) and run the lifecycle on a schedule.
@@ -599,36 +599,86 @@ pub enum UserCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the user accounts of a tenant, or the platform operators, with their role, state
+    /// and last login. Usernames may be email addresses. No password hash is printed.
+    List {
+        /// Tenant slug, as `tenant list` prints it. Omit it to list the platform operators.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a user account. It can no longer log in, and its sessions get 401 from the next
+    /// request on.
+    Disable(UserTarget),
+    /// Enable a disabled user account. It can log in again, and its sessions that have not
+    /// expired or ended authenticate again.
+    Enable(UserTarget),
+}
+
+/// The account that `user disable` and `user enable` change.
+#[derive(Args)]
+pub struct UserTarget {
+    /// Tenant slug, as `tenant list` prints it. Omit it for a platform operator.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Username, as `user list` prints it, compared without regard to case.
+    #[arg(long)]
+    pub username: String,
 }
 
 #[derive(Subcommand)]
 pub enum TokenCommand {
     /// Create a service token and print it once: only its hash is stored.
-    Create {
+    Create(NewTokenArgs),
+    /// List a tenant's service tokens, expired and revoked ones too, with their state. Prints
+    /// neither the tokens nor their hashes.
+    List {
         /// Tenant slug, as `tenant list` prints it.
         #[arg(long)]
         tenant: String,
-        /// Name to tell tokens apart: letters, digits, '.', '_' and '-'.
-        #[arg(long)]
-        name: String,
-        /// storefront, tenant_admin or provider.
-        #[arg(long, default_value = "storefront")]
-        role: String,
-        /// The Storefront's client certificate in PEM (the first certificate of the file; no
-        /// key needed). Required for the storefront role and rejected for the others: the
-        /// token then authenticates only over a connection that presents this certificate.
-        #[arg(long, value_name = "FILE")]
-        client_cert: Option<PathBuf>,
-        /// Days until the token expires.
-        #[arg(long, value_name = "DAYS", default_value_t = 365, conflicts_with = "no_expiry")]
-        expires_in_days: u32,
-        /// Create a token that stays valid until revoked.
-        #[arg(long)]
-        no_expiry: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Revoke a service token: requests with it get 401 from then on. Revoking a token that
+    /// is already revoked changes nothing.
+    Revoke {
+        /// Tenant slug, as `tenant list` prints it.
+        #[arg(long)]
+        tenant: String,
+        /// Token id, as `token list` prints it.
+        token_id: String,
+    },
+}
+
+/// The service token that `token create` creates.
+#[derive(Args)]
+pub struct NewTokenArgs {
+    /// Tenant slug, as `tenant list` prints it.
+    #[arg(long)]
+    pub tenant: String,
+    /// Name to tell tokens apart: letters, digits, '.', '_' and '-'.
+    #[arg(long)]
+    pub name: String,
+    /// storefront, tenant_admin or provider.
+    #[arg(long, default_value = "storefront")]
+    pub role: String,
+    /// The Storefront's client certificate in PEM (the first certificate of the file; no
+    /// key needed). Required for the storefront role and rejected for the others: the
+    /// token then authenticates only over a connection that presents this certificate.
+    #[arg(long, value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+    /// Days until the token expires.
+    #[arg(long, value_name = "DAYS", default_value_t = 365, conflicts_with = "no_expiry")]
+    pub expires_in_days: u32,
+    /// Create a token that stays valid until revoked.
+    #[arg(long)]
+    pub no_expiry: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ macro_rules! outln {
     }};
 }
 
+mod accounts;
 mod backup;
 mod cli;
 mod commands;
@@ -95,8 +96,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => demo::run(&context, args),
         Command::Keys(command) => keys::run(&context, command),
         Command::Backup(command) => backup::backup(&context, command),
-        Command::User(command) => commands::user(&context, command),
-        Command::Token(command) => commands::token(&context, command),
+        Command::User(command) => accounts::user(&context, command),
+        Command::Token(command) => accounts::token(&context, command),
         Command::Serve(args) => serve::run(context, args),
         Command::Openapi => unreachable!("handled before the data directory is read"),
     }

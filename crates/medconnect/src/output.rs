@@ -8,8 +8,12 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 use medconnect_domain::model::{Category, HoldScope, ImportCounts, LegalHold, Tenant};
 use medconnect_domain::policy::Policy;
+use medconnect_domain::time::format_instant;
+use medconnect_domain::{PatientId, ServiceTokenId, UserId};
 use medconnect_lifecycle::{Decision, Explanation, Plan, RunReport, SkipKind, Tally};
-use medconnect_store::RunRecord;
+use medconnect_store::{
+    CertificateFingerprint, CredentialState, Role, RunRecord, ServiceTokenSummary, UserSummary,
+};
 use serde::Serialize;
 
 pub fn print_json(value: &impl Serialize) -> Result<()> {
@@ -288,6 +292,145 @@ pub fn print_holds(holds: &[LegalHold], tenants: &[Tenant]) {
             hold_scope(hold, slug),
             hold.matter,
             instant(hold.placed_at)
+        );
+    }
+}
+
+/// One service token in `token list --json`. The field names are a stable contract and match
+/// those of `token create --json`. Instants are RFC 3339 in UTC, to the second.
+#[derive(Serialize)]
+pub struct TokenJson<'a> {
+    pub token_id: ServiceTokenId,
+    /// Tenant slug.
+    pub tenant: &'a str,
+    pub name: &'a str,
+    pub role: Role,
+    /// `active`, `expired` or `revoked`, at the time of the listing.
+    pub state: CredentialState,
+    pub created_at: String,
+    /// Null for a token that stays valid until revoked.
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    /// SHA-256 of the client certificate a storefront token is bound to, as lower-case hex
+    /// pairs joined by `:`. Null for the other roles.
+    pub client_cert_sha256: Option<CertificateFingerprint>,
+}
+
+/// Converts a tenant's service tokens to their `--json` form, with their state at `now`.
+pub fn tokens_json<'a>(
+    tokens: &'a [ServiceTokenSummary],
+    tenant: &'a str,
+    now: DateTime<Utc>,
+) -> Vec<TokenJson<'a>> {
+    let to_json = |token: &'a ServiceTokenSummary| TokenJson {
+        token_id: token.id,
+        tenant,
+        name: &token.name,
+        role: token.role,
+        state: token.state(now),
+        created_at: format_instant(token.created_at),
+        expires_at: token.expires_at.map(format_instant),
+        revoked_at: token.revoked_at.map(format_instant),
+        client_cert_sha256: token.client_cert,
+    };
+    tokens.iter().map(to_json).collect()
+}
+
+pub fn print_tokens(tokens: &[ServiceTokenSummary], tenant: &str, now: DateTime<Utc>) {
+    if tokens.is_empty() {
+        outln!(
+            "no service tokens in tenant {tenant}: create one with `medconnect token create \
+             --tenant {tenant} --name NAME`"
+        );
+        return;
+    }
+    outln!(
+        "{:<36}  {:<20}  {:<12}  {:<7}  {:<20}  {:<20}  client certificate sha256",
+        "token id",
+        "name",
+        "role",
+        "state",
+        "created",
+        "expires"
+    );
+    for token in tokens {
+        let state = match token.state(now) {
+            CredentialState::Revoked => "revoked",
+            CredentialState::Expired => "expired",
+            _ => "active",
+        };
+        let expires = token.expires_at.map_or("never".to_owned(), instant);
+        let fingerprint = token.client_cert.map_or("-".to_owned(), |cert| cert.to_string());
+        outln!(
+            "{:<36}  {:<20}  {:<12}  {state:<7}  {:<20}  {expires:<20}  {fingerprint}",
+            token.id,
+            token.name,
+            token.role.as_str(),
+            instant(token.created_at)
+        );
+    }
+}
+
+/// One user account in `user list --json`. The field names are a stable contract and match
+/// those of `user create --json`. Instants are RFC 3339 in UTC, to the second.
+#[derive(Serialize)]
+pub struct UserJson<'a> {
+    pub user_id: UserId,
+    /// Tenant slug, or null for a platform operator.
+    pub tenant: Option<&'a str>,
+    /// In lower case, as logins compare it. It may be an email address.
+    pub username: &'a str,
+    pub role: Role,
+    /// The patient of a patient account, or null for the other roles.
+    pub patient_id: Option<PatientId>,
+    pub disabled: bool,
+    pub created_at: String,
+    pub last_login_at: Option<String>,
+    /// Failed logins since the last successful one.
+    pub failed_logins: u32,
+    pub last_failed_login_at: Option<String>,
+}
+
+/// Converts user accounts of `tenant` (None: platform operators) to their `--json` form.
+pub fn users_json<'a>(users: &'a [UserSummary], tenant: Option<&'a str>) -> Vec<UserJson<'a>> {
+    let to_json = |user: &'a UserSummary| UserJson {
+        user_id: user.id,
+        tenant,
+        username: &user.username,
+        role: user.role,
+        patient_id: user.patient,
+        disabled: user.disabled,
+        created_at: format_instant(user.created_at),
+        last_login_at: user.last_login_at.map(format_instant),
+        failed_logins: user.failed_logins,
+        last_failed_login_at: user.last_failed_login_at.map(format_instant),
+    };
+    users.iter().map(to_json).collect()
+}
+
+pub fn print_users(users: &[UserSummary], tenant: Option<&str>) {
+    if users.is_empty() {
+        match tenant {
+            Some(slug) => outln!(
+                "no user accounts in tenant {slug}: create one with `medconnect user create \
+                 --tenant {slug}`"
+            ),
+            None => outln!(
+                "no platform operators: create one with `medconnect user create --username \
+                 NAME --role platform_operator`"
+            ),
+        }
+        return;
+    }
+    outln!("{:<36}  {:<17}  {:<8}  {:<20}  username", "user id", "role", "state", "last login");
+    for user in users {
+        let state = if user.disabled { "disabled" } else { "enabled" };
+        let last_login = user.last_login_at.map_or("never".to_owned(), instant);
+        outln!(
+            "{:<36}  {:<17}  {state:<8}  {last_login:<20}  {}",
+            user.id,
+            user.role.as_str(),
+            user.username
         );
     }
 }

@@ -1,4 +1,4 @@
-//! End-to-end tests of `user create` and `token create`: the real binary against a store in
+//! End-to-end tests of the `user` and `token` commands: the real binary against a store in
 //! a temporary directory, with the database checked afterwards.
 
 #[allow(dead_code, reason = "each test binary uses part of the shared helpers")]
@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use common::{CliOutput, TestStore};
 use medconnect_api::testing::{ClientCertFiles, TestCa};
 use medconnect_crypto::{verify_password, TokenHash};
+use serde_json::json;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -317,4 +318,281 @@ fn token_create_rejects_bad_input() {
     }
     assert_eq!(store.count("service_tokens"), 0);
     assert_eq!(store.audit_count("token.create"), 0);
+}
+
+/// Creates a service token with `args` after `token create`, and returns its id and token.
+fn create_token(store: &TestStore, args: &[&str]) -> (String, String) {
+    let json = store.run_json(&[&["token", "create"], args, &["--json"]].concat());
+    let id = json["token_id"].as_str().expect("token id printed").to_owned();
+    let token = json["token"].as_str().expect("token printed").to_owned();
+    (id, token)
+}
+
+/// Returns the stored revocation time of the service token with this id.
+fn revoked_at(store: &TestStore, token_id: &str) -> Option<String> {
+    store
+        .db()
+        .query_row("SELECT revoked_at FROM service_tokens WHERE id = ?1", [token_id], |row| {
+            row.get(0)
+        })
+        .expect("token stored")
+}
+
+#[test]
+fn token_list_shows_tokens_of_one_tenant() {
+    let store = store_with_tenant();
+    store.run_ok(&["tenant", "create", "prairie"]);
+    let cert = storefront_certificate(&store);
+    let cert_path = path_text(&cert.cert);
+    let (shop_id, shop_token) = create_token(
+        &store,
+        &["--tenant", "northwind", "--name", "shop", "--client-cert", cert_path],
+    );
+    let (ehr_id, ehr_token) = create_token(
+        &store,
+        &["--tenant", "northwind", "--name", "ehr", "--role", "provider", "--no-expiry"],
+    );
+    let (other_id, _) = create_token(
+        &store,
+        &["--tenant", "prairie", "--name", "shop", "--client-cert", cert_path],
+    );
+
+    let json = store.run_json(&["token", "list", "--tenant", "northwind", "--json"]);
+    let tokens = json.as_array().expect("a list of tokens");
+    let ids: Vec<&str> = tokens.iter().filter_map(|token| token["token_id"].as_str()).collect();
+    assert_eq!(ids.len(), 2, "{json}");
+    assert!(ids.contains(&shop_id.as_str()), "{json}");
+    assert!(ids.contains(&ehr_id.as_str()), "{json}");
+    let shop = tokens.iter().find(|token| token["token_id"] == shop_id.as_str()).expect("shop");
+    assert_eq!(shop["tenant"], "northwind");
+    assert_eq!(shop["name"], "shop");
+    assert_eq!(shop["role"], "storefront");
+    assert_eq!(shop["state"], "active");
+    assert!(shop["created_at"].is_string(), "{shop}");
+    assert!(shop["expires_at"].is_string(), "{shop}");
+    assert!(shop["revoked_at"].is_null(), "{shop}");
+    assert_eq!(shop["client_cert_sha256"], cert.sha256.to_string());
+    let ehr = tokens.iter().find(|token| token["token_id"] == ehr_id.as_str()).expect("ehr");
+    assert_eq!(ehr["role"], "provider");
+    assert!(ehr["expires_at"].is_null(), "{ehr}");
+    assert!(ehr["client_cert_sha256"].is_null(), "{ehr}");
+
+    let text = store.run_ok(&["token", "list", "--tenant", "northwind"]);
+    assert!(text.stdout.contains(&shop_id), "{text}");
+    assert!(text.stdout.contains(&cert.sha256.to_string()), "{text}");
+    assert!(text.stdout.contains("never"), "the provider token never expires: {text}");
+    let all_output = format!("{json}\n{}", text.all_text());
+    assert!(!all_output.contains(&other_id), "prairie's token is listed in northwind");
+    for token in [&shop_token, &ehr_token] {
+        let hash = TokenHash::of_token(token).expect("token parses").to_hex();
+        assert!(!all_output.contains(token.as_str()), "a token is printed:\n{all_output}");
+        assert!(!all_output.contains(&hash), "a token hash is printed:\n{all_output}");
+    }
+
+    let empty = TestStore::init(false);
+    empty.run_ok(&["tenant", "create", "northwind"]);
+    let output = empty.run_ok(&["token", "list", "--tenant", "northwind"]);
+    assert!(output.stdout.contains("no service tokens"), "{output}");
+    assert_eq!(empty.run_json(&["token", "list", "--tenant", "northwind", "--json"]), json!([]));
+}
+
+#[test]
+fn token_revoke_twice_is_idempotent() {
+    let store = store_with_tenant();
+    let (id, _) =
+        create_token(&store, &["--tenant", "northwind", "--name", "ehr", "--role", "provider"]);
+
+    let args = ["--actor", "operator:oncall", "token", "revoke", "--tenant", "northwind", &id];
+    let first = store.run_ok(&args);
+    assert!(first.stdout.contains(&format!("revoked service token {id} (ehr)")), "{first}");
+    let revoked = revoked_at(&store, &id).expect("revocation stored");
+    assert_eq!(store.audit_count("token.revoke"), 1);
+    let entry = store
+        .audit_entries()
+        .into_iter()
+        .find(|(_, action, _)| action == "token.revoke")
+        .expect("token.revoke entry");
+    assert_eq!(entry.2["actor"], "operator:oncall", "the actor comes from --actor");
+    assert_eq!(entry.2["subjects"][0], id.as_str());
+
+    let second = store.run_ok(&args);
+    assert!(second.stdout.contains("already revoked"), "{second}");
+    assert!(second.stdout.contains(&revoked), "it names when: {second}");
+    assert_eq!(revoked_at(&store, &id), Some(revoked), "the first revocation time stays");
+    assert_eq!(store.audit_count("token.revoke"), 1, "the second revoke writes no entry");
+
+    let json = store.run_json(&["token", "list", "--tenant", "northwind", "--json"]);
+    assert_eq!(json[0]["state"], "revoked", "{json}");
+    assert!(json[0]["revoked_at"].is_string(), "{json}");
+}
+
+#[test]
+fn token_revoke_rejects_unknown_ids() {
+    let store = store_with_tenant();
+    store.run_ok(&["tenant", "create", "prairie"]);
+    let (northwind_id, _) =
+        create_token(&store, &["--tenant", "northwind", "--name", "ehr", "--role", "provider"]);
+    let unknown = "3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab";
+
+    let cases = [
+        ("prairie", northwind_id.as_str(), "token of another tenant"),
+        ("northwind", unknown, "id of no token"),
+    ];
+    for (tenant, id, case) in cases {
+        let output = store.run(&["token", "revoke", "--tenant", tenant, id]);
+        assert_eq!(output.status.code(), Some(1), "{case}:\n{output}");
+        assert!(output.stderr.contains(id), "{case}: the error names the id:\n{output}");
+        let hint = format!("medconnect token list --tenant {tenant}");
+        assert!(output.stderr.contains(&hint), "{case}: the error says what to run:\n{output}");
+    }
+    let invalid = store.run(&["token", "revoke", "--tenant", "northwind", "not-an-id"]);
+    assert_eq!(invalid.status.code(), Some(1), "{invalid}");
+    assert!(invalid.stderr.contains("invalid service token id"), "{invalid}");
+    let missing_tenant = store.run(&["token", "revoke", "--tenant", "gamma", &northwind_id]);
+    assert_eq!(missing_tenant.status.code(), Some(1), "{missing_tenant}");
+    assert!(missing_tenant.stderr.contains("tenant \"gamma\" not found"), "{missing_tenant}");
+
+    assert_eq!(revoked_at(&store, &northwind_id), None, "northwind's token is not revoked");
+    assert_eq!(store.audit_count("token.revoke"), 0);
+}
+
+/// Creates an account with `args` after `user create`, with the password from the
+/// environment, and returns its id.
+fn create_account(store: &TestStore, args: &[&str]) -> String {
+    let env = [("MEDCONNECT_NEW_PASSWORD", PASSWORD)];
+    let output = run_with(store, &[&["user", "create"], args, &["--json"]].concat(), &env, "");
+    assert!(output.success(), "{output}");
+    output.json()["user_id"].as_str().expect("user id printed").to_owned()
+}
+
+/// Returns whether the stored account with this id is disabled.
+fn disabled(store: &TestStore, user_id: &str) -> bool {
+    store
+        .db()
+        .query_row("SELECT disabled FROM user_accounts WHERE id = ?1", [user_id], |row| row.get(0))
+        .expect("account stored")
+}
+
+#[test]
+fn user_list_shows_one_tenant_or_operators() {
+    let store = store_with_tenant();
+    store.run_ok(&["tenant", "create", "prairie"]);
+    let admin = create_account(
+        &store,
+        &["--tenant", "northwind", "--username", "Admin@Northwind.test", "--role", "tenant_admin"],
+    );
+    let doctor = create_account(
+        &store,
+        &["--tenant", "northwind", "--username", "doctor", "--role", "provider"],
+    );
+    let other = create_account(
+        &store,
+        &["--tenant", "prairie", "--username", "doctor", "--role", "provider"],
+    );
+    let operator = create_account(&store, &["--username", "ops", "--role", "platform_operator"]);
+
+    let json = store.run_json(&["user", "list", "--tenant", "northwind", "--json"]);
+    let users = json.as_array().expect("a list of users");
+    let ids: Vec<&str> = users.iter().filter_map(|user| user["user_id"].as_str()).collect();
+    assert_eq!(ids, [admin.as_str(), doctor.as_str()], "ordered by username: {json}");
+    assert_eq!(users[0]["tenant"], "northwind");
+    assert_eq!(users[0]["username"], "admin@northwind.test");
+    assert_eq!(users[0]["role"], "tenant_admin");
+    assert_eq!(users[0]["disabled"], false);
+    assert!(users[0]["patient_id"].is_null(), "{json}");
+    assert!(users[0]["created_at"].is_string(), "{json}");
+    assert!(users[0]["last_login_at"].is_null(), "{json}");
+    assert_eq!(users[0]["failed_logins"], 0);
+    assert!(users[0]["last_failed_login_at"].is_null(), "{json}");
+
+    let operators = store.run_json(&["user", "list", "--json"]);
+    let operator_ids: Vec<&str> = operators
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|u| u["user_id"].as_str())
+        .collect();
+    assert_eq!(operator_ids, [operator.as_str()], "{operators}");
+    assert!(operators[0]["tenant"].is_null(), "{operators}");
+
+    let text = store.run_ok(&["user", "list", "--tenant", "northwind"]);
+    assert!(text.stdout.contains("admin@northwind.test"), "{text}");
+    assert!(text.stdout.contains("enabled"), "{text}");
+    let all_output = format!("{json}\n{operators}\n{}", text.all_text());
+    assert!(!all_output.contains(&other), "prairie's user is listed:\n{all_output}");
+    assert!(!all_output.contains("$argon2id$"), "a password hash is printed:\n{all_output}");
+}
+
+#[test]
+fn user_disable_then_enable() {
+    let store = store_with_tenant();
+    let user = ["--tenant", "northwind", "--username", "admin@northwind.test"];
+    let id = create_account(&store, &[&user[..], &["--role", "tenant_admin"]].concat());
+    let disable = [&["--actor", "operator:oncall", "user", "disable"], &user[..]].concat();
+
+    let output = store.run_ok(&disable);
+    assert!(output.stdout.contains(&format!("disabled user {id} of tenant northwind")), "{output}");
+    assert!(disabled(&store, &id));
+    assert_eq!(store.audit_count("user.disable"), 1);
+    let entry = store
+        .audit_entries()
+        .into_iter()
+        .find(|(_, action, _)| action == "user.disable")
+        .expect("user.disable entry");
+    assert_eq!(entry.2["actor"], "operator:oncall", "the actor comes from --actor");
+    assert_eq!(entry.2["subjects"][0], id.as_str());
+
+    let again = store.run_ok(&disable);
+    assert!(again.stdout.contains("already disabled"), "{again}");
+    assert_eq!(store.audit_count("user.disable"), 1, "the second disable writes no entry");
+    let listed = store.run_json(&["user", "list", "--tenant", "northwind", "--json"]);
+    assert_eq!(listed[0]["disabled"], true, "{listed}");
+
+    // Usernames are compared without regard to case, as at login.
+    let enable = ["user", "enable", "--tenant", "northwind", "--username", "ADMIN@northwind.test"];
+    let output = store.run_ok(&enable);
+    assert!(output.stdout.contains(&format!("enabled user {id}")), "{output}");
+    assert!(!disabled(&store, &id));
+    assert_eq!(store.audit_count("user.enable"), 1);
+}
+
+#[test]
+fn user_disable_rejects_unknown_user() {
+    let store = store_with_tenant();
+    store.run_ok(&["tenant", "create", "prairie"]);
+    let user = ["--username", "admin@northwind.test"];
+    let id = create_account(
+        &store,
+        &[&["--tenant", "northwind"], &user[..], &["--role", "tenant_admin"]].concat(),
+    );
+    let operator = create_account(&store, &["--username", "ops", "--role", "platform_operator"]);
+
+    let cases: [(&[&str], &str); 4] = [
+        (&["--tenant", "prairie"], "medconnect user list --tenant prairie"),
+        (&[], "medconnect user list`"),
+        (&["--tenant", "northwind", "--username", "nobody@northwind.test"], "user list"),
+        (&["--tenant", "northwind", "--username", "ops"], "user list --tenant northwind"),
+    ];
+    for (rest, hint) in cases {
+        for command in ["disable", "enable"] {
+            let mut args = vec!["user", command];
+            args.extend_from_slice(rest);
+            if !rest.contains(&"--username") {
+                args.extend_from_slice(&user);
+            }
+            let output = store.run(&args);
+            assert_eq!(output.status.code(), Some(1), "{output}");
+            assert!(output.stderr.contains(hint), "expected {hint:?}:\n{output}");
+            // The username is not repeated, as `user create` does not repeat it either.
+            assert!(!output.stderr.contains("northwind.test"), "{output}");
+        }
+    }
+    let missing_tenant =
+        store.run(&[&["user", "disable", "--tenant", "gamma"], &user[..]].concat());
+    assert!(missing_tenant.stderr.contains("tenant \"gamma\" not found"), "{missing_tenant}");
+
+    assert!(!disabled(&store, &id));
+    assert!(!disabled(&store, &operator));
+    assert_eq!(store.audit_count("user.disable"), 0);
+    assert_eq!(store.audit_count("user.enable"), 0);
 }

@@ -18,6 +18,7 @@ use medconnect_store::testing::{admin_url, database_url, postgres_available, uni
 use medconnect_store::PgStore;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
+use serde_json::json;
 
 /// How long a test waits for the server to log that it listens, or to exit, before failing.
 /// Generous, because a debug build on a busy machine starts slowly.
@@ -364,6 +365,41 @@ fn serve_client_ca_binds_storefront_token() {
 }
 
 #[test]
+fn serve_rejects_revoked_storefront_token() {
+    let store = TestStore::init(false);
+    store.run_ok(&["tenant", "create", "northwind"]);
+    let certificates = store.scratch_path("certificates");
+    std::fs::create_dir_all(&certificates).expect("certificate folder");
+    let ca = TestCa::create(&certificates, "storefronts");
+    let storefront = ca.issue_client("storefront");
+    let cert_arg = storefront.cert.to_str().expect("utf-8");
+    let args = ["token", "create", "--tenant", "northwind", "--name", "shop", "--json"];
+    let json = store.run_json(&[&args[..], &["--client-cert", cert_arg]].concat());
+    let token = json["token"].as_str().expect("token printed").to_owned();
+    let token_id = json["token_id"].as_str().expect("token id").to_owned();
+
+    let ca_arg = ca.cert.to_str().expect("utf-8");
+    let server = ServeProcess::start(
+        store.data_dir(),
+        &["--lifecycle-interval", "0", "--client-ca", ca_arg],
+    );
+    let bound =
+        HttpsClient::with_client_certificate(server.addr, &dev_cert(store.data_dir()), &storefront);
+    let before = bound.get_with_token("/v1/me", &token);
+    assert_eq!(before.status, 200, "{}", before.text());
+
+    // The server reads the token's state on every request, so the revocation applies to the
+    // next one.
+    store.run_ok(&["token", "revoke", "--tenant", "northwind", &token_id]);
+    let after = bound.get_with_token("/v1/me", &token);
+    assert_json_error(&after, 401, "unauthorized");
+
+    let (status, log) = server.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains(&token), "the log never contains the token");
+}
+
+#[test]
 fn serve_without_client_ca_says_so_once() {
     let store = TestStore::init(false);
     let server = ServeProcess::start(store.data_dir(), &["--lifecycle-interval", "0"]);
@@ -503,6 +539,37 @@ fn serve_readyz_on_postgres() {
     assert_eq!(status.code(), Some(0), "{log}");
 }
 
+#[test]
+fn serve_rejects_revoked_token_on_postgres() {
+    if !postgres_available() {
+        return;
+    }
+    let postgres = PostgresStore::init();
+    let store = &postgres.store;
+    let token = service_token(store);
+    store.run_ok(&["tenant", "create", "prairie"]);
+    let listed = store.run_json(&["token", "list", "--tenant", "northwind", "--json"]);
+    let token_id = listed[0]["token_id"].as_str().expect("token id").to_owned();
+    let server = ServeProcess::start(store.data_dir(), &["--lifecycle-interval", "0"]);
+    let client = server.client(store.data_dir());
+    assert_eq!(client.get_with_token("/v1/me", &token).status, 200);
+
+    // Row-level security and the tenant id in the query both keep prairie from reaching it.
+    let other_tenant = store.run(&["token", "revoke", "--tenant", "prairie", &token_id]);
+    assert_eq!(other_tenant.status.code(), Some(1), "{other_tenant}");
+    assert!(other_tenant.stderr.contains(&token_id), "{other_tenant}");
+    assert_eq!(store.run_json(&["token", "list", "--tenant", "prairie", "--json"]), json!([]));
+    assert_eq!(client.get_with_token("/v1/me", &token).status, 200, "still valid");
+
+    store.run_ok(&["token", "revoke", "--tenant", "northwind", &token_id]);
+    assert_json_error(&client.get_with_token("/v1/me", &token), 401, "unauthorized");
+    let listed = store.run_json(&["token", "list", "--tenant", "northwind", "--json"]);
+    assert_eq!(listed[0]["state"], "revoked", "{listed}");
+
+    let (status, log) = server.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
 /// Runs `medconnect user create` with the password on standard input.
 fn create_user(store: &TestStore, args: &[&str], password: &str) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_medconnect"))
@@ -572,6 +639,43 @@ fn serve_login_keeps_secrets_out_of_log() {
     for secret in secrets {
         assert!(!audit.contains(secret), "a secret is in the audit log:\n{audit}");
     }
+}
+
+/// Sends a login to tenant northwind and returns the response.
+fn login(client: &HttpsClient, username: &str, password: &str) -> HttpResponse {
+    let body =
+        format!(r#"{{"tenant":"northwind","username":"{username}","password":"{password}"}}"#);
+    client.request("POST", "/v1/login", body.as_bytes()).expect("login")
+}
+
+#[test]
+fn serve_rejects_sessions_of_disabled_user() {
+    const PASSWORD: &str = "correct horse battery staple";
+    let store = TestStore::init(false);
+    store.run_ok(&["tenant", "create", "northwind"]);
+    let user = ["--tenant", "northwind", "--username", "doctor@northwind.test"];
+    create_user(&store, &[&user[..], &["--role", "provider"]].concat(), PASSWORD);
+    let server = ServeProcess::start(store.data_dir(), &["--lifecycle-interval", "0"]);
+    let client = server.client(store.data_dir());
+    let session = login(&client, "doctor@northwind.test", PASSWORD);
+    assert_eq!(session.status, 200, "{}", session.text());
+    let token = session.json()["token"].as_str().expect("token").to_owned();
+    assert_eq!(client.get_with_token("/v1/me", &token).status, 200);
+
+    store.run_ok(&[&["user", "disable"], &user[..]].concat());
+    assert_json_error(&client.get_with_token("/v1/me", &token), 401, "unauthorized");
+    let refused = login(&client, "doctor@northwind.test", PASSWORD);
+    assert_json_error(&refused, 401, "unauthorized");
+
+    // Enabling the account again revives its sessions that have not expired or ended, as the
+    // help of `user enable` states.
+    store.run_ok(&[&["user", "enable"], &user[..]].concat());
+    let revived = client.get_with_token("/v1/me", &token);
+    assert_eq!(revived.status, 200, "{}", revived.text());
+
+    let (status, log) = server.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains("doctor@northwind.test"), "the username is in the server log:\n{log}");
 }
 
 /// Sends the requests that read and touch patient data, as a provider of a tenant with the

@@ -22,7 +22,8 @@ use crate::sqlite::accounts::{
 };
 use crate::sqlite::values::{parse_optional_instant, parse_stored_id, parse_stored_instant};
 use crate::{
-    LoginUser, NewServiceToken, NewUser, Result, ServiceTokenInfo, SessionInfo, StoreError, UserRef,
+    LoginUser, NewServiceToken, NewUser, Result, ServiceTokenInfo, ServiceTokenSummary,
+    SessionInfo, StoreError, UserRef, UserSummary,
 };
 
 /// SQLSTATE of a unique violation.
@@ -63,11 +64,12 @@ fn session_from_row(row: &Row) -> Result<(SessionInfo, String)> {
     Ok((info, row.get(9)))
 }
 
+/// Columns of a service token without its hash, which a lookup by hash selects after them.
 const TOKEN_COLUMNS: &str = "id, tenant_id, name, role, created_at, expires_at, revoked_at, \
-     client_cert_sha256, token_hash";
+     client_cert_sha256";
 
-fn service_token_from_row(row: &Row) -> Result<(ServiceTokenInfo, String)> {
-    let info = ServiceTokenInfo {
+fn service_token_from_row(row: &Row) -> Result<ServiceTokenInfo> {
+    Ok(ServiceTokenInfo {
         id: parse_stored_id(row.get(0))?,
         tenant_id: parse_stored_id(row.get(1))?,
         name: row.get(2),
@@ -76,8 +78,25 @@ fn service_token_from_row(row: &Row) -> Result<(ServiceTokenInfo, String)> {
         expires_at: parse_optional_instant(row.get(5))?,
         revoked_at: parse_optional_instant(row.get(6))?,
         client_cert: parse_stored_fingerprint(row.get(7))?,
-    };
-    Ok((info, row.get(8)))
+    })
+}
+
+const USER_SUMMARY_COLUMNS: &str = "u.id, u.tenant_id, u.username, u.role, l.patient_id, \
+     u.created_at, u.disabled, u.failed_logins, u.last_failed_login_at, u.last_login_at";
+
+fn user_summary_from_row(row: &Row) -> Result<UserSummary> {
+    Ok(UserSummary {
+        id: parse_stored_id(row.get(0))?,
+        tenant_id: row.get::<_, Option<&str>>(1).map(parse_stored_id).transpose()?,
+        username: row.get(2),
+        role: stored_role(row.get(3))?,
+        patient: row.get::<_, Option<&str>>(4).map(parse_stored_id).transpose()?,
+        created_at: parse_stored_instant(row.get(5))?,
+        disabled: row.get(6),
+        failed_logins: u32::try_from(row.get::<_, i32>(7)).unwrap_or(0),
+        last_failed_login_at: parse_optional_instant(row.get(8))?,
+        last_login_at: parse_optional_instant(row.get(9))?,
+    })
 }
 
 fn is_unique_violation(error: &StoreError) -> bool {
@@ -173,6 +192,19 @@ impl PgStore {
         let row =
             self.account_tx(tenant, |tx| Ok(tx.query_opt(&sql, &[&username, &tenant_text])?))?;
         row.as_ref().map(login_user_from_row).transpose()
+    }
+
+    pub(crate) fn list_users_impl(&self, tenant: Option<&Tenant>) -> Result<Vec<UserSummary>> {
+        let sql = format!(
+            "SELECT {USER_SUMMARY_COLUMNS} FROM user_accounts u
+             LEFT JOIN patient_links l ON l.id = u.link_id
+             WHERE u.tenant_id IS NOT DISTINCT FROM $1
+             ORDER BY u.username"
+        );
+        let tenant_id = tenant.map(|tenant| tenant.id);
+        let tenant_text = tenant_id.map(|id| id.to_string());
+        let rows = self.account_tx(tenant_id, |tx| Ok(tx.query(&sql, &[&tenant_text])?))?;
+        rows.iter().map(user_summary_from_row).collect()
     }
 
     pub(crate) fn record_login_failure_impl(&mut self, user: UserRef) -> Result<u32> {
@@ -367,13 +399,26 @@ impl PgStore {
         &self,
         token_hash: &TokenHash,
     ) -> Result<Option<ServiceTokenInfo>> {
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM service_tokens WHERE token_hash = $1");
+        let sql =
+            format!("SELECT {TOKEN_COLUMNS}, token_hash FROM service_tokens WHERE token_hash = $1");
         // As for sessions: the hash is the secret, so searching every tenant for it is safe.
         let row = self.operator_tx(|tx| Ok(tx.query_opt(&sql, &[&token_hash.to_hex()])?))?;
-        let Some((info, stored)) = row.as_ref().map(service_token_from_row).transpose()? else {
-            return Ok(None);
-        };
-        Ok(stored_hash_matches(&stored, token_hash).then_some(info))
+        let Some(row) = row else { return Ok(None) };
+        let info = service_token_from_row(&row)?;
+        Ok(stored_hash_matches(row.get(8), token_hash).then_some(info))
+    }
+
+    pub(crate) fn list_service_tokens_impl(
+        &self,
+        tenant: &Tenant,
+    ) -> Result<Vec<ServiceTokenSummary>> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM service_tokens WHERE tenant_id = $1
+             ORDER BY created_at, id"
+        );
+        let tenant_text = tenant.id.to_string();
+        let rows = self.tenant_tx(tenant.id, |tx| Ok(tx.query(&sql, &[&tenant_text])?))?;
+        rows.iter().map(service_token_from_row).collect()
     }
 
     pub(crate) fn revoke_service_token_impl(

@@ -1187,6 +1187,13 @@ impl crate::Store for PgStore {
         self.record_login_success_impl(user)
     }
 
+    fn list_users(
+        &self,
+        tenant: Option<&medconnect_domain::model::Tenant>,
+    ) -> Result<Vec<crate::UserSummary>> {
+        self.list_users_impl(tenant)
+    }
+
     fn set_user_disabled(
         &mut self,
         user: crate::UserRef,
@@ -1234,6 +1241,13 @@ impl crate::Store for PgStore {
         token_hash: &medconnect_crypto::TokenHash,
     ) -> Result<Option<crate::ServiceTokenInfo>> {
         self.service_token_by_hash_impl(token_hash)
+    }
+
+    fn list_service_tokens(
+        &self,
+        tenant: &medconnect_domain::model::Tenant,
+    ) -> Result<Vec<crate::ServiceTokenSummary>> {
+        self.list_service_tokens_impl(tenant)
     }
 
     fn revoke_service_token(

@@ -17,7 +17,7 @@ use crate::accounts::{
 };
 use crate::{
     CertificateFingerprint, LoginUser, NewServiceToken, NewUser, Result, ServiceTokenInfo,
-    SessionInfo, StoreError, UserRef,
+    ServiceTokenSummary, SessionInfo, StoreError, UserRef, UserSummary,
 };
 
 const LOGIN_COLUMNS: &str = "u.id, u.tenant_id, u.role, l.patient_id, u.password_hash, \
@@ -55,11 +55,12 @@ fn session_from_row(row: &Row<'_>) -> Result<(SessionInfo, String)> {
     Ok((info, row.get(9)?))
 }
 
+/// Columns of a service token without its hash, which a lookup by hash selects after them.
 const TOKEN_COLUMNS: &str = "id, tenant_id, name, role, created_at, expires_at, revoked_at, \
-     client_cert_sha256, token_hash";
+     client_cert_sha256";
 
-fn service_token_from_row(row: &Row<'_>) -> Result<(ServiceTokenInfo, String)> {
-    let info = ServiceTokenInfo {
+fn service_token_from_row(row: &Row<'_>) -> Result<ServiceTokenInfo> {
+    Ok(ServiceTokenInfo {
         id: parse_stored_id(&row.get::<_, String>(0)?)?,
         tenant_id: parse_stored_id(&row.get::<_, String>(1)?)?,
         name: row.get(2)?,
@@ -68,8 +69,25 @@ fn service_token_from_row(row: &Row<'_>) -> Result<(ServiceTokenInfo, String)> {
         expires_at: parse_optional_instant(row.get(5)?)?,
         revoked_at: parse_optional_instant(row.get(6)?)?,
         client_cert: parse_stored_fingerprint(row.get(7)?)?,
-    };
-    Ok((info, row.get(8)?))
+    })
+}
+
+const USER_SUMMARY_COLUMNS: &str = "u.id, u.tenant_id, u.username, u.role, l.patient_id, \
+     u.created_at, u.disabled, u.failed_logins, u.last_failed_login_at, u.last_login_at";
+
+fn user_summary_from_row(row: &Row<'_>) -> Result<UserSummary> {
+    Ok(UserSummary {
+        id: parse_stored_id(&row.get::<_, String>(0)?)?,
+        tenant_id: row.get::<_, Option<String>>(1)?.as_deref().map(parse_stored_id).transpose()?,
+        username: row.get(2)?,
+        role: stored_role(&row.get::<_, String>(3)?)?,
+        patient: row.get::<_, Option<String>>(4)?.as_deref().map(parse_stored_id).transpose()?,
+        created_at: parse_stored_instant(&row.get::<_, String>(5)?)?,
+        disabled: row.get(6)?,
+        failed_logins: row.get(7)?,
+        last_failed_login_at: parse_optional_instant(row.get(8)?)?,
+        last_login_at: parse_optional_instant(row.get(9)?)?,
+    })
 }
 
 /// Parses a stored client certificate fingerprint.
@@ -176,6 +194,19 @@ impl SqliteStore {
             .query_row(&sql, (tenant_slug, &username), |row| Ok(login_user_from_row(row)))
             .optional()?;
         row.transpose()
+    }
+
+    pub(crate) fn list_users_impl(&self, tenant: Option<&Tenant>) -> Result<Vec<UserSummary>> {
+        let sql = format!(
+            "SELECT {USER_SUMMARY_COLUMNS} FROM user_accounts u
+             LEFT JOIN patient_links l ON l.id = u.link_id
+             WHERE u.tenant_id IS ?1
+             ORDER BY u.username"
+        );
+        let tenant = tenant_text(tenant.map(|tenant| tenant.id));
+        let mut statement = self.conn.prepare(&sql)?;
+        let rows = statement.query_map([tenant], |row| Ok(user_summary_from_row(row)))?;
+        rows.map(|row| row?).collect()
     }
 
     pub(crate) fn record_login_failure_impl(&mut self, user: UserRef) -> Result<u32> {
@@ -385,14 +416,32 @@ impl SqliteStore {
         &self,
         token_hash: &TokenHash,
     ) -> Result<Option<ServiceTokenInfo>> {
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM service_tokens WHERE token_hash = ?1");
+        let sql =
+            format!("SELECT {TOKEN_COLUMNS}, token_hash FROM service_tokens WHERE token_hash = ?1");
+        let read = |row: &Row<'_>| -> Result<(ServiceTokenInfo, String)> {
+            Ok((service_token_from_row(row)?, row.get(8)?))
+        };
         let row = self
             .conn
             .prepare_cached(&sql)?
-            .query_row([token_hash.to_hex()], |row| Ok(service_token_from_row(row)))
+            .query_row([token_hash.to_hex()], |row| Ok(read(row)))
             .optional()?
             .transpose()?;
         Ok(row.and_then(|(info, stored)| stored_hash_matches(&stored, token_hash).then_some(info)))
+    }
+
+    pub(crate) fn list_service_tokens_impl(
+        &self,
+        tenant: &Tenant,
+    ) -> Result<Vec<ServiceTokenSummary>> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM service_tokens WHERE tenant_id = ?1
+             ORDER BY created_at, id"
+        );
+        let mut statement = self.conn.prepare(&sql)?;
+        let rows =
+            statement.query_map([tenant.id.to_string()], |row| Ok(service_token_from_row(row)))?;
+        rows.map(|row| row?).collect()
     }
 
     pub(crate) fn revoke_service_token_impl(
