@@ -329,12 +329,19 @@ fn disabled_user_cannot_log_in(backend: Backend) {
         at(NOW) + Duration::hours(1),
     );
     assert!(matches!(refused, Err(StoreError::UserDisabled(_))), "{:?}", refused.err());
+    // Disabling ends the account's sessions, so enabling it again brings none of them back.
     let info = store.session_by_token_hash(&token.hash()).expect("lookup").expect("found");
-    assert_eq!(info.state(at(NOW)), CredentialState::UserDisabled);
+    assert_eq!(info.state(at(NOW)), CredentialState::Ended);
+    let entries = store.audit_entries(0, u32::MAX).expect("entries");
+    let disable = entries.iter().find(|e| e.body["action"] == "user.disable").expect("entry");
+    assert_eq!(disable.body["detail"], "sessions_ended 1");
 
     store.set_user_disabled(user, false, ACTOR).expect("enabled");
     let info = store.session_by_token_hash(&token.hash()).expect("lookup").expect("found");
-    assert_eq!(info.state(at(NOW)), CredentialState::Active);
+    assert_eq!(info.state(at(NOW)), CredentialState::Ended);
+    let (_, fresh) = login(&mut store, user);
+    let info = store.session_by_token_hash(&fresh.hash()).expect("lookup").expect("found");
+    assert_eq!(info.state(at(NOW)), CredentialState::Active, "a new login works again");
 }
 
 fn login_failures_counted(backend: Backend) {

@@ -99,15 +99,9 @@ fn set_user_disabled(context: &Context, target: &UserTarget, disabled: bool) -> 
 
     store.set_user_disabled(user.user_ref(), disabled, &context.actor)?;
     if disabled {
-        outln!(
-            "disabled {account}: it cannot log in, and its sessions get 401 from the next \
-             request on"
-        );
+        outln!("disabled {account}: it cannot log in, and its sessions have ended");
     } else {
-        outln!(
-            "enabled {account}: it can log in, and its sessions that have not expired or ended \
-             authenticate again"
-        );
+        outln!("enabled {account}: it can log in again; sessions ended by the disable stay ended");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -609,11 +609,11 @@ pub enum UserCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Disable a user account. It can no longer log in, and its sessions get 401 from the next
-    /// request on.
+    /// Disable a user account. It can no longer log in, and its sessions end, so their tokens
+    /// get 401 from the next request on.
     Disable(UserTarget),
-    /// Enable a disabled user account. It can log in again, and its sessions that have not
-    /// expired or ended authenticate again.
+    /// Enable a disabled user account. It can log in again. Sessions that the disable ended
+    /// stay ended.
     Enable(UserTarget),
 }
 

@@ -667,11 +667,12 @@ fn serve_rejects_sessions_of_disabled_user() {
     let refused = login(&client, "doctor@northwind.test", PASSWORD);
     assert_json_error(&refused, 401, "unauthorized");
 
-    // Enabling the account again revives its sessions that have not expired or ended, as the
-    // help of `user enable` states.
+    // Disabling ended the sessions, so enabling the account brings none of them back: a
+    // stolen token stays useless. A new login works.
     store.run_ok(&[&["user", "enable"], &user[..]].concat());
-    let revived = client.get_with_token("/v1/me", &token);
-    assert_eq!(revived.status, 200, "{}", revived.text());
+    assert_json_error(&client.get_with_token("/v1/me", &token), 401, "unauthorized");
+    let again = login(&client, "doctor@northwind.test", PASSWORD);
+    assert_eq!(again.status, 200, "{}", again.text());
 
     let (status, log) = server.terminate();
     assert_eq!(status.code(), Some(0), "{log}");

@@ -267,6 +267,15 @@ impl SqliteStore {
         }
         let action = if disabled { "user.disable" } else { "user.enable" };
         let mut event = AuditEvent::new(actor, action).subject(user.id);
+        if disabled {
+            // A stolen session must not come back when the account is enabled again.
+            let ended = tx.execute(
+                "UPDATE sessions SET ended_at = ?2
+                 WHERE user_id = ?1 AND ended_at IS NULL AND expires_at > ?2",
+                (user.id.to_string(), format_instant(now)),
+            )?;
+            event = event.detail(format!("sessions_ended {ended}"));
+        }
         if let Some(tenant) = user.tenant_id {
             event = event.tenant(tenant);
         }
