@@ -85,7 +85,10 @@ pub struct LinkCounts {
 pub struct LinkDetail {
     pub link: LinkSummary,
     pub counts: LinkCounts,
+    /// The patient's ID photos in this tenant. `since` is the upload time.
     pub id_photos: Vec<RecordCandidate>,
+    /// The sessions of the patient's account in this tenant. `since` is when each session
+    /// ended or will expire, the instant its retention counts from, not when it started.
     pub sessions: Vec<RecordCandidate>,
 }
 
@@ -114,6 +117,8 @@ pub struct RecordCandidate {
     pub tenant_id: TenantId,
     pub tenant_slug: String,
     pub patient_id: Option<PatientId>,
+    /// The instant its retention counts from: an ID photo's upload, or a session's end (its
+    /// logout, or its expiry when it was never ended).
     pub since: DateTime<Utc>,
 }
 
