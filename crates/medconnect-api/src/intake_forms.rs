@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use medconnect_store::{IntakeForm, IntakeFormInfo, NewIntakeForm, Role, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -326,6 +326,11 @@ fn parse_submitted_at(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, A
         )
     })?;
     let utc = parsed.with_timezone(&Utc);
+    if utc.year() < 1900 {
+        return Err(unprocessable(
+            "submitted_at is before 1900: send the time the form was completed",
+        ));
+    }
     if utc > now + MAX_CLOCK_SKEW {
         return Err(unprocessable(
             "submitted_at is more than 5 minutes in the future: send the time the form was \
@@ -404,6 +409,14 @@ mod tests {
             assert!(message.starts_with(&format!("{field} contains a payment card number")));
             assert!(!message.contains("4111"), "{message}");
         }
+    }
+
+    #[test]
+    fn submitted_before_1900_rejected() {
+        let body = json!({
+            "form": "intake", "answers": { "a": 1 }, "submitted_at": "0001-01-01T00:00:00-23:59"
+        });
+        assert!(message_of(body).starts_with("submitted_at is before 1900"));
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub(crate) fn patient_in_path(
         )
     })?;
     if caller.role == Role::Patient && caller.patient != Some(patient) {
-        let tenant = caller.tenant_id;
-        tracing::info!(?tenant, %patient, "a patient account named another patient: 403");
+        let tenant = caller.tenant_id.map(|id| id.to_string()).unwrap_or_default();
+        tracing::info!(%tenant, %patient, "a patient account named another patient: 403");
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             format!(

@@ -362,9 +362,10 @@ pub(crate) async fn me(
 /// `medconnect policy show --json` prints it.
 #[derive(Serialize, ToSchema)]
 pub struct PolicyView {
-    /// The policy file on the server.
-    #[schema(value_type = String)]
-    pub file: PathBuf,
+    /// The policy file on the server. Only platform operators get it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub file: Option<PathBuf>,
     /// The version every retention decision records: the file's label, `+`, and the first 12
     /// hex digits of the SHA-256 of the file.
     #[schema(example = "2026.04+0123456789ab")]
@@ -372,7 +373,9 @@ pub struct PolicyView {
     pub policy: Policy,
 }
 
-/// Returns the retention policy in force, read from its file for each request.
+/// Returns the retention policy in force, read from its file for each request. A platform
+/// operator gets all of it with the file's path; any other caller gets the defaults and its
+/// own tenant's overrides, so no tenant learns another's.
 #[utoipa::path(
     get,
     path = "/v1/policy",
@@ -387,17 +390,27 @@ pub struct PolicyView {
 )]
 pub(crate) async fn policy(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<Json<PolicyView>, ApiError> {
     let source = Arc::clone(&state.policy);
     let loaded = tokio::task::spawn_blocking(move || source()).await;
     let failure = match loaded {
         Ok(Ok(loaded)) => {
-            return Ok(Json(PolicyView {
-                file: loaded.file,
-                version: loaded.policy.version(),
-                policy: loaded.policy,
-            }));
+            let version = loaded.policy.version();
+            let Some(tenant_id) = caller.tenant_id else {
+                let policy = loaded.policy;
+                return Ok(Json(PolicyView { file: Some(loaded.file), version, policy }));
+            };
+            // A tenant's caller sees the defaults and its own tenant's overrides only.
+            let tenant = state.pool.run(move |store| store.tenant(tenant_id)).await;
+            let tenant = match tenant {
+                Ok(Ok(tenant)) => tenant,
+                Ok(Err(error)) => return Err(auth::store_failure(&error)),
+                Err(error) => return Err(auth::store_failure(&error)),
+            };
+            let mut policy = loaded.policy;
+            policy.tenants.retain(|slug, _| *slug == tenant.slug);
+            return Ok(Json(PolicyView { file: None, version, policy }));
         }
         Ok(Err(error)) => error_chain(&*error),
         Err(_) => "loading the policy panicked".to_owned(),

@@ -238,8 +238,31 @@ fn policy_returns_policy_in_force() {
     let json = response.json();
     let builtin = Policy::builtin();
     assert_eq!(json["version"], builtin.version(), "{json}");
-    assert_eq!(json["file"], "/etc/policy.toml", "{json}");
+    assert!(json.get("file").is_none(), "only operators see the file: {json}");
     assert_eq!(json["policy"], serde_json::to_value(&builtin).expect("policy to JSON"), "{json}");
+}
+
+/// A tenant's caller sees the defaults and its own overrides, never another tenant's.
+#[test]
+fn policy_hides_other_tenants_overrides() {
+    let text = format!(
+        "{}\n[tenants.northwind]\nphi_years = 8\n[tenants.prairie]\nphi_years = 10\n",
+        medconnect_domain::policy::DEFAULT_POLICY_TOML
+    );
+    let policy = Policy::from_toml(&text).expect("policy");
+    let source: Arc<PolicySource> = Arc::new(move || {
+        Ok(PolicyInForce { file: PathBuf::from("/etc/policy.toml"), policy: policy.clone() })
+    });
+    let (setup, _store, token) = Setup::new().with_service_token();
+    let server = setup.policy(source).start();
+    let response = server.client().get_with_token("/v1/policy", &token);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let json = response.json();
+    let tenants = json["policy"]["tenants"].as_object().expect("tenants");
+    assert_eq!(tenants.keys().collect::<Vec<_>>(), ["northwind"], "{json}");
+    assert_eq!(tenants["northwind"]["phi_years"], 8, "{json}");
+    assert!(!response.text().contains("prairie"), "{json}");
+    assert!(!response.text().contains("/etc/policy.toml"), "{json}");
 }
 
 #[test]

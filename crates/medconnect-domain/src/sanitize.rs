@@ -275,52 +275,147 @@ pub fn contains_card_number(text: &str) -> bool {
 
 /// Returns whether text that a client sent holds a payment card number. It finds what
 /// [`contains_card_number`] finds, and also the forms that rule leaves alone so as not to
-/// mangle log lines: digits glued to letters (`card4111111111111111`), digits separated by any
-/// whitespace (tabs, line breaks, no-break spaces) or dashes, and full-width digits. Such a run
-/// counts when its 13 to 19 digits pass the Luhn check and start like a card number of a
-/// common network (2221 to 2720, or 3, 4, 5 or 6).
+/// mangle log lines: digits glued to letters (`card4111111111111111`), digit groups split by
+/// any punctuation or whitespace (`4111_1111/1111,1111`), invisible characters between digits
+/// (zero-width spaces, soft hyphens, combining marks), and digits of other scripts or styles
+/// (full-width, Arabic-Indic, Devanagari, mathematical, superscript, circled).
+///
+/// Such a number counts when its digits are written as card numbers are: 13 to 19 digits in
+/// one group, or groups of four with a shorter last group, or American Express's 4-6-5 and
+/// Diners Club's 4-6-4. Its digits must pass the Luhn check and start like a card of a
+/// common network (2221 to 2720, or 3, 4, 5 or 6). Lists of short readings, such as
+/// temperatures or dates, do not match.
 pub fn input_contains_card_number(text: &str) -> bool {
-    contains_card_number(text) || digit_runs(text).iter().any(|digits| is_card_like(digits))
+    let visible = INVISIBLE_RE.replace_all(text, "");
+    contains_card_number(&visible)
+        || digit_group_runs(&visible).iter().any(|groups| has_card_window(groups))
 }
 
-/// Most separator characters allowed between two digits of one run.
-const MAX_SEPARATORS: usize = 3;
+/// Characters that show nothing on their own: format characters such as zero-width spaces
+/// and soft hyphens, and combining marks.
+static INVISIBLE_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[\p{Cf}\p{Mn}\p{Me}]").expect("the invisible character pattern is valid")
+});
 
-/// Returns the value of an ASCII or full-width decimal digit.
+/// A decimal digit of any script.
+static DECIMAL_DIGIT_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^\p{Nd}$").expect("the decimal digit pattern is valid"));
+
+/// Most separator characters allowed between two digit groups of one number.
+const MAX_SEPARATORS: usize = 5;
+
+/// Returns the value of a digit of any script or style, or None for other characters.
 fn digit_value(c: char) -> Option<u8> {
-    match c {
-        '0'..='9' => Some(c as u8 - b'0'),
-        '\u{FF10}'..='\u{FF19}' => u8::try_from(u32::from(c) - 0xFF10).ok(),
-        _ => None,
+    if c.is_ascii_digit() {
+        return Some(c as u8 - b'0');
     }
+    if c.is_ascii() {
+        return None;
+    }
+    let code = u32::from(c);
+    let styled = match code {
+        0x00B9 => Some(1),
+        0x00B2 => Some(2),
+        0x00B3 => Some(3),
+        0x2070 => Some(0),
+        0x2074..=0x2079 => Some(code - 0x2070),
+        0x2080..=0x2089 => Some(code - 0x2080),
+        0x2460..=0x2468 => Some(code - 0x245F),
+        0x24EA => Some(0),
+        _ => None,
+    };
+    if let Some(value) = styled {
+        return u8::try_from(value).ok();
+    }
+    if !is_decimal_digit(c) {
+        return None;
+    }
+    // Unicode places the decimal digits of each script in runs of ten, zero first, and
+    // adjacent runs (such as the mathematical styles) each start at a multiple of ten from
+    // the first, so the distance to the start of the run gives the value.
+    let mut start = code;
+    while let Some(previous) = start.checked_sub(1).and_then(char::from_u32) {
+        if !is_decimal_digit(previous) {
+            break;
+        }
+        start -= 1;
+    }
+    u8::try_from((code - start) % 10).ok()
 }
 
-/// Returns whether `c` may separate the digit groups of a number.
-fn is_digit_separator(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '-' | '.' | '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FF0D}')
+fn is_decimal_digit(c: char) -> bool {
+    let mut buffer = [0; 4];
+    DECIMAL_DIGIT_RE.is_match(c.encode_utf8(&mut buffer))
 }
 
-/// Splits text into runs of digits, each run's separators left out. Up to [`MAX_SEPARATORS`]
-/// separator characters may stand between two digits of one run, and anything else ends it.
-fn digit_runs(text: &str) -> Vec<Vec<u8>> {
+/// Splits text into runs of digit groups. Up to [`MAX_SEPARATORS`] characters that are
+/// neither letters nor digits may separate two groups of one run; a letter or a longer gap
+/// ends the run. Each group is the values of its digits.
+fn digit_group_runs(text: &str) -> Vec<Vec<Vec<u8>>> {
     let mut runs = Vec::new();
-    let mut run: Vec<u8> = Vec::new();
+    let mut run: Vec<Vec<u8>> = Vec::new();
+    let mut group: Vec<u8> = Vec::new();
     let mut separators = 0;
     for c in text.chars() {
         if let Some(digit) = digit_value(c) {
-            run.push(digit);
+            if separators > 0 && !group.is_empty() {
+                run.push(std::mem::take(&mut group));
+            }
+            group.push(digit);
             separators = 0;
-        } else if !run.is_empty() && is_digit_separator(c) && separators < MAX_SEPARATORS {
-            separators += 1;
-        } else if !run.is_empty() {
-            runs.push(std::mem::take(&mut run));
-            separators = 0;
+            continue;
         }
+        let separates = !c.is_alphanumeric() && separators < MAX_SEPARATORS;
+        if separates && !group.is_empty() {
+            separators += 1;
+            continue;
+        }
+        if !group.is_empty() {
+            run.push(std::mem::take(&mut group));
+        }
+        if !run.is_empty() {
+            runs.push(std::mem::take(&mut run));
+        }
+        separators = 0;
+    }
+    if !group.is_empty() {
+        run.push(group);
     }
     if !run.is_empty() {
         runs.push(run);
     }
     runs
+}
+
+/// Returns whether some consecutive groups of a run are written as a card number and hold
+/// one.
+fn has_card_window(groups: &[Vec<u8>]) -> bool {
+    for start in 0..groups.len() {
+        let mut digits = 0;
+        for end in start..groups.len() {
+            // A window past 19 digits holds no card, so each start tries at most 19 groups.
+            digits += groups[end].len();
+            if digits > 19 {
+                break;
+            }
+            let window = &groups[start..=end];
+            if has_card_layout(window) && is_card_like(&window.concat()) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Returns whether groups of digits are laid out as card numbers are written.
+fn has_card_layout(groups: &[Vec<u8>]) -> bool {
+    let lengths: Vec<usize> = groups.iter().map(Vec::len).collect();
+    match lengths.as_slice() {
+        [single] => (13..=19).contains(single),
+        [4, 6, 5] | [4, 6, 4] => true,
+        [4, middle @ .., last] => middle.iter().all(|len| *len == 4) && (1..=4).contains(last),
+        _ => false,
+    }
 }
 
 /// Returns whether the digits have a card number's length, network prefix and Luhn check.
@@ -938,29 +1033,59 @@ mod tests {
 
     #[test]
     fn input_card_numbers_in_any_form() {
-        let cases: &[(&str, bool)] = &[
-            ("4111 1111 1111 1111", true),
-            ("4111\t1111\t1111\t1111", true),
-            ("4111\n1111\n1111\n1111", true),
-            ("4111\u{a0}1111\u{a0}1111\u{a0}1111", true),
-            ("\u{ff14}\u{ff11}\u{ff11}\u{ff11} \u{ff11}\u{ff11}\u{ff11}\u{ff11} \u{ff11}\u{ff11}\u{ff11}\u{ff11} \u{ff11}\u{ff11}\u{ff11}\u{ff11}", true),
-            ("card4111111111111111x", true),
-            ("q4111111111111111", true),
-            ("4111\u{2013}1111\u{2013}1111\u{2013}1111", true),
-            ("3782 822463 10005", true),
-            ("2221 0000 0000 0009", true),
-            ("4111 1111 1111 1112", false),
-            ("1234567812345678", false),
-            ("3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab", false),
-            ("12345678-1234-1234-1234-123456789012", false),
-            ("2024-06-01 2024-06-02", false),
-            ("+1 402 555 0123", false),
-            ("phones 402-555-0123, 402-555-0199", false),
-            ("took 2 tablets at 8 and 2 at 20", false),
-            ("", false),
+        let cases: &[&str] = &[
+            "4111 1111 1111 1111",
+            "4111\t1111\t1111\t1111",
+            "4111\r\n\r\n1111\n1111\n1111",
+            "4111\u{a0}1111\u{a0}1111\u{a0}1111",
+            "\u{ff14}\u{ff11}\u{ff11}\u{ff11} \u{ff11}\u{ff11}\u{ff11}\u{ff11} \u{ff11}\u{ff11}\u{ff11}\u{ff11} \u{ff11}\u{ff11}\u{ff11}\u{ff11}",
+            "card4111111111111111x",
+            "q_4111_1111_1111_1111",
+            "4111\u{2013}1111\u{2013}1111\u{2013}1111",
+            "4111\u{200b}1111\u{200b}1111\u{200b}1111",
+            "4\u{ad}1\u{ad}1\u{ad}1 1111 1111 1111",
+            "4\u{301}1\u{301}1\u{301}1\u{301} 1111 1111 1111",
+            "4111,1111,1111,1111",
+            "4111/1111/1111/1111",
+            "4111 -- 1111 -- 1111 -- 1111",
+            "4111+1111:1111|1111",
+            "4111\u{2022}1111\u{b7}1111\u{2026}1111",
+            "\u{664}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661}",
+            "\u{96a}\u{967}\u{967}\u{967}\u{967}\u{967}\u{967}\u{967}\u{967}\u{967}\u{967}\u{967}\u{967}\u{967}\u{967}\u{967}",
+            "\u{1d7d2}\u{1d7cf}\u{1d7cf}\u{1d7cf}\u{1d7cf}\u{1d7cf}\u{1d7cf}\u{1d7cf}\u{1d7cf}\u{1d7cf}\u{1d7cf}\u{1d7cf}\u{1d7cf}\u{1d7cf}\u{1d7cf}\u{1d7cf}",
+            "\u{2074}\u{b9}\u{b9}\u{b9} \u{b9}\u{b9}\u{b9}\u{b9} \u{b9}\u{b9}\u{b9}\u{b9} \u{b9}\u{b9}\u{b9}\u{b9}",
+            "\u{2463}\u{2460}\u{2460}\u{2460} \u{2460}\u{2460}\u{2460}\u{2460} \u{2460}\u{2460}\u{2460}\u{2460} \u{2460}\u{2460}\u{2460}\u{2460}",
+            "card 4111 1111 1111 1111 exp 12/27",
+            "4111 1111 1111 1111 12/27",
+            "3782 822463 10005",
+            "2221 0000 0000 0009",
         ];
-        for &(text, expected) in cases {
-            assert_eq!(input_contains_card_number(text), expected, "{text:?}");
+        for text in cases {
+            assert!(input_contains_card_number(text), "{text:?} holds a card number");
+        }
+    }
+
+    #[test]
+    fn input_clinical_text_has_no_card_number() {
+        let cases: &[&str] = &[
+            "4111 1111 1111 1112",
+            "1234567812345678",
+            "3f6fd0bb-1c2d-4e5f-8a9b-0123456789ab",
+            "12345678-1234-1234-1234-123456789012",
+            "2024-06-01 2024-06-02",
+            "+1 402 555 0123",
+            "phones 402-555-0123, 402-555-0199",
+            "took 2 tablets at 8 and 2 at 20",
+            "Temperatures (C) over 5 days: 37.4 36.6 37.7 36.6 37.5",
+            "Resting heart rate this week: 62 73 63 93 85 61 94",
+            "Weight (kg): 59.0 68.7 56.7 60.9 65.6",
+            "Admitted 30.08.2022 - 06.10.2020",
+            "BP 120/80 118/76 135/88 142/91 128/84",
+            "NPI 1245319599",
+            "",
+        ];
+        for text in cases {
+            assert!(!input_contains_card_number(text), "{text:?} holds no card number");
         }
     }
 }

@@ -225,7 +225,13 @@ fn list_tokens(context: &Context, tenant: &str, json: bool) -> Result<ExitCode> 
 /// alone. An id that names no token of this tenant fails, also when it names another
 /// tenant's token.
 fn revoke_token(context: &Context, tenant: &str, token_id: &str) -> Result<ExitCode> {
-    let id = ServiceTokenId::parse(token_id)?;
+    // The value is not repeated: an operator may paste the token itself here by mistake.
+    let Ok(id) = ServiceTokenId::parse(token_id) else {
+        bail!(
+            "invalid service token id: pass the token_id that `medconnect token list --tenant \
+             {tenant}` prints, a UUID, not the token itself"
+        );
+    };
     let mut store = context.open_store()?;
     let tenant = store.tenant_by_slug(tenant)?;
     let revoked = match store.revoke_service_token(&tenant, id, &context.actor) {

@@ -448,6 +448,10 @@ fn token_revoke_rejects_unknown_ids() {
     let invalid = store.run(&["token", "revoke", "--tenant", "northwind", "not-an-id"]);
     assert_eq!(invalid.status.code(), Some(1), "{invalid}");
     assert!(invalid.stderr.contains("invalid service token id"), "{invalid}");
+    let secret = "9f3c".repeat(16);
+    let pasted = store.run(&["token", "revoke", "--tenant", "northwind", &secret]);
+    assert_eq!(pasted.status.code(), Some(1), "{pasted}");
+    assert!(!pasted.stderr.contains(&secret), "a pasted token is not repeated:\n{pasted}");
     let missing_tenant = store.run(&["token", "revoke", "--tenant", "gamma", &northwind_id]);
     assert_eq!(missing_tenant.status.code(), Some(1), "{missing_tenant}");
     assert!(missing_tenant.stderr.contains("tenant \"gamma\" not found"), "{missing_tenant}");
