@@ -264,6 +264,7 @@ pub async fn run(
                 run_id = %report.run_id,
                 purged = report.tally.purged_total(),
                 receipts = report.tally.receipts,
+                platform_sessions_purged = report.platform_sessions_purged,
                 "lifecycle run requested through the API finished"
             );
             Ok(Json(report))

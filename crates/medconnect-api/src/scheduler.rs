@@ -114,6 +114,7 @@ async fn run_once(runner: &LifecycleRunner) {
                 purged = report.tally.purged_total(),
                 receipts = report.tally.receipts,
                 skipped,
+                platform_sessions_purged = report.platform_sessions_purged,
                 "scheduled lifecycle run finished"
             );
         }

@@ -761,6 +761,7 @@ fn concurrent_run_gets_409() {
             tally: Tally::default(),
             resumed_file_deletions: 0,
             audit_entries_disposed: 0,
+            platform_sessions_purged: 0,
             audit_checkpoint_seq: None,
         })
     });

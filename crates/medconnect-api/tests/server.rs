@@ -477,6 +477,7 @@ fn counting_job(runs: Arc<AtomicU32>, fail: bool) -> Arc<LifecycleJob> {
             tally: Tally::default(),
             resumed_file_deletions: 0,
             audit_entries_disposed: 0,
+            platform_sessions_purged: 0,
             audit_checkpoint_seq: None,
         })
     })

@@ -11,6 +11,10 @@
 //! signing key ([`run_with_signer`]); without it they are skipped with a warning, and the
 //! run disposes of everything else as usual.
 //!
+//! Sessions of platform operators belong to no tenant, so they get no disposals and no
+//! receipts. A run purges them after the policy's default `session_days` through
+//! [`Store::purge_platform_sessions`], which records one audit entry for all of them.
+//!
 //! Every job is idempotent: a record's deletion and its receipt commit together, so running
 //! again after a crash disposes of what is left and nothing twice.
 

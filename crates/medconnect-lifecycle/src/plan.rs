@@ -109,7 +109,21 @@ pub struct Plan {
     pub tally: Tally,
     /// Audit entries past `audit_log_years` that a run with the signing key would remove.
     pub audit_entries_disposed: u64,
+    /// Sessions of platform operators that a run would purge. They belong to no tenant, so
+    /// they get no actions and no receipts, and count in no category of the tally.
+    pub platform_sessions_due: u64,
     pub actions: Vec<Action>,
+}
+
+/// Returns the cutoff of the platform session purge as of `as_of`. A platform operator's
+/// session is due when its end (its logout, or its expiry if it never ended) is at or before
+/// the cutoff. Such sessions belong to no tenant, so the policy's default `session_days`
+/// applies and no tenant's override does.
+pub(crate) fn platform_sessions_ended_before(
+    policy: &Policy,
+    as_of: DateTime<Utc>,
+) -> DateTime<Utc> {
+    sub_days(as_of, policy.defaults.session_days)
 }
 
 /// Active holds, loaded once per plan.
@@ -152,11 +166,14 @@ pub fn plan(store: &dyn Store, policy: &Policy, as_of: DateTime<Utc>) -> Result<
     let sessions = store.session_candidates(sub_days(as_of, session_days))?;
     planner.plan_records(Category::Session, sessions, &purged_links);
     let audit_entries_disposed = store.audit_disposal_due(policy, as_of)?.entries;
+    let platform_sessions_due =
+        store.platform_sessions_due(platform_sessions_ended_before(policy, as_of))?;
     Ok(Plan {
         as_of,
         policy_version: version.clone(),
         tally: planner.tally,
         audit_entries_disposed,
+        platform_sessions_due,
         actions: planner.actions,
     })
 }

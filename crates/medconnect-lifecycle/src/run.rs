@@ -18,7 +18,7 @@ use medconnect_domain::TenantId;
 use medconnect_store::{Disposal, DisposalContext, DisposalOutcome, SkipReason, Store, StoreError};
 use serde::Serialize;
 
-use crate::plan::{plan, Action, Decision};
+use crate::plan::{plan, platform_sessions_ended_before, Action, Decision};
 use crate::{Result, SkipKind, Tally};
 
 /// Wait before the first retry of claimed records. It doubles for each retry after that.
@@ -63,6 +63,9 @@ pub struct RunReport {
     pub resumed_file_deletions: u64,
     /// Audit entries removed because they were past `audit_log_years`.
     pub audit_entries_disposed: u64,
+    /// Sessions of platform operators purged, past the policy's default `session_days`. They
+    /// belong to no tenant, so they have no receipts and count in no category of the tally.
+    pub platform_sessions_purged: u64,
     /// Sequence number of the entry the checkpoint signed at the end of the run covers, or
     /// None when no signing key was available.
     pub audit_checkpoint_seq: Option<i64>,
@@ -133,6 +136,10 @@ pub fn run_with_signer(
         }
     }
 
+    let ended_before = platform_sessions_ended_before(policy, as_of);
+    let platform_sessions_purged =
+        store.purge_platform_sessions(ended_before, &options.actor, &run_id)?;
+
     let audit_entries_disposed = match signer {
         Some(signer) => {
             let cut = store.dispose_audit(policy, as_of, signer, &options.actor);
@@ -154,6 +161,7 @@ pub fn run_with_signer(
     let summary = serde_json::to_string(&tally).unwrap_or_default();
     let mut detail = format!(
         "run {run_id} as of {}: {} disposed, {} receipts, {} held, {} kept for another tenant, \
+         {platform_sessions_purged} platform sessions purged, \
          {audit_entries_disposed} audit entries disposed",
         format_instant(as_of),
         tally.purged_total(),
@@ -182,6 +190,7 @@ pub fn run_with_signer(
     tracing::info!(
         purged = tally.purged_total(),
         receipts = tally.receipts,
+        platform_sessions_purged,
         audit_entries_disposed,
         "lifecycle run finished"
     );
@@ -192,6 +201,7 @@ pub fn run_with_signer(
         tally,
         resumed_file_deletions,
         audit_entries_disposed,
+        platform_sessions_purged,
         audit_checkpoint_seq,
     })
 }

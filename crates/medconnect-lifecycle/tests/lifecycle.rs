@@ -12,7 +12,9 @@ use medconnect_domain::PatientId;
 use medconnect_lifecycle::{plan, run, Decision, RunOptions, RunReport, SkipKind};
 use medconnect_store::backend_tests;
 use medconnect_store::testing::{Backend, TestStore};
-use medconnect_store::{DisposalContext, DisposalOutcome, SessionTimes, SkipReason};
+use medconnect_store::{
+    DisposalContext, DisposalOutcome, NewUser, Role, SessionTimes, SkipReason, UserRef,
+};
 
 const ACTOR: &str = "test";
 
@@ -32,6 +34,7 @@ backend_tests!(
     receipts_describe_what_was_destroyed,
     second_run_disposes_nothing,
     session_retention_starts_at_end_or_expiry,
+    platform_sessions_purged_by_run,
     plan_uses_policy_in_force,
     run_rejects_unapplied_shortening,
     policy_for_unknown_tenant_is_rejected,
@@ -482,6 +485,81 @@ fn session_retention_starts_at_end_or_expiry(backend: Backend) {
     // 2020 is a leap year: 2 January plus 90 days is 1 April.
     assert_eq!(fx.planned("2020-03-31T23:59:59Z", Category::Session), 0);
     assert_eq!(fx.planned("2020-04-01T00:00:00Z", Category::Session), 1);
+}
+
+/// A password hash of the right form for accounts that never log in by password.
+const UNUSED_PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g";
+
+fn platform_sessions_purged_by_run(backend: Backend) {
+    let mut fx = Fixture::new(backend);
+    let tenant = fx.tenant("clinic");
+    let operator = NewUser {
+        tenant: None,
+        username: "ops@example.test",
+        role: Role::PlatformOperator,
+        password_hash: UNUSED_PASSWORD_HASH,
+        patient: None,
+    };
+    let id = fx.store.create_user(&operator, ACTOR).expect("platform operator");
+    let operator = UserRef { id, tenant_id: None };
+    // The fixture's clock is at 2020-01-01, so the logout ends the first session then.
+    let logged_out = medconnect_crypto::SecretToken::generate().expect("token");
+    let start = at("2020-01-01T00:00:00Z");
+    let session = fx
+        .store
+        .create_session(operator, &logged_out.hash(), start, at("2020-01-02T00:00:00Z"))
+        .expect("session");
+    fx.store.end_session(None, session).expect("logout");
+    let unended = medconnect_crypto::SecretToken::generate().expect("token");
+    fx.store
+        .create_session(operator, &unended.hash(), start, at("2020-02-01T00:00:00Z"))
+        .expect("session");
+    fx.store.add_session(&tenant, None, ended("2020-01-01T00:00:00Z")).expect("session");
+
+    // 2020 is a leap year: 1 January plus 90 days is 31 March, 1 February plus 90 is 1 May.
+    let early = plan(&*fx.store, &fx.policy, at("2020-03-30T23:59:59Z")).expect("plan");
+    assert_eq!(early.platform_sessions_due, 0);
+    let due = plan(&*fx.store, &fx.policy, at("2020-03-31T00:00:00Z")).expect("plan");
+    assert_eq!(due.platform_sessions_due, 1);
+    assert_eq!(due.tally.purged[&Category::Session], 1, "the tenant session");
+    let json = serde_json::to_value(&due).expect("plan serializes");
+    assert_eq!(json["platform_sessions_due"], 1);
+
+    let first = fx.run("2020-03-31T00:00:00Z");
+    assert_eq!(first.platform_sessions_purged, 1);
+    assert_eq!(first.tally.purged[&Category::Session], 1, "the tenant session");
+    assert_eq!(first.tally.receipts, 1, "platform sessions get no receipt");
+    let json = serde_json::to_value(&first).expect("report serializes");
+    assert_eq!(json["platform_sessions_purged"], 1);
+    assert!(fx.store.session_by_token_hash(&logged_out.hash()).expect("lookup").is_none());
+    assert!(fx.store.session_by_token_hash(&unended.hash()).expect("lookup").is_some());
+
+    let later = plan(&*fx.store, &fx.policy, at("2020-05-01T00:00:00Z")).expect("plan");
+    assert_eq!(later.platform_sessions_due, 1);
+    let second = fx.run("2020-05-01T00:00:00Z");
+    assert_eq!(second.platform_sessions_purged, 1);
+    assert!(fx.store.session_by_token_hash(&unended.hash()).expect("lookup").is_none());
+    let third = fx.run("2020-05-01T00:00:00Z");
+    assert_eq!(third.platform_sessions_purged, 0);
+
+    let entries = fx.store.audit_entries(0, 10_000).expect("audit entries");
+    let purges: Vec<&serde_json::Value> =
+        entries.iter().map(|e| &e.body).filter(|b| b["action"] == "session.purge").collect();
+    assert_eq!(purges.len(), 2, "one entry per run that purged");
+    for (body, report) in purges.iter().zip([&first, &second]) {
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.starts_with(&format!("run {}: 1 platform sessions", report.run_id)));
+        assert!(body["tenant_id"].is_null());
+        assert_eq!(body["actor"], ACTOR);
+    }
+    let run_entry = entries
+        .iter()
+        .map(|e| &e.body)
+        .find(|b| b["action"] == "lifecycle.run" && b["subjects"][0] == first.run_id.as_str())
+        .expect("lifecycle.run entry of the first run");
+    let detail = run_entry["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("1 platform sessions purged"), "{detail}");
+    assert!(fx.store.verify_audit().expect("verify").ok);
 }
 
 fn ended(value: &str) -> SessionTimes {

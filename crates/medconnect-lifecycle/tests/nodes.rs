@@ -1,7 +1,8 @@
 //! Several nodes disposing of records in one PostgreSQL store at once. Every expired record
 //! is disposed of exactly once, with exactly one receipt. A row that another transaction has
 //! locked is skipped as claimed and retried, and the rows of a node that dies mid-disposal
-//! are disposed of once the server releases them.
+//! are disposed of once the server releases them. Each platform operator session is purged
+//! by exactly one node.
 //!
 //! Each node is a `PgStore` opened on the test schema in its own thread, with its own
 //! connections, node name and copy of the master key. The tests skip when no PostgreSQL
@@ -24,7 +25,8 @@ use medconnect_domain::PatientId;
 use medconnect_lifecycle::{run, RunOptions, RunReport};
 use medconnect_store::testing::{database_url, postgres_available, Backend, TestStore};
 use medconnect_store::{
-    Disposal, DisposalContext, DisposalOutcome, PgConfig, PgStore, SessionTimes, SkipReason, Store,
+    Disposal, DisposalContext, DisposalOutcome, NewUser, PgConfig, PgStore, Role, SessionTimes,
+    SkipReason, Store, UserRef,
 };
 
 const ACTOR: &str = "test";
@@ -408,4 +410,97 @@ fn whole_tenant_hold_waits_for_disposals_under_way() {
     let report = run_node(&mut open_node(&config, "after"), Duration::from_secs(5));
     assert_eq!(report.tally.purged_total(), 0, "nothing purged under the hold");
     assert_eq!(count_links(&mut observer, &patients), 2, "both patients kept");
+}
+
+/// Creates a platform operator with `count` sessions that expired on 2020-01-02 without a
+/// logout, all due by [`AS_OF`], and returns their ids.
+fn platform_sessions(store: &mut TestStore, count: usize) -> Vec<String> {
+    let operator = NewUser {
+        tenant: None,
+        username: "ops@example.test",
+        role: Role::PlatformOperator,
+        // Of the right form, for an account that never logs in by password.
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g",
+        patient: None,
+    };
+    let id = store.create_user(&operator, ACTOR).expect("platform operator");
+    let operator = UserRef { id, tenant_id: None };
+    let (start, expiry) = (at("2020-01-01T00:00:00Z"), at("2020-01-02T00:00:00Z"));
+    let mut ids: Vec<String> = (0..count)
+        .map(|_| {
+            let token = medconnect_crypto::SecretToken::generate().expect("token");
+            let session = store.create_session(operator, &token.hash(), start, expiry);
+            session.expect("session").to_string()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Returns the session ids named by the `session.purge` audit entries, sorted, with repeats.
+fn purged_session_subjects(store: &TestStore) -> Vec<String> {
+    let entries = store.audit_entries(0, 100_000).expect("audit entries");
+    let mut subjects: Vec<String> = entries
+        .iter()
+        .filter(|entry| entry.body["action"] == "session.purge")
+        .flat_map(|entry| entry.body["subjects"].as_array().cloned().unwrap_or_default())
+        .filter_map(|subject| subject.as_str().map(str::to_owned))
+        .collect();
+    subjects.sort();
+    subjects
+}
+
+#[test]
+fn three_nodes_purge_each_platform_session_once() {
+    let Some(mut store) = create_store() else { return };
+    let sessions = platform_sessions(&mut store, 60);
+
+    let config = store.pg_config().expect("PostgreSQL config").clone();
+    let start = Arc::new(Barrier::new(3));
+    let nodes: Vec<_> = (1..=3)
+        .map(|index| {
+            let (config, start) = (config.clone(), Arc::clone(&start));
+            thread::spawn(move || {
+                let mut node = open_node(&config, &format!("node-{index}"));
+                start.wait();
+                run_node(&mut node, Duration::from_secs(5))
+            })
+        })
+        .collect();
+    let reports: Vec<RunReport> =
+        nodes.into_iter().map(|node| node.join().expect("node thread")).collect();
+
+    let purged: u64 = reports.iter().map(|report| report.platform_sessions_purged).sum();
+    assert_eq!(purged, sessions.len() as u64, "each session counted by one node");
+    assert_eq!(purged_session_subjects(&store), sessions, "each session named once");
+    let mut raw = raw_operator(&config);
+    let left: i64 = raw
+        .query_one("SELECT count(*) FROM sessions WHERE tenant_id IS NULL", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0);
+    let verify = store.verify_audit().expect("verify");
+    assert!(verify.ok, "{}", verify.message);
+}
+
+#[test]
+fn platform_session_purge_skips_locked_row() {
+    let Some(mut store) = create_store() else { return };
+    let sessions = platform_sessions(&mut store, 3);
+    let config = store.pg_config().expect("PostgreSQL config").clone();
+    let mut other_node = raw_operator(&config);
+    other_node.batch_execute("BEGIN").expect("begin");
+    other_node
+        .query_one("SELECT id FROM sessions WHERE id = $1 FOR UPDATE", &[&sessions[0]])
+        .expect("lock session");
+
+    let cutoff = at(AS_OF) - chrono::Duration::days(90);
+    let purged = store.purge_platform_sessions(cutoff, ACTOR, "t").expect("purge");
+    assert_eq!(purged, 2, "the locked session is skipped without waiting");
+    assert_eq!(purged_session_subjects(&store), sessions[1..]);
+
+    other_node.batch_execute("ROLLBACK").expect("rollback");
+    let purged = store.purge_platform_sessions(cutoff, ACTOR, "t").expect("purge again");
+    assert_eq!(purged, 1, "a later call purges what was left");
+    assert_eq!(purged_session_subjects(&store), sessions);
 }

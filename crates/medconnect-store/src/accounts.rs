@@ -10,7 +10,9 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use medconnect_crypto::TokenHash;
+use medconnect_domain::audit::AuditEvent;
 use medconnect_domain::model::Tenant;
+use medconnect_domain::time::format_instant;
 use medconnect_domain::{PatientId, ServiceTokenId, SessionId, TenantId, UserId};
 use serde::{Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
@@ -430,4 +432,23 @@ pub(crate) fn check_new_service_token(token: &NewServiceToken<'_>) -> Result<()>
 /// Formats the actor of audit entries that a user's own login or logout writes.
 pub(crate) fn user_actor(user: UserId) -> String {
     format!("user:{user}")
+}
+
+/// Builds the `session.purge` entry of one purge of platform sessions, with no tenant, the
+/// deleted sessions as subjects, and the run, the count and the cutoff in the detail. It names
+/// no user, username or token hash.
+pub(crate) fn session_purge_event(
+    actor: &str,
+    run_id: &str,
+    ended_before: DateTime<Utc>,
+    sessions: &[String],
+) -> AuditEvent {
+    let detail = format!(
+        "run {run_id}: {} platform sessions ended at or before {} purged",
+        sessions.len(),
+        format_instant(ended_before)
+    );
+    let mut event = AuditEvent::new(actor, "session.purge").detail(detail);
+    event.subjects.extend(sessions.iter().cloned());
+    event
 }

@@ -335,8 +335,27 @@ pub trait Store {
     /// Lists ID photos uploaded at or before `uploaded_before`.
     fn id_photo_candidates(&self, uploaded_before: DateTime<Utc>) -> Result<Vec<RecordCandidate>>;
 
-    /// Lists sessions that ended or expired at or before `ended_before`.
+    /// Lists the tenant sessions that ended or expired at or before `ended_before`. Sessions
+    /// of platform operators have no tenant, so they are not listed, and
+    /// [`Store::purge_platform_sessions`] deletes them.
     fn session_candidates(&self, ended_before: DateTime<Utc>) -> Result<Vec<RecordCandidate>>;
+
+    /// Counts the sessions of platform operators that [`Store::purge_platform_sessions`]
+    /// would delete with the same `ended_before`. Reads only.
+    fn platform_sessions_due(&self, ended_before: DateTime<Utc>) -> Result<u64>;
+
+    /// Deletes the sessions of platform operators that ended or expired at or before
+    /// `ended_before`, and returns how many. When it deletes any, one `session.purge` entry
+    /// with no tenant, naming the run and each deleted session, commits in the same
+    /// transaction. When none is due it writes nothing. On PostgreSQL a session that another
+    /// transaction has locked is left for that transaction or a later call, so nodes purging
+    /// at once never count a session twice.
+    fn purge_platform_sessions(
+        &mut self,
+        ended_before: DateTime<Utc>,
+        actor: &str,
+        run_id: &str,
+    ) -> Result<u64>;
 
     /// Executes disposals. Each disposal is checked again inside the transaction (record
     /// still present, still expired under `policy` at `as_of`, no active hold), and its

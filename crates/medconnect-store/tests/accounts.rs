@@ -9,7 +9,7 @@ use medconnect_crypto::{hash_password, verify_password, MasterKey, SecretToken, 
 use medconnect_domain::clock::FixedClock;
 use medconnect_domain::model::{Category, ImportBatch, NewPatientProfile, Tenant};
 use medconnect_domain::policy::Policy;
-use medconnect_domain::time::parse_instant;
+use medconnect_domain::time::{format_instant, parse_instant, sub_days};
 use medconnect_domain::{PatientId, ServiceTokenId, SessionId, UserId};
 use medconnect_store::testing::{Backend, TestStore};
 use medconnect_store::{
@@ -43,6 +43,8 @@ backend_tests!(
     users_listed_per_tenant,
     session_purge_disposes_login_sessions,
     phi_purge_removes_patient_account,
+    platform_session_purge_edges,
+    platform_session_purge_audited_once,
 );
 
 fn at(value: &str) -> DateTime<Utc> {
@@ -819,4 +821,127 @@ fn phi_purge_removes_patient_account(backend: Backend) {
     assert!(store.session_by_token_hash(&token.hash()).expect("lookup").is_none());
     let staff = store.user_for_login(Some("alpha"), USERNAME).expect("lookup");
     assert_eq!(staff.map(|user| user.id), Some(staff_user.id), "staff accounts stay");
+}
+
+/// The instant as of which the platform session purge tests purge.
+const PURGE_AS_OF: &str = "2024-06-01T00:00:00Z";
+
+/// Username of the platform operator in the platform session purge tests.
+const OPERATOR_USERNAME: &str = "night.ops@example.test";
+
+/// Creates the platform operator [`OPERATOR_USERNAME`] and returns it.
+fn create_operator(store: &mut TestStore) -> UserRef {
+    let user = NewUser {
+        tenant: None,
+        username: OPERATOR_USERNAME,
+        role: Role::PlatformOperator,
+        password_hash: password_hash(),
+        patient: None,
+    };
+    let id = store.create_user(&user, ACTOR).expect("platform operator");
+    UserRef { id, tenant_id: None }
+}
+
+/// Creates a session of `user` that was logged out `days` days before [`PURGE_AS_OF`], and
+/// returns its id and token.
+fn ended_days_before(store: &mut TestStore, user: UserRef, days: u32) -> (SessionId, SecretToken) {
+    let end = sub_days(at(PURGE_AS_OF), days);
+    store.set_clock(Box::new(FixedClock(end)));
+    let token = SecretToken::generate().expect("token");
+    let id = store
+        .create_session(user, &token.hash(), end - Duration::hours(1), end + Duration::hours(1))
+        .expect("session created");
+    assert!(store.end_session(user.tenant_id, id).expect("logout"));
+    store.set_clock(Box::new(FixedClock(at(PURGE_AS_OF))));
+    (id, token)
+}
+
+/// Purges the platform sessions due as of `as_of` under the default 90 days, as a run does.
+fn purge_as_of(store: &mut TestStore, as_of: DateTime<Utc>) -> u64 {
+    let days = Policy::builtin().defaults.session_days;
+    store.purge_platform_sessions(sub_days(as_of, days), ACTOR, "test-run").expect("purge")
+}
+
+fn exists(store: &TestStore, token: &SecretToken) -> bool {
+    store.session_by_token_hash(&token.hash()).expect("lookup").is_some()
+}
+
+fn platform_session_purge_edges(backend: Backend) {
+    let mut store = store(backend);
+    let tenant = store.create_tenant("alpha", "Alpha", ACTOR).expect("tenant");
+    let operator = create_operator(&mut store);
+    let staff_user = create_staff(&mut store, &tenant, USERNAME);
+    let (_, ended_91) = ended_days_before(&mut store, operator, 91);
+    let (_, ended_90) = ended_days_before(&mut store, operator, 90);
+    let (_, ended_89) = ended_days_before(&mut store, operator, 89);
+    let (tenant_session, tenant_91) = ended_days_before(&mut store, staff_user, 91);
+    // Never logged out: started 120 days before and expired 89 days before the purge.
+    let as_of = at(PURGE_AS_OF);
+    let unended = SecretToken::generate().expect("token");
+    store
+        .create_session(operator, &unended.hash(), sub_days(as_of, 120), sub_days(as_of, 89))
+        .expect("session created");
+
+    let cutoff = sub_days(as_of, 90);
+    assert_eq!(store.platform_sessions_due(cutoff).expect("due"), 2);
+    assert_eq!(purge_as_of(&mut store, as_of), 2);
+    assert!(!exists(&store, &ended_91), "ended 91 days before: purged");
+    assert!(!exists(&store, &ended_90), "ended exactly 90 days before: purged");
+    assert!(exists(&store, &ended_89), "ended 89 days before: kept");
+    assert!(exists(&store, &unended), "expired 89 days before: kept");
+    assert!(exists(&store, &tenant_91), "tenant sessions are left to the tenant purge");
+    let candidates = store.session_candidates(cutoff).expect("candidates");
+    let ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, [tenant_session.to_string().as_str()]);
+    assert_eq!(candidates[0].tenant_id, tenant.id);
+
+    // The unended session is due 90 days after its expiry, one day after the ended_89 one.
+    let day_later = as_of + Duration::days(1);
+    assert_eq!(purge_as_of(&mut store, day_later - Duration::seconds(1)), 0);
+    assert!(exists(&store, &ended_89));
+    assert!(exists(&store, &unended));
+    assert_eq!(purge_as_of(&mut store, day_later), 2);
+    assert!(!exists(&store, &ended_89));
+    assert!(!exists(&store, &unended));
+    assert!(exists(&store, &tenant_91));
+    assert_eq!(store.platform_sessions_due(sub_days(day_later, 90)).expect("due"), 0);
+    let operator_login = store.user_for_login(None, OPERATOR_USERNAME).expect("lookup");
+    assert!(operator_login.is_some(), "the purge deletes sessions, not the account");
+}
+
+fn platform_session_purge_audited_once(backend: Backend) {
+    let mut store = store(backend);
+    let operator = create_operator(&mut store);
+    let (first, first_token) = ended_days_before(&mut store, operator, 100);
+    let (second, second_token) = ended_days_before(&mut store, operator, 95);
+    let before = store.audit_entries(0, 1000).expect("audit entries").len();
+
+    assert_eq!(purge_as_of(&mut store, at(PURGE_AS_OF)), 2);
+    let entries = store.audit_entries(0, 1000).expect("audit entries");
+    assert_eq!(entries.len(), before + 1, "one entry per purge");
+    let body = &entries.last().expect("the purge entry").body;
+    assert_eq!(body["action"], "session.purge");
+    assert_eq!(body["actor"], ACTOR);
+    assert!(body["tenant_id"].is_null(), "{body}");
+    let mut expected = vec![first.to_string(), second.to_string()];
+    expected.sort();
+    assert_eq!(body["subjects"], serde_json::json!(expected));
+    let cutoff = format_instant(sub_days(at(PURGE_AS_OF), 90));
+    assert_eq!(
+        body["detail"],
+        format!("run test-run: 2 platform sessions ended at or before {cutoff} purged")
+    );
+    let text = body.to_string().to_lowercase();
+    assert!(!text.contains(&operator.id.to_string()), "the entry names the user: {text}");
+    assert!(!text.contains(OPERATOR_USERNAME), "the entry names the username: {text}");
+    for token in [&first_token, &second_token] {
+        assert!(!text.contains(&token.hash().to_hex()), "the entry names a token hash");
+        assert!(!text.contains(token.expose()), "the entry names a token");
+    }
+
+    // Nothing is left, so a second purge deletes nothing and writes no entry.
+    assert_eq!(purge_as_of(&mut store, at(PURGE_AS_OF)), 0);
+    let after = store.audit_entries(0, 1000).expect("audit entries").len();
+    assert_eq!(after, before + 1, "an empty purge writes no entry");
+    assert!(store.verify_audit().expect("verified").ok, "the chain verifies");
 }

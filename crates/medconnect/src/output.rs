@@ -138,6 +138,10 @@ pub fn print_plan(plan: &Plan) {
         "  audit entries past audit_log_years that a run would remove: {}",
         plan.audit_entries_disposed
     );
+    outln!(
+        "  platform operator sessions past session_days that a run would purge: {}",
+        plan.platform_sessions_due
+    );
     let skips: Vec<_> = plan.actions.iter().filter(|a| a.decision == Decision::Skip).collect();
     if !skips.is_empty() {
         outln!("kept although expired:");
@@ -172,6 +176,10 @@ pub fn print_run(report: &RunReport) {
     print_tally(&report.tally, "purged");
     outln!("  disposal receipts written: {}", report.tally.receipts);
     outln!("  audit entries past audit_log_years removed: {}", report.audit_entries_disposed);
+    outln!(
+        "  platform operator sessions past session_days purged: {}",
+        report.platform_sessions_purged
+    );
     match report.audit_checkpoint_seq {
         Some(seq) => outln!("  audit checkpoint signed at entry {seq}"),
         None => outln!("  audit checkpoint not signed (see the warning above)"),

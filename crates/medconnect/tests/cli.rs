@@ -676,6 +676,54 @@ fn lifecycle_run_writes_receipts() {
     assert_eq!(after, disposals, "lifecycle.dispose audit entries after the second run");
 }
 
+/// A platform operator's session has no tenant, and a simulated-clock run purges it once the
+/// default session period since its expiry has passed.
+#[test]
+fn lifecycle_purges_platform_sessions() {
+    use medconnect_crypto::SecretToken;
+    use medconnect_domain::time::parse_instant;
+    use medconnect_store::{NewUser, Role, SqliteStore, Store, UserRef};
+
+    let store = TestStore::init(true);
+    let mut opened = SqliteStore::open(store.data_dir()).expect("opening the test store");
+    let operator = NewUser {
+        tenant: None,
+        username: "ops@example.test",
+        role: Role::PlatformOperator,
+        // Of the right form, for an account that never logs in by password.
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g",
+        patient: None,
+    };
+    let id = opened.create_user(&operator, "test").expect("platform operator");
+    let started = parse_instant("2020-01-01T00:00:00Z").expect("instant");
+    // Neither session is logged out, so each is due 90 days after its expiry. The first is
+    // due long before LATE_AS_OF, and the second only on 30 January 2032.
+    for expires in ["2020-01-02T00:00:00Z", "2031-11-01T00:00:00Z"] {
+        let token = SecretToken::generate().expect("token");
+        let expires = parse_instant(expires).expect("instant");
+        let user = UserRef { id, tenant_id: None };
+        opened.create_session(user, &token.hash(), started, expires).expect("session");
+    }
+    drop(opened);
+
+    let plan = store.run_json(&["lifecycle", "plan", "--as-of", LATE_AS_OF, "--json"]);
+    assert_eq!(json_u64(&plan, "/platform_sessions_due"), 1);
+    assert_eq!(json_u64(&plan, "/purged/session"), 0, "no tenant session");
+    let text = store.run_ok(&["lifecycle", "plan", "--as-of", LATE_AS_OF]).stdout;
+    let line = "platform operator sessions past session_days that a run would purge: 1";
+    assert!(text.contains(line), "{text}");
+
+    let run = store.run_json(&["lifecycle", "run", "--as-of", LATE_AS_OF, "--json"]);
+    assert_eq!(json_u64(&run, "/platform_sessions_purged"), 1);
+    assert_eq!(json_u64(&run, "/receipts"), 0, "no receipt for a platform session");
+    assert_eq!(store.count("sessions"), 1, "the later session is kept");
+    assert_eq!(store.audit_count("session.purge"), 1);
+
+    let again = store.run_ok(&["lifecycle", "run", "--as-of", LATE_AS_OF]).stdout;
+    assert!(again.contains("platform operator sessions past session_days purged: 0"), "{again}");
+    assert_eq!(store.audit_count("session.purge"), 1, "an empty purge writes no entry");
+}
+
 #[test]
 fn output_contains_no_phi() {
     let store = TestStore::init(true);

@@ -16,7 +16,9 @@ use postgres::{Row, Transaction};
 
 use super::records::lock_link;
 use super::{PgAudit, PgStore};
-use crate::accounts::{check_new_service_token, check_new_user, normalize_username, stored_role};
+use crate::accounts::{
+    check_new_service_token, check_new_user, normalize_username, session_purge_event, stored_role,
+};
 use crate::sqlite::accounts::{
     login_event, parse_stored_fingerprint, stored_hash_matches, token_create_detail, username_scope,
 };
@@ -416,6 +418,50 @@ impl PgStore {
         let Some(row) = row else { return Ok(None) };
         let info = service_token_from_row(&row)?;
         Ok(stored_hash_matches(row.get(8), token_hash).then_some(info))
+    }
+
+    pub(crate) fn platform_sessions_due_impl(&self, ended_before: DateTime<Utc>) -> Result<u64> {
+        let count: i64 = self.operator_tx(|tx| {
+            Ok(tx
+                .query_one(
+                    "SELECT count(*) FROM sessions WHERE tenant_id IS NULL AND ends_at <= $1",
+                    &[&format_instant(ended_before)],
+                )?
+                .get(0))
+        })?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Claims the due sessions with `FOR UPDATE SKIP LOCKED` and deletes them in the same
+    /// statement, so nodes purging at once never both count a session. A session that another
+    /// transaction has locked, such as a purge on another node or a logout, is skipped without
+    /// waiting, and a later run purges it if it is still due. The audit head is taken after
+    /// the deletion, as disposals take it last.
+    pub(crate) fn purge_platform_sessions_impl(
+        &mut self,
+        ended_before: DateTime<Utc>,
+        actor: &str,
+        run_id: &str,
+    ) -> Result<u64> {
+        let cutoff = format_instant(ended_before);
+        self.operator_tx(|tx| {
+            let rows = tx.query(
+                "WITH due AS (
+                     SELECT id FROM sessions WHERE tenant_id IS NULL AND ends_at <= $1
+                     ORDER BY id FOR UPDATE SKIP LOCKED
+                 )
+                 DELETE FROM sessions s USING due WHERE s.id = due.id RETURNING s.id",
+                &[&cutoff],
+            )?;
+            let mut purged: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+            if purged.is_empty() {
+                return Ok(0);
+            }
+            purged.sort_unstable();
+            let event = session_purge_event(actor, run_id, ended_before, &purged);
+            self.append_one(tx, event)?;
+            Ok(purged.len() as u64)
+        })
     }
 
     pub(crate) fn list_service_tokens_impl(

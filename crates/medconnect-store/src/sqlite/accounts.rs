@@ -13,7 +13,8 @@ use super::records::link_key;
 use super::values::{parse_optional_instant, parse_stored_id, parse_stored_instant};
 use super::SqliteStore;
 use crate::accounts::{
-    check_new_service_token, check_new_user, normalize_username, stored_role, user_actor,
+    check_new_service_token, check_new_user, normalize_username, session_purge_event, stored_role,
+    user_actor,
 };
 use crate::{
     CertificateFingerprint, LoginUser, NewServiceToken, NewUser, Result, ServiceTokenInfo,
@@ -437,6 +438,41 @@ impl SqliteStore {
             .optional()?
             .transpose()?;
         Ok(row.and_then(|(info, stored)| stored_hash_matches(&stored, token_hash).then_some(info)))
+    }
+
+    pub(crate) fn platform_sessions_due_impl(&self, ended_before: DateTime<Utc>) -> Result<u64> {
+        let count: i64 = self.conn.query_row(
+            "SELECT count(*) FROM sessions WHERE tenant_id IS NULL AND ends_at <= ?1",
+            [format_instant(ended_before)],
+            |row| row.get(0),
+        )?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    pub(crate) fn purge_platform_sessions_impl(
+        &mut self,
+        ended_before: DateTime<Utc>,
+        actor: &str,
+        run_id: &str,
+    ) -> Result<u64> {
+        let (now, simulated) = (self.now(), self.simulated());
+        let tx = self.write_tx()?;
+        let mut purged: Vec<String> = {
+            let mut statement = tx.prepare(
+                "DELETE FROM sessions WHERE tenant_id IS NULL AND ends_at <= ?1 RETURNING id",
+            )?;
+            let rows = statement.query_map([format_instant(ended_before)], |row| row.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        if purged.is_empty() {
+            return Ok(0);
+        }
+        purged.sort_unstable();
+        let mut audit = AuditAppender::begin(&tx, now, simulated)?;
+        audit.append(&tx, session_purge_event(actor, run_id, ended_before, &purged))?;
+        audit.finish(&tx)?;
+        tx.commit()?;
+        Ok(purged.len() as u64)
     }
 
     pub(crate) fn list_service_tokens_impl(

@@ -197,8 +197,8 @@ impl SqliteStore {
         )
     }
 
-    // TODO: sessions of platform operators have no tenant, so the join on tenants leaves them
-    // out and no purge disposes of them. A candidate without a tenant would cover them.
+    // Sessions of platform operators have no tenant, which disposals and receipts need, so the
+    // join leaves them out. Store::purge_platform_sessions deletes them.
     pub(crate) fn session_candidates_impl(
         &self,
         ended_before: DateTime<Utc>,

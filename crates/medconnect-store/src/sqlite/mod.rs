@@ -534,6 +534,19 @@ impl crate::Store for SqliteStore {
         self.session_candidates_impl(ended_before)
     }
 
+    fn platform_sessions_due(&self, ended_before: DateTime<Utc>) -> Result<u64> {
+        self.platform_sessions_due_impl(ended_before)
+    }
+
+    fn purge_platform_sessions(
+        &mut self,
+        ended_before: DateTime<Utc>,
+        actor: &str,
+        run_id: &str,
+    ) -> Result<u64> {
+        self.purge_platform_sessions_impl(ended_before, actor, run_id)
+    }
+
     fn dispose(
         &mut self,
         disposals: &[crate::Disposal],
