@@ -15,7 +15,10 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 
 use super::HttpsClient;
-use crate::{PolicyInForce, Server, ServerConfig, Services, StorePool, TlsSource};
+use crate::{
+    AuditKeySource, LifecycleJob, PolicyInForce, Server, ServerConfig, Services, StorePool,
+    TlsSource,
+};
 
 /// A running server. Dropping it stops the server and waits up to five seconds for it.
 pub struct TestServer {
@@ -32,18 +35,25 @@ pub struct TestServerOptions {
     pub master_key: [u8; 32],
     pub policy: Policy,
     pub clock: Arc<dyn Clock>,
+    /// The job that `POST /v1/lifecycle/run` runs, or None for a server without one.
+    pub lifecycle: Option<Arc<LifecycleJob>>,
+    /// The loader of the public key that `GET /v1/audit/verify` checks checkpoint signatures
+    /// with, or None for a server without one.
+    pub audit_public_key: Option<Arc<AuditKeySource>>,
     /// Adjusts the server configuration before it binds.
     pub configure: Box<dyn FnOnce(&mut ServerConfig)>,
 }
 
 impl TestServerOptions {
-    /// Returns options with this master key, the built-in policy, the system clock and the
-    /// lifecycle scheduler off.
+    /// Returns options with this master key, the built-in policy, the system clock, the
+    /// lifecycle scheduler off, and neither a lifecycle job nor an audit public key.
     pub fn new(master_key: [u8; 32]) -> Self {
         TestServerOptions {
             master_key,
             policy: Policy::builtin(),
             clock: Arc::new(SystemClock),
+            lifecycle: None,
+            audit_public_key: None,
             configure: Box::new(|_| {}),
         }
     }
@@ -65,9 +75,9 @@ impl TestServer {
             policy: Arc::new(move || {
                 Ok(PolicyInForce { file: PathBuf::from("policy.toml"), policy: policy.clone() })
             }),
-            lifecycle: None,
+            lifecycle: options.lifecycle,
             clock: options.clock,
-            audit_public_key: None,
+            audit_public_key: options.audit_public_key,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
