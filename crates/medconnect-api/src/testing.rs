@@ -144,6 +144,14 @@ impl HttpsClient {
             .unwrap_or_else(|error| panic!("GET {path}: {error}"))
     }
 
+    /// Sends a POST request of `body` as JSON with `Authorization: Bearer TOKEN`, failing the
+    /// test on a transport error.
+    pub fn post_with_token(&self, path: &str, token: &str, body: &[u8]) -> HttpResponse {
+        let authorization = format!("Bearer {token}");
+        self.request_with("POST", path, &[("Authorization", &authorization)], body)
+            .unwrap_or_else(|error| panic!("POST {path}: {error}"))
+    }
+
     /// Sends one request with extra `headers`, `Connection: close`, and a JSON content type
     /// unless `headers` name another.
     pub fn request_with(
