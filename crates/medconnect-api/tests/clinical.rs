@@ -2,26 +2,18 @@
 //! 127.0.0.1, over real TLS connections: values, tenant isolation, roles, request body checks
 //! and audit entries.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use medconnect_api::testing::phi::{self, PhiCorpus, PhiKind};
-use medconnect_api::testing::{HttpResponse, HttpsClient};
-use medconnect_api::{PolicyInForce, Server, ServerConfig, Services, StorePool, TlsSource};
-use medconnect_crypto::{hash_password, MasterKey};
+use common::{assert_error, check_provider_entry, subjects, TwoClinics};
+use medconnect_api::testing::phi::{self, PhiKind};
+use medconnect_api::testing::{HttpResponse, HttpsClient, TestServer, TestServerOptions};
+use medconnect_crypto::MasterKey;
 use medconnect_domain::clock::SystemClock;
-use medconnect_domain::model::{HoldScope, ImportBatch, NewPatientProfile, Tenant};
-use medconnect_domain::policy::Policy;
+use medconnect_domain::model::{HoldScope, Tenant};
 use medconnect_domain::{PatientId, UserId};
 use medconnect_store::testing::{Backend, TestStore};
-use medconnect_store::{NewUser, PgStore, Role, SqliteStore, Store};
 use serde_json::{json, Value};
-use tempfile::TempDir;
-use tokio::sync::oneshot;
 
-const PASSWORD: &str = "correct horse battery staple";
 const MASTER: [u8; 32] = [7; 32];
 
 const ACTIONS: [&str; 5] = [
@@ -47,31 +39,9 @@ const PHI: [&str; 8] = [
 /// A card number that passes the Luhn check.
 const CARD: &str = "4111 1111 1111 1111";
 
-fn master_key() -> MasterKey {
-    MasterKey::from_bytes(1, &MASTER)
-}
-
-/// Returns a profile whose names contain `source_id`, so a response can be searched for them.
-fn person(source_id: &str) -> NewPatientProfile {
-    NewPatientProfile {
-        source_system: "test".into(),
-        source_id: source_id.into(),
-        given_name: format!("Given{source_id}"),
-        family_name: format!("Family{source_id}"),
-        birth_date: "1970-02-03".into(),
-        sex: "F".into(),
-        email: Some(format!("{source_id}@example.test")),
-        address_line: "17 Birchwood Lane".into(),
-        city: "Lincoln".into(),
-        state: "NE".into(),
-        postal_code: "68501".into(),
-        ..NewPatientProfile::default()
-    }
-}
-
-/// Two tenants with patients and accounts, and a server on their store.
+/// Two clinics, and a server on their store.
 struct Fixture {
-    server: Option<RunningServer>,
+    server: Option<TestServer>,
     store: TestStore,
     clinic_a: Tenant,
     /// Patients of clinic A, imported as `a1` and `a2`.
@@ -80,76 +50,33 @@ struct Fixture {
     /// The patient of clinic B, imported as `b1`.
     b_patient: PatientId,
     provider: UserId,
-    _tls_dir: TempDir,
-}
-
-struct RunningServer {
-    addr: SocketAddr,
-    cert: PathBuf,
-    runtime: tokio::runtime::Runtime,
-    stop: oneshot::Sender<()>,
 }
 
 impl Fixture {
     fn new(backend: Backend) -> Self {
         phi::capture_logs();
         let mut store = backend.create(Box::new(SystemClock));
-        store.set_master_keys(master_key(), None).expect("master key");
-        let clinic_a = store.create_tenant("clinic-a", "Clinic A", "test").expect("tenant");
-        let clinic_b = store.create_tenant("clinic-b", "Clinic B", "test").expect("tenant");
-        let policy = Policy::builtin();
-        let mut import = |tenant: &Tenant, source_ids: &[&str]| -> Vec<PatientId> {
-            let batch = ImportBatch {
-                source_system: "test".into(),
-                patients: source_ids.iter().map(|id| person(id)).collect(),
-                ..ImportBatch::default()
-            };
-            store.import(tenant, &batch, &policy, "test").expect("import");
-            source_ids
-                .iter()
-                .map(|id| store.find_patient(tenant, "test", id).expect("find").expect("imported"))
-                .collect()
-        };
-        let a_patients = import(&clinic_a, &["a1", "a2"]);
-        let b_patient = import(&clinic_b, &["b1"])[0];
-
-        let hash = hash_password(PASSWORD).expect("hash");
-        let mut user = |tenant: Option<&Tenant>, username: &str, role, patient| {
-            let new = NewUser { tenant, username, role, password_hash: &hash, patient };
-            store.create_user(&new, "test").expect("user")
-        };
-        let provider = user(Some(&clinic_a), "provider@a.test", Role::Provider, None);
-        user(Some(&clinic_a), "admin@a.test", Role::TenantAdmin, None);
-        user(Some(&clinic_a), "patient@a.test", Role::Patient, Some(a_patients[0]));
-        user(Some(&clinic_b), "provider@b.test", Role::Provider, None);
-        user(None, "ops", Role::PlatformOperator, None);
-
-        let tls_dir = tempfile::tempdir().expect("temporary folder for the certificate");
-        let server = start_server(&store, &tls_dir);
+        store.set_master_keys(MasterKey::from_bytes(1, &MASTER), None).expect("master key");
+        let clinics = TwoClinics::create(&mut store);
+        let server = TestServer::start(&store, TestServerOptions::new(MASTER));
         Fixture {
             server: Some(server),
             store,
-            clinic_a,
-            clinic_b,
-            a_patients,
-            b_patient,
-            provider,
-            _tls_dir: tls_dir,
+            clinic_a: clinics.clinic_a,
+            a_patients: clinics.a_patients,
+            clinic_b: clinics.clinic_b,
+            b_patient: clinics.b_patient,
+            provider: clinics.provider,
         }
     }
 
     fn client(&self) -> HttpsClient {
-        let server = self.server.as_ref().expect("server running");
-        HttpsClient::new(server.addr, &server.cert)
+        self.server.as_ref().expect("server running").client()
     }
 
     /// Logs in as `username` of `tenant` and returns the token.
     fn token_of(&self, tenant: Option<&str>, username: &str) -> String {
-        let body = json!({ "tenant": tenant, "username": username, "password": PASSWORD });
-        let body = serde_json::to_vec(&body).expect("JSON");
-        let response = self.client().request("POST", "/v1/login", &body).expect("login");
-        assert_eq!(response.status, 200, "{}", response.text());
-        response.json()["token"].as_str().expect("token in the body").to_owned()
+        common::login(&self.client(), tenant, username)
     }
 
     fn get(&self, path: &str, token: &str) -> HttpResponse {
@@ -157,18 +84,12 @@ impl Fixture {
     }
 
     fn head(&self) -> i64 {
-        let entries = self.store.audit_entries(0, u32::MAX).expect("entries");
-        entries.last().map_or(0, |entry| entry.seq)
+        common::audit_head(&self.store)
     }
 
     /// Returns the entries of the clinical routes written after `after`.
     fn clinical_entries_after(&self, after: i64) -> Vec<Value> {
-        let entries = self.store.audit_entries(after, u32::MAX).expect("entries");
-        entries
-            .into_iter()
-            .map(|entry| entry.body)
-            .filter(|body| body["action"].as_str().is_some_and(|a| ACTIONS.contains(&a)))
-            .collect()
+        common::audit_bodies_after(&self.store, after, |action| ACTIONS.contains(&action))
     }
 
     fn post(&self, path: &str, token: &str, body: &Value) -> HttpResponse {
@@ -177,10 +98,7 @@ impl Fixture {
     }
 
     fn post_raw(&self, path: &str, token: &str, body: &[u8]) -> HttpResponse {
-        let authorization = format!("Bearer {token}");
-        self.client()
-            .request_with("POST", path, &[("Authorization", &authorization)], body)
-            .unwrap_or_else(|error| panic!("POST {path}: {error}"))
+        self.client().post_with_token(path, token, body)
     }
 }
 
@@ -188,95 +106,13 @@ impl Drop for Fixture {
     /// Stops the server, then searches the captured logs and the audit log for the imported
     /// patients' PHI and the free text the tests sent.
     fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            let _ = server.stop.send(());
-            server.runtime.shutdown_timeout(Duration::from_secs(5));
-        }
-        if std::thread::panicking() {
-            return;
-        }
-        let mut corpus = PhiCorpus::new();
-        for source_id in ["a1", "a2", "b1"] {
-            corpus.add_profile(&person(source_id));
-        }
+        drop(self.server.take());
+        let mut corpus = TwoClinics::phi_corpus();
         for text in PHI {
             corpus.add(PhiKind::FreeText, text);
         }
-        let audit = self.store.audit_entries(0, u32::MAX).expect("entries");
-        phi::assert_no_phi(&corpus, &audit);
+        common::assert_no_phi_logged(&self.store, &corpus);
     }
-}
-
-fn start_server(store: &TestStore, tls_dir: &TempDir) -> RunningServer {
-    let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let mut config =
-        ServerConfig::new(listen, TlsSource::Development { dir: tls_dir.path().to_owned() });
-    config.lifecycle_interval = Duration::ZERO;
-    let services = Services {
-        pool: pool_for(store),
-        policy: Arc::new(|| {
-            Ok(PolicyInForce { file: PathBuf::from("policy.toml"), policy: Policy::builtin() })
-        }),
-        lifecycle: None,
-        clock: Arc::new(SystemClock),
-        audit_public_key: None,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("test runtime");
-    let bound = runtime.block_on(Server::bind(config, services)).expect("server binds");
-    let addr = bound.local_addr();
-    let cert = bound.cert_path().to_owned();
-    let (stop, stopped) = oneshot::channel::<()>();
-    runtime.spawn(bound.run(async {
-        let _ = stopped.await;
-    }));
-    RunningServer { addr, cert, runtime, stop }
-}
-
-/// Opens stores with the master key, as `medconnect serve` does.
-fn pool_for(store: &TestStore) -> StorePool {
-    match (store.data_dir(), store.pg_config()) {
-        (Some(dir), _) => StorePool::new(2, move || {
-            let mut store = SqliteStore::open(&dir)?;
-            store.set_master_keys(master_key(), None)?;
-            Ok(Box::new(store))
-        }),
-        (None, Some(config)) => {
-            let config = config.clone();
-            StorePool::new(2, move || {
-                let mut store = PgStore::open(&config)?;
-                Store::set_master_keys(&mut store, master_key(), None)?;
-                Ok(Box::new(store))
-            })
-        }
-        (None, None) => panic!("a test store is either SQLite or PostgreSQL"),
-    }
-}
-
-/// Asserts a JSON error with `status` and `code`, and returns its message.
-fn assert_error(response: &HttpResponse, status: u16, code: &str) -> String {
-    assert_eq!(response.status, status, "{}", response.text());
-    assert_eq!(response.header("content-type"), Some("application/json"), "{}", response.text());
-    let json = response.json();
-    assert_eq!(json["error"]["code"], code, "{json}");
-    json["error"]["message"].as_str().expect("message").to_owned()
-}
-
-/// Checks an entry's action, outcome, actor, tenant and subjects.
-fn check_entry(entry: &Value, action: &str, outcome: &str, actor: UserId, tenant: &Tenant) {
-    assert_eq!(entry["action"], action, "{entry}");
-    assert_eq!(entry["outcome"], outcome, "{entry}");
-    assert_eq!(entry["actor"], format!("user:{actor}"), "{entry}");
-    assert_eq!(entry["tenant_id"], tenant.id.to_string(), "{entry}");
-    let detail = entry["detail"].as_str().expect("detail");
-    assert!(detail.starts_with("role=provider request="), "{detail}");
-}
-
-fn subjects(entry: &Value) -> Vec<String> {
-    serde_json::from_value(entry["subjects"].clone()).expect("subjects")
 }
 
 /// Checks that an entry contains none of the values the tests send or the patients have.
@@ -329,7 +165,13 @@ fn encounter_moves_retention_forward(backend: Backend) {
     assert_eq!(link.link.phi_retention_until.to_rfc3339(), "2031-03-01T10:00:00+00:00");
     let entries = fixture.clinical_entries_after(before);
     assert_eq!(entries.len(), 1, "{entries:?}");
-    check_entry(&entries[0], "encounter.record", "success", fixture.provider, &fixture.clinic_a);
+    check_provider_entry(
+        &entries[0],
+        "encounter.record",
+        "success",
+        fixture.provider,
+        &fixture.clinic_a,
+    );
     assert_eq!(subjects(&entries[0]), vec![patient.to_string(), consultation]);
     check_no_phi(&entries[0]);
 
@@ -398,7 +240,7 @@ fn consultations_and_prescriptions_round_trip(backend: Backend) {
     assert_eq!(actions, expected);
     for entry in &entries {
         let action = entry["action"].as_str().expect("action");
-        check_entry(entry, action, "success", fixture.provider, &fixture.clinic_a);
+        check_provider_entry(entry, action, "success", fixture.provider, &fixture.clinic_a);
         assert_eq!(subjects(entry)[0], patient.to_string());
         check_no_phi(entry);
     }
@@ -438,7 +280,7 @@ fn other_tenant_patient_looks_missing(backend: Backend) {
         let entries = fixture.clinical_entries_after(before);
         assert_eq!(entries.len(), 2, "{action}: {entries:?}");
         for (entry, asked) in entries.iter().zip([theirs, missing]) {
-            check_entry(entry, action, "not_found", fixture.provider, &fixture.clinic_a);
+            check_provider_entry(entry, action, "not_found", fixture.provider, &fixture.clinic_a);
             assert_eq!(subjects(entry), vec![asked.to_string()]);
             check_no_phi(entry);
         }
