@@ -2,43 +2,27 @@
 //! over real TLS, on both store backends: values, tenant isolation, roles, bad input, body
 //! limits and audit entries.
 
+mod common;
+
+use common::{subjects, TwoClinics};
 use medconnect_api::testing::phi::{self, PhiCorpus};
 use medconnect_api::testing::{
     ClientCertFiles, HttpResponse, HttpsClient, TestCa, TestServer, TestServerOptions,
 };
-use medconnect_crypto::{hash_password, MasterKey, SecretToken};
+use medconnect_crypto::{MasterKey, SecretToken};
 use medconnect_domain::clock::SystemClock;
-use medconnect_domain::model::{ImportBatch, NewPatientProfile, Tenant};
-use medconnect_domain::policy::Policy;
+use medconnect_domain::model::Tenant;
 use medconnect_domain::{PatientId, ServiceTokenId, UserId};
 use medconnect_store::testing::{Backend, TestStore};
-use medconnect_store::{NewServiceToken, NewUser, Role};
+use medconnect_store::{NewServiceToken, Role};
 use serde_json::{json, Value};
 
-const PASSWORD: &str = "correct horse battery staple";
 const MASTER: [u8; 32] = [13; 32];
 /// An answer that must appear in no log line, audit entry or error message.
 const SECRET_ANSWER: &str = "recurring chest pain after the marathon";
 const CARD: &str = "4111 1111 1111 1111";
 const PNG: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0x0D, b'I'];
 const JPEG: &[u8] = &[0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00];
-
-fn person(source_id: &str) -> NewPatientProfile {
-    NewPatientProfile {
-        source_system: "test".into(),
-        source_id: source_id.into(),
-        given_name: format!("Given{source_id}"),
-        family_name: format!("Family{source_id}"),
-        birth_date: "1970-02-03".into(),
-        sex: "F".into(),
-        email: Some(format!("{source_id}@example.test")),
-        address_line: "17 Birchwood Lane".into(),
-        city: "Lincoln".into(),
-        state: "NE".into(),
-        postal_code: "68501".into(),
-        ..NewPatientProfile::default()
-    }
-}
 
 /// Two tenants, accounts of every role in clinic A, and a server on their store.
 struct Fixture {
@@ -66,37 +50,9 @@ impl Fixture {
         phi::capture_logs();
         let mut store = backend.create(Box::new(SystemClock));
         store.set_master_keys(MasterKey::from_bytes(1, &MASTER), None).expect("master key");
-        let clinic_a = store.create_tenant("clinic-a", "Clinic A", "test").expect("tenant");
-        let clinic_b = store.create_tenant("clinic-b", "Clinic B", "test").expect("tenant");
-        let policy = Policy::builtin();
-        let mut corpus = PhiCorpus::new();
-        let mut import = |tenant: &Tenant, source_ids: &[&str]| -> Vec<PatientId> {
-            let batch = ImportBatch {
-                source_system: "test".into(),
-                patients: source_ids.iter().map(|id| person(id)).collect(),
-                ..ImportBatch::default()
-            };
-            batch.patients.iter().for_each(|profile| corpus.add_profile(profile));
-            store.import(tenant, &batch, &policy, "test").expect("import");
-            source_ids
-                .iter()
-                .map(|id| store.find_patient(tenant, "test", id).expect("find").expect("imported"))
-                .collect()
-        };
-        let ours = import(&clinic_a, &["a1", "a2"]);
-        let b1 = import(&clinic_b, &["b1"])[0];
-        let (a1, a2) = (ours[0], ours[1]);
-
-        let hash = hash_password(PASSWORD).expect("hash");
-        let mut user = |tenant: Option<&Tenant>, username: &str, role, patient| {
-            let new = NewUser { tenant, username, role, password_hash: &hash, patient };
-            store.create_user(&new, "test").expect("user")
-        };
-        let provider = user(Some(&clinic_a), "provider@a.test", Role::Provider, None);
-        user(Some(&clinic_a), "admin@a.test", Role::TenantAdmin, None);
-        let patient_user = user(Some(&clinic_a), "patient@a.test", Role::Patient, Some(a1));
-        user(Some(&clinic_b), "provider@b.test", Role::Provider, None);
-        user(None, "ops", Role::PlatformOperator, None);
+        let clinics = TwoClinics::create(&mut store);
+        let corpus = TwoClinics::phi_corpus();
+        let clinic_a = clinics.clinic_a;
         let cert_dir = tempfile::tempdir().expect("temporary folder");
         let ca = TestCa::create(cert_dir.path(), "storefronts");
         let storefront_cert = ca.issue_client("storefront-a");
@@ -115,12 +71,8 @@ impl Fixture {
         let client_ca = ca.cert.clone();
         options.configure = Box::new(move |config| config.client_ca = Some(client_ca));
         let server = TestServer::start(&store, options);
-        let login = |tenant: Option<&str>, username: &str| -> String {
-            let body = json!({ "tenant": tenant, "username": username, "password": PASSWORD });
-            let body = serde_json::to_vec(&body).expect("JSON");
-            let response = server.client().request("POST", "/v1/login", &body).expect("login");
-            assert_eq!(response.status, 200, "{}", response.text());
-            response.json()["token"].as_str().expect("token").to_owned()
+        let login = |tenant: Option<&str>, username: &str| {
+            common::login(&server.client(), tenant, username)
         };
         let tokens = vec![
             (Role::PlatformOperator, login(None, "ops")),
@@ -133,12 +85,12 @@ impl Fixture {
         Fixture {
             server,
             store,
-            clinic_b,
-            a1,
-            a2,
-            b1,
-            provider,
-            patient_user,
+            clinic_b: clinics.clinic_b,
+            a1: clinics.a_patients[0],
+            a2: clinics.a_patients[1],
+            b1: clinics.b_patient,
+            provider: clinics.provider,
+            patient_user: clinics.patient_user,
             storefront_id,
             tokens,
             b_token,
@@ -198,22 +150,14 @@ impl Fixture {
     }
 
     fn head(&self) -> i64 {
-        let entries = self.store.audit_entries(0, u32::MAX).expect("entries");
-        entries.last().map_or(0, |entry| entry.seq)
+        common::audit_head(&self.store)
     }
 
     /// Returns the `intake_form.*` and `id_photo.*` entries written after `after`.
     fn entries_after(&self, after: i64) -> Vec<Value> {
-        let entries = self.store.audit_entries(after, u32::MAX).expect("entries");
-        entries
-            .into_iter()
-            .map(|entry| entry.body)
-            .filter(|body| {
-                body["action"]
-                    .as_str()
-                    .is_some_and(|a| a.starts_with("intake_form.") || a.starts_with("id_photo."))
-            })
-            .collect()
+        common::audit_bodies_after(&self.store, after, |action| {
+            action.starts_with("intake_form.") || action.starts_with("id_photo.")
+        })
     }
 
     /// Returns the number of intake forms and ID photos of each patient, clinic B's included.
@@ -257,10 +201,6 @@ fn check_entry(entry: &Value, action: &str, actor: &str, role: &str, outcome: &s
     assert_eq!(entry["outcome"], outcome);
     let detail = entry["detail"].as_str().expect("detail");
     assert!(detail.starts_with(&format!("role={role} request=")), "{detail}");
-}
-
-fn subjects(entry: &Value) -> Vec<String> {
-    serde_json::from_value(entry["subjects"].clone()).expect("subjects")
 }
 
 fn intake_forms_round_trip(backend: Backend) {
