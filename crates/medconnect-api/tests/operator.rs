@@ -2,31 +2,28 @@
 //! real TLS connections. The tests cover roles, tenant isolation of holds, a hold placed
 //! through the API that stops a run from purging, `audit.read` entries, and bad input.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::{assert_error, create_users, import_patients, subjects};
 use medconnect_api::testing::phi::{self, PhiCorpus};
-use medconnect_api::testing::{HttpResponse, HttpsClient};
-use medconnect_api::{
-    BoxError, LifecycleJob, PolicyInForce, Server, ServerConfig, Services, StorePool, TlsSource,
-};
-use medconnect_crypto::{hash_password, AuditSigningKey, MasterKey};
+use medconnect_api::testing::{HttpResponse, HttpsClient, TestServer, TestServerOptions};
+use medconnect_api::{BoxError, LifecycleJob};
+use medconnect_crypto::{AuditSigningKey, MasterKey};
 use medconnect_domain::checkpoint::AuditPublicKey;
 use medconnect_domain::clock::SystemClock;
-use medconnect_domain::model::{HoldScope, ImportBatch, NewPatientProfile, Tenant};
+use medconnect_domain::model::{HoldScope, NewPatientProfile, Tenant};
 use medconnect_domain::policy::Policy;
 use medconnect_domain::{HoldId, PatientId, UserId};
 use medconnect_lifecycle::{RunOptions, RunReport, Tally};
 use medconnect_store::testing::{Backend, TestStore};
-use medconnect_store::{NewUser, PgConfig, PgStore, Role, SqliteStore, Store};
+use medconnect_store::{PgConfig, PgStore, Role, SqliteStore, Store};
 use serde_json::{json, Value};
-use tempfile::TempDir;
-use tokio::sync::oneshot;
 
-const PASSWORD: &str = "correct horse battery staple";
 const MASTER: [u8; 32] = [9; 32];
 
 /// The name every imported profile carries, searched for in responses and audit entries.
@@ -36,7 +33,7 @@ fn master_key() -> MasterKey {
     MasterKey::from_bytes(1, &MASTER)
 }
 
-/// Where the test store lives, so that a job or a pool can open it again on any thread.
+/// Where the test store lives, so that the lifecycle job can open it again on any thread.
 #[derive(Clone)]
 enum StoreSpec {
     Sqlite(PathBuf),
@@ -100,7 +97,7 @@ fn person(source_id: &str) -> NewPatientProfile {
 
 /// Two tenants with patients and user accounts, and a server on their store.
 struct Fixture {
-    server: Option<RunningServer>,
+    server: Option<TestServer>,
     store: TestStore,
     clinic_a: Tenant,
     clinic_b: Tenant,
@@ -111,14 +108,6 @@ struct Fixture {
     b_patient: PatientId,
     admin_a: UserId,
     operator: UserId,
-    _tls_dir: TempDir,
-}
-
-struct RunningServer {
-    addr: SocketAddr,
-    cert: PathBuf,
-    runtime: tokio::runtime::Runtime,
-    stop: oneshot::Sender<()>,
 }
 
 impl Fixture {
@@ -135,41 +124,30 @@ impl Fixture {
         store.set_master_keys(master_key(), None).expect("master key");
         let clinic_a = store.create_tenant("clinic-a", "Clinic A", "test").expect("tenant");
         let clinic_b = store.create_tenant("clinic-b", "Clinic B", "test").expect("tenant");
-        let policy = Policy::builtin();
         let long_ago: DateTime<Utc> = "2000-01-01T00:00:00Z".parse().expect("instant");
-        let mut import = |tenant: &Tenant, source_ids: &[&str]| -> Vec<PatientId> {
-            let batch = ImportBatch {
-                source_system: "test".into(),
-                patients: source_ids.iter().map(|id| person(id)).collect(),
-                ..ImportBatch::default()
-            };
-            store.import(tenant, &batch, &policy, "test").expect("import");
-            source_ids
-                .iter()
-                .map(|id| store.find_patient(tenant, "test", id).expect("find").expect("imported"))
-                .collect()
-        };
-        let a_patients = import(&clinic_a, &["a1", "a2"]);
-        let b_patient = import(&clinic_b, &["b1"])[0];
+        let a_patients = import_patients(&mut store, &clinic_a, vec![person("a1"), person("a2")]);
+        let b_patient = import_patients(&mut store, &clinic_b, vec![person("b1")])[0];
+        let policy = Policy::builtin();
         for (tenant, patient) in [(&clinic_a, a_patients[0]), (&clinic_b, b_patient)] {
             store.record_encounter(tenant, patient, long_ago, &policy, "test").expect("encounter");
         }
 
-        let hash = hash_password(PASSWORD).expect("hash");
-        let mut user = |tenant: Option<&Tenant>, username: &str, role, patient| {
-            let new = NewUser { tenant, username, role, password_hash: &hash, patient };
-            store.create_user(&new, "test").expect("user")
-        };
-        let admin_a = user(Some(&clinic_a), "admin@a.test", Role::TenantAdmin, None);
-        user(Some(&clinic_a), "provider@a.test", Role::Provider, None);
-        user(Some(&clinic_a), "patient@a.test", Role::Patient, Some(a_patients[1]));
-        user(Some(&clinic_b), "admin@b.test", Role::TenantAdmin, None);
-        let operator = user(None, "ops", Role::PlatformOperator, None);
+        let users = create_users(
+            &mut store,
+            &[
+                (Some(&clinic_a), "admin@a.test", Role::TenantAdmin, None),
+                (Some(&clinic_a), "provider@a.test", Role::Provider, None),
+                (Some(&clinic_a), "patient@a.test", Role::Patient, Some(a_patients[1])),
+                (Some(&clinic_b), "admin@b.test", Role::TenantAdmin, None),
+                (None, "ops", Role::PlatformOperator, None),
+            ],
+        );
 
-        let spec = StoreSpec::of(&store);
-        let job = job.unwrap_or_else(|| real_job(spec.clone()));
-        let tls_dir = tempfile::tempdir().expect("temporary folder for the certificate");
-        let server = start_server(spec, job, key, &tls_dir);
+        let job = job.unwrap_or_else(|| real_job(StoreSpec::of(&store)));
+        let mut options = TestServerOptions::new(MASTER);
+        options.lifecycle = Some(job);
+        options.audit_public_key = Some(Arc::new(move || Ok(key)));
+        let server = TestServer::start(&store, options);
         Fixture {
             server: Some(server),
             store,
@@ -177,24 +155,18 @@ impl Fixture {
             clinic_b,
             a_patients,
             b_patient,
-            admin_a,
-            operator,
-            _tls_dir: tls_dir,
+            admin_a: users[0],
+            operator: users[4],
         }
     }
 
     fn client(&self) -> HttpsClient {
-        let server = self.server.as_ref().expect("server running");
-        HttpsClient::new(server.addr, &server.cert)
+        self.server.as_ref().expect("server running").client()
     }
 
     /// Logs in as `username` of `tenant` and returns the token.
     fn token_of(&self, tenant: Option<&str>, username: &str) -> String {
-        let body = json!({ "tenant": tenant, "username": username, "password": PASSWORD });
-        let body = serde_json::to_vec(&body).expect("JSON");
-        let response = self.client().request("POST", "/v1/login", &body).expect("login");
-        assert_eq!(response.status, 200, "{}", response.text());
-        response.json()["token"].as_str().expect("token in the body").to_owned()
+        common::login(&self.client(), tenant, username)
     }
 
     fn admin_a(&self) -> String {
@@ -210,10 +182,7 @@ impl Fixture {
     }
 
     fn post(&self, path: &str, token: &str, body: &[u8]) -> HttpResponse {
-        let authorization = format!("Bearer {token}");
-        self.client()
-            .request_with("POST", path, &[("Authorization", &authorization)], body)
-            .unwrap_or_else(|error| panic!("POST {path}: {error}"))
+        self.client().post_with_token(path, token, body)
     }
 
     fn post_json(&self, path: &str, token: &str, body: &Value) -> HttpResponse {
@@ -221,18 +190,12 @@ impl Fixture {
     }
 
     fn head(&self) -> i64 {
-        let entries = self.store.audit_entries(0, u32::MAX).expect("entries");
-        entries.last().map_or(0, |entry| entry.seq)
+        common::audit_head(&self.store)
     }
 
     /// Returns the bodies of the entries with `action` written after `after`.
     fn entries_after(&self, after: i64, action: &str) -> Vec<Value> {
-        let entries = self.store.audit_entries(after, u32::MAX).expect("entries");
-        entries
-            .into_iter()
-            .map(|entry| entry.body)
-            .filter(|body| body["action"] == action)
-            .collect()
+        common::audit_bodies_after(&self.store, after, |found| found == action)
     }
 
     fn active_holds(&self, tenant: &Tenant) -> usize {
@@ -248,67 +211,13 @@ impl Drop for Fixture {
     /// Stops the server, then searches the captured logs and the audit log for the imported
     /// patients' PHI.
     fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            let _ = server.stop.send(());
-            server.runtime.shutdown_timeout(Duration::from_secs(5));
-        }
-        if std::thread::panicking() {
-            return;
-        }
+        drop(self.server.take());
         let mut corpus = PhiCorpus::new();
         for source_id in ["a1", "a2", "b1"] {
             corpus.add_profile(&person(source_id));
         }
-        let audit = self.store.audit_entries(0, u32::MAX).expect("entries");
-        phi::assert_no_phi(&corpus, &audit);
+        common::assert_no_phi_logged(&self.store, &corpus);
     }
-}
-
-fn start_server(
-    spec: StoreSpec,
-    job: Arc<LifecycleJob>,
-    key: Option<AuditPublicKey>,
-    tls_dir: &TempDir,
-) -> RunningServer {
-    let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let mut config =
-        ServerConfig::new(listen, TlsSource::Development { dir: tls_dir.path().to_owned() });
-    config.lifecycle_interval = Duration::ZERO;
-    let services = Services {
-        pool: StorePool::new(2, move || spec.open()),
-        policy: Arc::new(|| {
-            Ok(PolicyInForce { file: PathBuf::from("policy.toml"), policy: Policy::builtin() })
-        }),
-        lifecycle: Some(job),
-        clock: Arc::new(SystemClock),
-        audit_public_key: Some(Arc::new(move || Ok(key))),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("test runtime");
-    let bound = runtime.block_on(Server::bind(config, services)).expect("server binds");
-    let addr = bound.local_addr();
-    let cert = bound.cert_path().to_owned();
-    let (stop, stopped) = oneshot::channel::<()>();
-    runtime.spawn(bound.run(async {
-        let _ = stopped.await;
-    }));
-    RunningServer { addr, cert, runtime, stop }
-}
-
-/// Asserts a JSON error with `status` and `code`, and returns its message.
-fn assert_error(response: &HttpResponse, status: u16, code: &str) -> String {
-    assert_eq!(response.status, status, "{}", response.text());
-    assert_eq!(response.header("content-type"), Some("application/json"), "{}", response.text());
-    let json = response.json();
-    assert_eq!(json["error"]["code"], code, "{json}");
-    json["error"]["message"].as_str().expect("message").to_owned()
-}
-
-fn subjects(entry: &Value) -> Vec<String> {
-    serde_json::from_value(entry["subjects"].clone()).expect("subjects")
 }
 
 fn patient_hold(patient: PatientId) -> Value {
