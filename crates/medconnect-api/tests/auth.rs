@@ -1,12 +1,15 @@
 //! Login, logout, sessions and service tokens against the real server on 127.0.0.1, over real
 //! TLS connections, on both store backends.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use common::{assert_error, PASSWORD};
 use medconnect_api::testing::{HttpResponse, HttpsClient};
 use medconnect_api::{
     LoginLimits, PolicyInForce, Server, ServerConfig, Services, StorePool, TlsSource,
@@ -21,8 +24,6 @@ use medconnect_store::{NewServiceToken, NewUser, PgStore, Role, SqliteStore, Use
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
-
-const PASSWORD: &str = "correct horse battery staple";
 
 /// A clock that tests move forward by hand.
 struct TestClock(Mutex<DateTime<Utc>>);
@@ -101,10 +102,7 @@ impl Fixture {
 
     /// Logs in as `username` of `tenant` and returns the token.
     fn token_of(&self, tenant: Option<&str>, username: &str) -> String {
-        let response =
-            self.login(&json!({ "tenant": tenant, "username": username, "password": PASSWORD }));
-        assert_eq!(response.status, 200, "{}", response.text());
-        response.json()["token"].as_str().expect("token in the body").to_owned()
+        common::login(&self.client(), tenant, username)
     }
 
     fn me(&self, token: &str) -> HttpResponse {
@@ -182,15 +180,6 @@ fn pool_for(store: &TestStore) -> StorePool {
         }
         (None, None) => panic!("a test store is either SQLite or PostgreSQL"),
     }
-}
-
-/// Asserts a JSON error with `status` and `code`, and returns its message.
-fn assert_error(response: &HttpResponse, status: u16, code: &str) -> String {
-    assert_eq!(response.status, status, "{}", response.text());
-    assert_eq!(response.header("content-type"), Some("application/json"), "{}", response.text());
-    let json = response.json();
-    assert_eq!(json["error"]["code"], code, "{json}");
-    json["error"]["message"].as_str().expect("message").to_owned()
 }
 
 fn login_succeeds(backend: Backend) {
