@@ -374,8 +374,8 @@ pub struct PolicyView {
 }
 
 /// Returns the retention policy in force, read from its file for each request. A platform
-/// operator gets all of it with the file's path; any other caller gets the defaults and its
-/// own tenant's overrides, so no tenant learns another's.
+/// operator gets all of it with the file's path. Any other caller gets the defaults and its
+/// own tenant's overrides, so that no tenant learns another's.
 #[utoipa::path(
     get,
     path = "/v1/policy",

@@ -327,12 +327,13 @@ fn digit_value(c: char) -> Option<u8> {
     if let Some(value) = styled {
         return u8::try_from(value).ok();
     }
+
     if !is_decimal_digit(c) {
         return None;
     }
-    // Unicode places the decimal digits of each script in runs of ten, zero first, and
-    // adjacent runs (such as the mathematical styles) each start at a multiple of ten from
-    // the first, so the distance to the start of the run gives the value.
+    // Unicode places each script's decimal digits in a run of ten, zero first. Adjacent runs,
+    // such as the mathematical styles, follow each other whole, so the distance to the start
+    // of the run, modulo ten, gives the value.
     let mut start = code;
     while let Some(previous) = start.checked_sub(1).and_then(char::from_u32) {
         if !is_decimal_digit(previous) {
@@ -348,9 +349,9 @@ fn is_decimal_digit(c: char) -> bool {
     DECIMAL_DIGIT_RE.is_match(c.encode_utf8(&mut buffer))
 }
 
-/// Splits text into runs of digit groups. Up to [`MAX_SEPARATORS`] characters that are
-/// neither letters nor digits may separate two groups of one run; a letter or a longer gap
-/// ends the run. Each group is the values of its digits.
+/// Splits text into runs of digit groups, each group the values of its digits. Up to
+/// [`MAX_SEPARATORS`] characters that are neither letters nor digits may separate two groups
+/// of one run. A letter or a longer gap ends the run.
 fn digit_group_runs(text: &str) -> Vec<Vec<Vec<u8>>> {
     let mut runs = Vec::new();
     let mut run: Vec<Vec<u8>> = Vec::new();
