@@ -42,6 +42,7 @@ pub fn validate_slug(slug: &str) -> Result<(), InvalidSlug> {
 /// The data categories that lifecycle jobs dispose of. Names are stable: they appear in
 /// receipts and JSON output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     /// All PHI one tenant holds for one patient: the link, consultations, prescriptions,

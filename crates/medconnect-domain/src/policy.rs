@@ -137,6 +137,7 @@ pub enum PolicyError {
 
 /// The retention rule behind a decision. Its name is stable and appears in receipts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
     /// PHI kept `phi_years` after the last medical encounter.
