@@ -13,6 +13,7 @@ use crate::Result;
 
 /// An ID photo or session with its own retention.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TimedRecord {
     pub id: String,
     pub rule: Rule,
@@ -24,6 +25,7 @@ pub struct TimedRecord {
 
 /// Another tenant the patient is linked to.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OtherTenant {
     pub tenant: String,
     pub phi_retention_until: DateTime<Utc>,
@@ -33,6 +35,11 @@ pub struct OtherTenant {
 
 /// Explanation of why one patient's records are kept, and until when.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(as = LifecycleExplanation)
+)]
 pub struct Explanation {
     pub tenant: String,
     pub patient_id: PatientId,
@@ -41,6 +48,7 @@ pub struct Explanation {
     pub rule: Rule,
     /// PHI retention period in force for the tenant, in years.
     pub phi_years: u32,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub last_medical_encounter_at: Option<DateTime<Utc>>,
     pub phi_retention_until: DateTime<Utc>,
     pub expired: bool,

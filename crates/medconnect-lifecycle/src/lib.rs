@@ -44,6 +44,7 @@ pub type Result<T, E = LifecycleError> = std::result::Result<T, E>;
 /// Counts per category and per skip reason, in the shape both `plan --json` and
 /// `run --json` print.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tally {
     /// Records disposed of (or, in a plan, to be disposed of), per category.
     pub purged: BTreeMap<Category, u64>,

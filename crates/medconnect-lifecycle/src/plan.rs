@@ -14,6 +14,7 @@ use crate::{Result, Tally};
 
 /// Reason an expired record is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SkipKind {
     /// An active legal hold covers it.
@@ -48,6 +49,7 @@ impl SkipKind {
 
 /// Plan decision for one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     Purge,
@@ -56,21 +58,27 @@ pub enum Decision {
 
 /// Another tenant whose link keeps a core profile alive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Blocker {
     pub tenant_id: TenantId,
     pub tenant: String,
     pub phi_retention_until: DateTime<Utc>,
     /// The hold that keeps that link although it is expired, if any.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub hold_id: Option<HoldId>,
 }
 
 /// One planned disposal or deliberate skip.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Action {
     pub decision: Decision,
     pub category: Category,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub tenant_id: Option<TenantId>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub tenant: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub patient_id: Option<PatientId>,
     pub record_id: String,
     pub rule: Rule,
@@ -102,6 +110,7 @@ impl Action {
 
 /// The result of planning.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = LifecyclePlan))]
 pub struct Plan {
     pub as_of: DateTime<Utc>,
     pub policy_version: String,

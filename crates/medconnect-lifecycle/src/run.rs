@@ -53,6 +53,7 @@ impl Default for RunOptions {
 
 /// Report of one run, serialized as the JSON that `lifecycle run --json` prints.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = LifecycleRunReport))]
 pub struct RunReport {
     pub run_id: String,
     pub as_of: DateTime<Utc>,
@@ -68,6 +69,7 @@ pub struct RunReport {
     pub platform_sessions_purged: u64,
     /// Sequence number of the entry the checkpoint signed at the end of the run covers, or
     /// None when no signing key was available.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub audit_checkpoint_seq: Option<i64>,
 }
 
