@@ -23,23 +23,6 @@ use crate::query::QueryParams;
 use crate::routes::{AppState, PolicyInForce};
 use crate::scheduler::RunError;
 
-/// The schema of a lifecycle plan, as `medconnect lifecycle plan --json` prints it.
-// TODO: the lifecycle types derive no schema yet, so the document shows these three bodies
-// as free-form objects.
-#[derive(utoipa::ToSchema)]
-#[schema(value_type = Object)]
-pub struct LifecyclePlan(());
-
-/// The schema of an explanation, as `medconnect lifecycle explain --json` prints it.
-#[derive(utoipa::ToSchema)]
-#[schema(value_type = Object)]
-pub struct LifecycleExplanation(());
-
-/// The schema of a run report, as `medconnect lifecycle run --json` prints it.
-#[derive(utoipa::ToSchema)]
-#[schema(value_type = Object)]
-pub struct LifecycleRunReport(());
-
 /// Returns what the next lifecycle run would dispose of and keep, and why. Changes nothing.
 #[utoipa::path(
     get,
@@ -49,7 +32,7 @@ pub struct LifecycleRunReport(());
     security(("bearer" = []), ("session_cookie" = [])),
     responses(
         (status = 200, description = "The plan as of now under the policy in force.",
-            body = LifecyclePlan),
+            body = Plan),
         (status = 400, description = "The request has a query parameter.", body = ErrorBody),
         (status = 403, description = "The caller is not a platform_operator.", body = ErrorBody),
         (status = 500, description = "The policy in force could not be loaded.", body = ErrorBody),
@@ -117,7 +100,7 @@ impl From<LifecycleError> for ExplainFailure {
     ),
     responses(
         (status = 200, description = "Why the records are kept or due.",
-            body = LifecycleExplanation),
+            body = Explanation),
         (status = 400, description = "The patient id is not a UUID, a query parameter is \
             unknown, the tenant does not exist, or the patient is linked to several tenants.",
             body = ErrorBody),
@@ -232,7 +215,7 @@ fn only_tenant_of(
     tag = "lifecycle",
     security(("bearer" = []), ("session_cookie" = [])),
     responses(
-        (status = 200, description = "The run's report.", body = LifecycleRunReport),
+        (status = 200, description = "The run's report.", body = RunReport),
         (status = 400, description = "The request has a query parameter.", body = ErrorBody),
         (status = 403, description = "The caller is not a platform_operator.", body = ErrorBody),
         (status = 409, description = "A lifecycle run is under way on this node.",
