@@ -1,6 +1,7 @@
 //! Legal holds, lifecycle runs and the audit log through the real server on 127.0.0.1, over
 //! real TLS connections. The tests cover roles, tenant isolation of holds, a hold placed
-//! through the API that stops a run from purging, `audit.read` entries, and bad input.
+//! through the API that stops a run from purging, lifecycle bodies that match their schemas in
+//! the OpenAPI document, `audit.read` entries, and bad input.
 
 mod common;
 
@@ -9,7 +10,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::schema::{mismatches, response_schema};
 use common::{assert_error, create_users, import_patients, subjects};
+use medconnect_api::openapi::document_json;
 use medconnect_api::testing::phi::{self, PhiCorpus};
 use medconnect_api::testing::{HttpResponse, HttpsClient, TestServer, TestServerOptions};
 use medconnect_api::{BoxError, LifecycleJob};
@@ -385,6 +388,55 @@ fn hold_stops_purge(backend: Backend) {
     }
 }
 
+/// Checks the plan, explanation and run report that the server returns against their schemas
+/// in the OpenAPI document. A held patient puts the optional `skip_reason` and `hold_id` of an
+/// action, and a hold in the explanation, into the bodies.
+fn lifecycle_bodies_match_schemas(backend: Backend) {
+    let fixture = Fixture::new(backend);
+    let held = fixture.a_patients[0];
+    let placed = fixture.post_json("/v1/holds", &fixture.admin_a(), &patient_hold(held));
+    assert_eq!(placed.status, 201, "{}", placed.text());
+    let document: Value = serde_json::from_str(&document_json()).expect("the document is JSON");
+    let operator = fixture.operator();
+
+    let plan = fixture.get("/v1/lifecycle/plan", &operator);
+    let explanation = fixture.get(&format!("/v1/lifecycle/explain/{held}"), &operator);
+    let report = fixture.post("/v1/lifecycle/run", &operator, b"");
+    let cases = [
+        ("/v1/lifecycle/plan", "get", plan),
+        ("/v1/lifecycle/explain/{patient_id}", "get", explanation),
+        ("/v1/lifecycle/run", "post", report),
+    ];
+    let mut bodies = Vec::new();
+    for (path, method, response) in cases {
+        assert_eq!(response.status, 200, "{method} {path}: {}", response.text());
+        let body = response.json();
+        let schema = response_schema(&document, path, method, "200");
+        let found = mismatches(&document, schema, &body);
+        assert!(found.is_empty(), "{method} {path} body does not match its schema: {found:#?}");
+        bodies.push(body);
+    }
+
+    let plan = &bodies[0];
+    let skipped = plan["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .find(|action| action["skip_reason"] == "legal_hold" && action["hold_id"].is_string());
+    assert!(skipped.is_some(), "no held action in the plan: {plan}");
+    assert_eq!(bodies[1]["holds"].as_array().map(Vec::len), Some(1), "{}", bodies[1]);
+
+    let plan_schema = response_schema(&document, "/v1/lifecycle/plan", "get", "200");
+    let mut unknown = plan.clone();
+    unknown["undocumented"] = json!(1);
+    let found = mismatches(&document, plan_schema, &unknown);
+    assert_eq!(found, vec!["$.undocumented: the schema names no such property"]);
+    let mut incomplete = plan.clone();
+    incomplete.as_object_mut().expect("object").remove("receipts");
+    let found = mismatches(&document, plan_schema, &incomplete);
+    assert_eq!(found, vec!["$: required property receipts is missing"]);
+}
+
 fn audit_read_recorded(backend: Backend) {
     let fixture = Fixture::new(backend);
     let token = fixture.operator();
@@ -701,5 +753,6 @@ medconnect_store::backend_tests!(
     admin_places_and_releases,
     admin_isolated_from_other_tenant,
     hold_stops_purge,
+    lifecycle_bodies_match_schemas,
     audit_read_recorded,
 );

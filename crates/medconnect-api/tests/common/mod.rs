@@ -1,7 +1,10 @@
 //! Fixture code that several route tests share: test patients and accounts, two clinics on one
-//! store, login, and checks of JSON errors and audit entries.
+//! store, login, and checks of JSON errors, audit entries and bodies against the OpenAPI
+//! document.
 
 #![allow(dead_code, reason = "each test file uses only some of these helpers")]
+
+pub mod schema;
 
 use medconnect_api::testing::phi::{self, PhiCorpus};
 use medconnect_api::testing::{HttpResponse, HttpsClient};
