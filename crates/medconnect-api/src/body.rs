@@ -33,12 +33,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        if !has_json_content_type(request.headers()) {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                "the request body must be JSON: send the header `Content-Type: application/json`",
-            ));
-        }
+        require_json_content_type(request.headers())?;
         let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
             // 413 when the body exceeds the route's limit, else 400 for a body that could
             // not be read.
@@ -46,6 +41,18 @@ where
         })?;
         parse(&bytes).map(JsonBody)
     }
+}
+
+/// Returns the 415 of a request whose body is not declared as JSON. Every route that reads a
+/// JSON body calls it, so they all accept the same content types.
+pub(crate) fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    if has_json_content_type(headers) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::UnsupportedMediaType,
+        "the request body must be JSON: send the header `Content-Type: application/json`",
+    ))
 }
 
 /// Returns whether the `Content-Type` is `application/json` or `application/*+json`, with any

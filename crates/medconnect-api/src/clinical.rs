@@ -7,7 +7,7 @@
 //! value or an unknown field name that the client sent, because a client may paste PHI
 //! anywhere. Handlers then check ranges and timestamps with the helpers here.
 
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use chrono::{DateTime, TimeDelta, Utc};
 use medconnect_domain::model::Tenant;
 use medconnect_domain::policy::Policy;
@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::auth::Caller;
+use crate::body::require_json_content_type;
 use crate::error::{ApiError, ErrorCode};
 use crate::error_chain;
 use crate::patients::{access_of, finish, tenant_of};
@@ -120,14 +121,7 @@ pub fn parse_body<T: DeserializeOwned>(
     body: &[u8],
     fields: &[Field],
 ) -> Result<T, ApiError> {
-    let media_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .map(str::trim);
-    if !media_type.is_some_and(|value| value.eq_ignore_ascii_case("application/json")) {
-        return Err(ApiError::from_code(ErrorCode::UnsupportedMediaType));
-    }
+    require_json_content_type(headers)?;
     let value: Value = serde_json::from_slice(body).map_err(|_| {
         ApiError::new(ErrorCode::BadRequest, "the request body is not valid JSON: send one object")
     })?;

@@ -20,6 +20,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::clinical::{self, Field};
 use crate::error::{ApiError, ErrorBody};
+use crate::patient_path::PATIENT_ID_DOC;
 use crate::routes::AppState;
 
 /// Max characters of a consultation's reason.
@@ -62,8 +63,6 @@ pub struct ConsultationList {
     pub consultations: Vec<ConsultationRecord>,
 }
 
-const PATIENT_ID: &str = "The patient id, from `GET /v1/patients`.";
-
 const FIELDS: &[Field] = &[
     Field { name: "status", expected: "a string such as \"completed\"" },
     Field { name: "encounter_class", expected: "a string such as \"ambulatory\"" },
@@ -80,7 +79,7 @@ const FIELDS: &[Field] = &[
     operation_id = "list_consultations",
     tag = "clinical",
     security(("bearer" = []), ("session_cookie" = [])),
-    params(("id" = uuid::Uuid, Path, description = PATIENT_ID)),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID_DOC)),
     responses(
         (status = 200, description = "The patient's consultations.", body = ConsultationList),
         (status = 400, description = "The id is not a UUID.", body = ErrorBody),
@@ -114,7 +113,7 @@ pub async fn list(
     operation_id = "create_consultation",
     tag = "clinical",
     security(("bearer" = []), ("session_cookie" = [])),
-    params(("id" = uuid::Uuid, Path, description = PATIENT_ID)),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID_DOC)),
     request_body = ConsultationRequest,
     responses(
         (status = 201, description = "The consultation was stored and retention recomputed.",

@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::clinical::{self, Field};
 use crate::error::{ApiError, ErrorBody};
+use crate::patient_path::PATIENT_ID_DOC;
 use crate::routes::AppState;
 
 /// The body of `POST /v1/patients/{id}/encounters`.
@@ -44,7 +45,7 @@ const FIELDS: &[Field] = &[
     operation_id = "record_encounter",
     tag = "clinical",
     security(("bearer" = []), ("session_cookie" = [])),
-    params(("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`.")),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID_DOC)),
     request_body = EncounterRequest,
     responses(
         (status = 201, description = "The encounter was stored and retention recomputed.",

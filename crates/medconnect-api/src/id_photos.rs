@@ -25,7 +25,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::patient_path::patient_in_path;
+use crate::patient_path::{patient_in_path, PATIENT_ID_DOC};
 use crate::patients::{access_of, finish, tenant_of};
 use crate::pool::PoolError;
 use crate::routes::AppState;
@@ -53,7 +53,7 @@ pub struct IdPhotoList {
     operation_id = "upload_id_photo",
     tag = "patients",
     security(("bearer" = []), ("session_cookie" = [])),
-    params(("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`.")),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID_DOC)),
     request_body(
         description = "The raw image, at most 5 MiB, whose first bytes match its media type.",
         content(("image/jpeg"), ("image/png")),
@@ -111,7 +111,7 @@ pub async fn upload(
     operation_id = "list_id_photos",
     tag = "patients",
     security(("bearer" = []), ("session_cookie" = [])),
-    params(("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`.")),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID_DOC)),
     responses(
         (status = 200, description = "The metadata of the patient's ID photos.",
             body = IdPhotoList),
@@ -157,7 +157,7 @@ pub async fn list(
     tag = "patients",
     security(("bearer" = []), ("session_cookie" = [])),
     params(
-        ("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`."),
+        ("id" = uuid::Uuid, Path, description = PATIENT_ID_DOC),
         ("photo_id" = uuid::Uuid, Path,
             description = "The photo id, from `GET /v1/patients/{id}/id-photos`."),
     ),

@@ -11,7 +11,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use medconnect_store::{IntakeForm, IntakeFormInfo, NewIntakeForm, Role, StoreError};
@@ -20,8 +20,9 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
+use crate::body::require_json_content_type;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::patient_path::{patient_in_path, reject_card_number};
+use crate::patient_path::{patient_in_path, reject_card_number, PATIENT_ID_DOC};
 use crate::patients::{access_of, finish, tenant_of};
 use crate::routes::AppState;
 
@@ -83,7 +84,7 @@ pub struct IntakeFormList {
     operation_id = "submit_intake_form",
     tag = "patients",
     security(("bearer" = []), ("session_cookie" = [])),
-    params(("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`.")),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID_DOC)),
     request_body = IntakeFormRequest,
     responses(
         (status = 201, description = "The form is stored; its answers are not repeated.",
@@ -113,7 +114,7 @@ pub async fn submit(
     caller.require(&[Role::Provider, Role::Patient, Role::Storefront])?;
     let tenant = tenant_of(&caller)?;
     let patient = patient_in_path(&caller, &id, "submit intake forms")?;
-    require_json(&headers)?;
+    require_json_content_type(&headers)?;
     let form = parse_request(&body, state.clock.now()).inspect_err(|error| {
         tracing::info!(%tenant, %patient, code = error.code.as_str(), "intake form rejected");
     })?;
@@ -141,7 +142,7 @@ pub async fn submit(
     operation_id = "list_intake_forms",
     tag = "patients",
     security(("bearer" = []), ("session_cookie" = [])),
-    params(("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`.")),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID_DOC)),
     responses(
         (status = 200, description = "The patient's intake forms with decrypted answers.",
             body = IntakeFormList),
@@ -176,19 +177,6 @@ pub async fn list(
         }
     })?;
     Ok(Json(IntakeFormList { intake_forms: forms }))
-}
-
-/// Returns 415 unless the request declares a JSON body.
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
-    let essence = content_type.and_then(|value| value.split(';').next()).map(str::trim);
-    if essence.is_some_and(|essence| essence.eq_ignore_ascii_case("application/json")) {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        ErrorCode::UnsupportedMediaType,
-        "the request body must be JSON: set Content-Type to application/json",
-    ))
 }
 
 fn unprocessable(message: impl Into<String>) -> ApiError {

@@ -8,6 +8,9 @@ use medconnect_store::Role;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
 
+/// The OpenAPI description of the `{id}` path parameter of every patient route.
+pub(crate) const PATIENT_ID_DOC: &str = "The patient id, from `GET /v1/patients`.";
+
 /// Parses the patient id of the path. A patient account gets 403 for any id but its own,
 /// before any store call and whether that patient exists or not, so the response reveals
 /// nothing. `what` names the action in the 403 message, such as "submit intake forms".

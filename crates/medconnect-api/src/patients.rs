@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{store_failure, Caller, Credential};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::patient_path::PATIENT_ID_DOC;
 use crate::routes::AppState;
 
 /// The message of every 404 of `GET /v1/patients/{id}`. It is the same for a missing patient
@@ -73,7 +74,7 @@ pub async fn list(
     operation_id = "read_patient",
     tag = "patients",
     security(("bearer" = []), ("session_cookie" = [])),
-    params(("id" = uuid::Uuid, Path, description = "The patient id, from `GET /v1/patients`.")),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID_DOC)),
     responses(
         (status = 200, description = "The patient's link, counts and profile.",
             body = PatientRecord),

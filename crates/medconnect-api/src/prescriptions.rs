@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::clinical::{self, Field};
 use crate::error::{ApiError, ErrorBody};
+use crate::patient_path::PATIENT_ID_DOC;
 use crate::routes::AppState;
 
 /// Max characters of a prescription's code, such as an RxNorm code.
@@ -64,8 +65,6 @@ pub struct PrescriptionList {
     pub prescriptions: Vec<PrescriptionRecord>,
 }
 
-const PATIENT_ID: &str = "The patient id, from `GET /v1/patients`.";
-
 const FIELDS: &[Field] = &[
     Field { name: "code", expected: "a string" },
     Field { name: "description", expected: "a string" },
@@ -83,7 +82,7 @@ const FIELDS: &[Field] = &[
     operation_id = "list_prescriptions",
     tag = "clinical",
     security(("bearer" = []), ("session_cookie" = [])),
-    params(("id" = uuid::Uuid, Path, description = PATIENT_ID)),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID_DOC)),
     responses(
         (status = 200, description = "The patient's prescriptions.", body = PrescriptionList),
         (status = 400, description = "The id is not a UUID.", body = ErrorBody),
@@ -117,7 +116,7 @@ pub async fn list(
     operation_id = "create_prescription",
     tag = "clinical",
     security(("bearer" = []), ("session_cookie" = [])),
-    params(("id" = uuid::Uuid, Path, description = PATIENT_ID)),
+    params(("id" = uuid::Uuid, Path, description = PATIENT_ID_DOC)),
     request_body = PrescriptionRequest,
     responses(
         (status = 201, description = "The stored prescription.", body = PrescriptionRecord),
