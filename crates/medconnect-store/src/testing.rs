@@ -176,6 +176,36 @@ impl TestStore {
             Place::Schema(_) => None,
         }
     }
+
+    /// Makes every later audit append fail, through a trigger on `audit_log`, so that a test
+    /// can check that a write whose entry cannot be appended leaves nothing behind.
+    pub fn fail_audit_writes(&self) {
+        match &self.place {
+            Place::Dir(_) => {
+                let path = self.data_dir().expect("data dir").join("medconnect.db");
+                let conn = rusqlite::Connection::open(path).expect("opening the test database");
+                conn.execute_batch(
+                    "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log
+                     BEGIN SELECT RAISE(ABORT, 'audit refused by the test'); END;",
+                )
+                .expect("trigger");
+            }
+            Place::Schema(config) => {
+                let schema = &config.schema;
+                let mut admin = postgres::Client::connect(&admin_url(), postgres::NoTls)
+                    .expect("admin connects");
+                admin
+                    .batch_execute(&format!(
+                        "CREATE FUNCTION \"{schema}\".refuse_audit() RETURNS trigger
+                         LANGUAGE plpgsql
+                         AS $$ BEGIN RAISE EXCEPTION 'audit refused by the test'; END $$;
+                         CREATE TRIGGER refuse_audit BEFORE INSERT ON \"{schema}\".audit_log
+                         FOR EACH ROW EXECUTE FUNCTION \"{schema}\".refuse_audit();"
+                    ))
+                    .expect("trigger");
+            }
+        }
+    }
 }
 
 impl Deref for TestStore {

@@ -205,7 +205,7 @@ fn read_without_master_key_writes_no_entry(backend: Backend) {
 fn read_whose_entry_fails_returns_no_data(backend: Backend) {
     let mut seeded = seeded(backend);
     let access = access();
-    refuse_audit_rows(&seeded.store);
+    seeded.store.fail_audit_writes();
     let before = head(&*seeded.store);
     let (tenant, patient, photo) = (seeded.tenant.clone(), seeded.patient, seeded.photo);
     assert!(seeded.store.read_patient(&tenant, patient, &access).is_err());
@@ -289,7 +289,7 @@ fn batch_reads_without_entries_return_no_data(backend: Backend) {
         }
     }
 
-    refuse_audit_rows(&seeded.store);
+    seeded.store.fail_audit_writes();
     // A backend that commits the batch at once fails it as a whole; one that commits each
     // read alone fails each read.
     if let Ok(results) = seeded.store.read_patients(&reads) {
@@ -297,36 +297,6 @@ fn batch_reads_without_entries_return_no_data(backend: Backend) {
         assert!(results[0].is_err());
     }
     assert!(entries_after(&seeded, before).is_empty());
-}
-
-fn refuse_audit_rows(store: &TestStore) {
-    match store.backend() {
-        Backend::Sqlite => {
-            let path = store.data_dir().expect("data dir").join("medconnect.db");
-            let conn = rusqlite::Connection::open(path).expect("opening the test database");
-            conn.execute_batch(
-                "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log
-                 BEGIN SELECT RAISE(ABORT, 'audit refused by the test'); END;",
-            )
-            .expect("trigger");
-        }
-        Backend::Postgres => {
-            let schema = &store.pg_config().expect("config").schema;
-            let mut admin = ::postgres::Client::connect(
-                &medconnect_store::testing::admin_url(),
-                ::postgres::NoTls,
-            )
-            .expect("admin connects");
-            admin
-                .batch_execute(&format!(
-                    "CREATE FUNCTION \"{schema}\".refuse_audit() RETURNS trigger LANGUAGE plpgsql
-                     AS $$ BEGIN RAISE EXCEPTION 'audit refused by the test'; END $$;
-                     CREATE TRIGGER refuse_audit BEFORE INSERT ON \"{schema}\".audit_log
-                     FOR EACH ROW EXECUTE FUNCTION \"{schema}\".refuse_audit();"
-                ))
-                .expect("trigger");
-        }
-    }
 }
 
 /// Checks that a token's access is recorded under the token's id, and that request ids an entry

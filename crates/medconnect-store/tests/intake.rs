@@ -355,7 +355,7 @@ fn upload_whose_entry_fails_leaves_no_file(backend: Backend) {
     let mut seeded = seeded(backend);
     let access = access();
     let tenant = seeded.tenant.clone();
-    refuse_audit_rows(&seeded.store);
+    seeded.store.fail_audit_writes();
     let jpeg = NewIdPhoto::new(JPEG.to_vec(), "image/jpeg").expect("valid JPEG");
     assert!(seeded.store.upload_id_photo(&tenant, seeded.patient, &jpeg, &access).is_err());
     let submitted = form("intake", "2024-02-01T00:00:00Z", json!({ "a": 1 }));
@@ -370,33 +370,6 @@ fn upload_whose_entry_fails_leaves_no_file(backend: Backend) {
         let folder = dir.join(format!("blobs/id-photos/{}", tenant.id));
         let files = std::fs::read_dir(&folder).map(|dir| dir.count()).unwrap_or(0);
         assert_eq!(files, 0, "the file of the failed upload is removed");
-    }
-}
-
-fn refuse_audit_rows(store: &TestStore) {
-    match store.backend() {
-        Backend::Sqlite => {
-            let path = store.data_dir().expect("data dir").join("medconnect.db");
-            let conn = rusqlite::Connection::open(path).expect("opening the test database");
-            conn.execute_batch(
-                "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log
-                 BEGIN SELECT RAISE(ABORT, 'audit refused by the test'); END;",
-            )
-            .expect("trigger");
-        }
-        Backend::Postgres => {
-            let schema = &store.pg_config().expect("config").schema;
-            let mut admin =
-                ::postgres::Client::connect(&admin_url(), ::postgres::NoTls).expect("admin");
-            admin
-                .batch_execute(&format!(
-                    "CREATE FUNCTION \"{schema}\".refuse_audit() RETURNS trigger LANGUAGE plpgsql
-                     AS $$ BEGIN RAISE EXCEPTION 'audit refused by the test'; END $$;
-                     CREATE TRIGGER refuse_audit BEFORE INSERT ON \"{schema}\".audit_log
-                     FOR EACH ROW EXECUTE FUNCTION \"{schema}\".refuse_audit();"
-                ))
-                .expect("trigger");
-        }
     }
 }
 
