@@ -1,7 +1,7 @@
-//! Support for tests (feature `testing`): a small blocking HTTPS client, one request per
-//! connection over rustls, trusting exactly the certificate it is given and, on request,
-//! offering a client certificate that [`TestCa`] issues; a server on a test store
-//! ([`server`]); and the search for PHI in captured logs and audit entries ([`phi`]).
+//! Support for tests (feature `testing`). [`HttpsClient`] is a small blocking HTTPS client
+//! that sends one request per connection over rustls, trusts exactly the certificate it is
+//! given and can offer a client certificate that [`TestCa`] issues. [`server`] runs a server
+//! on a test store, and [`phi`] searches captured logs and audit entries for PHI.
 
 pub mod phi;
 pub mod server;

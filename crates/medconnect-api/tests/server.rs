@@ -276,8 +276,8 @@ fn policy_load_failure_is_json_500() {
     assert!(!response.text().contains("/secret/path"), "{}", response.text());
 }
 
-/// Answers and errors alike carry the headers that keep responses out of caches and off
-/// plain HTTP.
+/// Successful responses and errors both carry the headers that keep responses out of caches
+/// and off plain HTTP.
 #[test]
 fn security_headers_on_every_response() {
     let server = Setup::new().start();

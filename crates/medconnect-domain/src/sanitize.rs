@@ -273,7 +273,7 @@ pub fn contains_card_number(text: &str) -> bool {
     card_spans(&text).iter().any(|(_, placeholder)| *placeholder == CARD)
 }
 
-/// Returns whether text that a client sent holds a payment card number. It finds what
+/// Returns whether text that a client sent contains a payment card number. It finds what
 /// [`contains_card_number`] finds, and also the forms that rule leaves alone so as not to
 /// mangle log lines: digits glued to letters (`card4111111111111111`), digit groups split by
 /// any punctuation or whitespace (`4111_1111/1111,1111`), invisible characters between digits
@@ -388,13 +388,14 @@ fn digit_group_runs(text: &str) -> Vec<Vec<Vec<u8>>> {
     runs
 }
 
-/// Returns whether some consecutive groups of a run are written as a card number and hold
+/// Returns whether some consecutive groups of a run are laid out as a card number and contain
 /// one.
 fn has_card_window(groups: &[Vec<u8>]) -> bool {
     for start in 0..groups.len() {
         let mut digits = 0;
         for end in start..groups.len() {
-            // A window past 19 digits holds no card, so each start tries at most 19 groups.
+            // A window of more than 19 digits is no card number, so each start tries at most 19
+            // groups.
             digits += groups[end].len();
             if digits > 19 {
                 break;
@@ -1062,7 +1063,7 @@ mod tests {
             "2221 0000 0000 0009",
         ];
         for text in cases {
-            assert!(input_contains_card_number(text), "{text:?} holds a card number");
+            assert!(input_contains_card_number(text), "{text:?} contains a card number");
         }
     }
 
@@ -1086,7 +1087,7 @@ mod tests {
             "",
         ];
         for text in cases {
-            assert!(!input_contains_card_number(text), "{text:?} holds no card number");
+            assert!(!input_contains_card_number(text), "{text:?} contains no card number");
         }
     }
 }

@@ -152,6 +152,8 @@ pub fn token(context: &Context, command: TokenCommand) -> Result<ExitCode> {
     }
 }
 
+/// Creates a service token and prints it once. A storefront token must be bound to a client
+/// certificate, and no other role may be.
 fn create_token(context: &Context, args: NewTokenArgs) -> Result<ExitCode> {
     let NewTokenArgs { tenant, name, role, client_cert, expires_in_days, no_expiry, json } = args;
     let role: medconnect_store::Role = role.parse()?;
@@ -168,6 +170,7 @@ fn create_token(context: &Context, args: NewTokenArgs) -> Result<ExitCode> {
             bail!("--client-cert applies only to storefront tokens: drop it for a {role} token")
         }
     };
+
     let mut store = context.open_store()?;
     let tenant = store.tenant_by_slug(&tenant)?;
     let expires_at =
@@ -182,6 +185,7 @@ fn create_token(context: &Context, args: NewTokenArgs) -> Result<ExitCode> {
         client_cert,
     };
     let id = store.create_service_token(&new, &context.actor)?;
+
     let expires = expires_at.map(medconnect_domain::time::format_instant);
     if json {
         print_json(&serde_json::json!({

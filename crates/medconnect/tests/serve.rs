@@ -666,8 +666,8 @@ fn serve_rejects_sessions_of_disabled_user() {
 
     store.run_ok(&[&["user", "disable"], &user[..]].concat());
     assert_json_error(&client.get_with_token("/v1/me", &token), 401, "unauthorized");
-    let refused = login(&client, "doctor@northwind.test", PASSWORD);
-    assert_json_error(&refused, 401, "unauthorized");
+    let rejected = login(&client, "doctor@northwind.test", PASSWORD);
+    assert_json_error(&rejected, 401, "unauthorized");
 
     // Disabling ended the sessions, so enabling the account brings none of them back: a
     // stolen token stays useless. A new login works.

@@ -19,8 +19,8 @@ use medconnect_store::AuditRecord;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-/// Values shorter than this are too common to be told apart from other text (a two-letter
-/// state, a sex) and are not searched.
+/// Values shorter than this, such as a two-letter state or a sex, also occur in text that is
+/// not PHI, so they are not searched.
 const MIN_VALUE_CHARS: usize = 5;
 
 /// The kind of a PHI value, as a finding reports it.
@@ -46,7 +46,7 @@ pub struct PhiCorpus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     pub kind: PhiKind,
-    /// Where it was found: `log line N` or `audit entry SEQ`.
+    /// The place of the finding: `log line N` or `audit entry SEQ`.
     pub place: String,
 }
 
